@@ -1,0 +1,15 @@
+"""fastnn: fast training of small and medium multi-layer perceptrons on a CPU.
+
+A neuron is a weighted sum plus a bias, bent by an activation; ``Dense`` is a layer of
+them and ``Sequential`` a stack of layers, trained by hand-written Numba kernels
+(``fastnn.kernels``) that are checked against a NumPy reference (``fastnn.reference``).
+"""
+__version__ = "0.1.0"
+
+from .layers import Dense
+from .model import Sequential, load
+from .optim import SGD, Adam, AdamW, Optimizer
+from .threads import get_num_threads, set_num_threads
+
+__all__ = ["Dense", "Sequential", "load", "SGD", "Adam", "AdamW", "Optimizer",
+           "set_num_threads", "get_num_threads", "__version__"]

@@ -1,0 +1,72 @@
+"""Argument checks shared by the kernel wrappers. Every error message is written here.
+
+Kernels never check anything (Numba does not bounds-check), so a wrapper must call these
+before any kernel runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import kernel
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(name: str, a, ndim: int | None = None, dtype=None) -> np.ndarray:
+    """Check that ``a`` is a C-contiguous float32/float64 ndarray (of ``dtype`` if given)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES or not a.dtype.isnative:
+        raise TypeError(f"{name} must have dtype float32 or float64 (native byte order), got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} like the other arrays, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
+    return a
+
+
+def shape(name: str, a: np.ndarray, expected: tuple) -> None:
+    if a.shape != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {a.shape}")
+
+
+def nonempty(name: str, a: np.ndarray) -> None:
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}); kernels need at least one element")
+
+
+def writable(name: str, a: np.ndarray) -> None:
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is an output and must be writable")
+
+
+def label_array(name: str, labels, n: int, classes: int) -> np.ndarray:
+    """Integer labels (n,) in [0, classes), int64 and contiguous."""
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or not labels.flags.c_contiguous:
+        raise TypeError(f"{name} must be a C-contiguous int64 ndarray, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the logits, got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{name} must lie in [0, {classes}), got values from {labels.min()} to {labels.max()}")
+    return labels
+
+
+def positive(name: str, value, *, allow_zero: bool = False) -> float:
+    v = float(value)
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return v
+
+
+@kernel
+def all_finite(a):
+    """True when no element of the contiguous array ``a`` is NaN or +-inf (no allocation)."""
+    flat = a.reshape(a.size)
+    acc = 0.0
+    for i in range(flat.size):
+        acc += flat[i] * 0.0  # NaN*0 and inf*0 are NaN; finite*0 is 0
+    return acc == 0.0

@@ -1,0 +1,100 @@
+"""Optimizer updates, in place, following PyTorch's formulas so runs compare step by step.
+
+Shapes: P = number of parameters. p, g and every state buffer are flat (P,) arrays of one
+float dtype, C-contiguous (a model keeps all its parameters in one flat buffer, so one call
+updates every layer).
+
+SGD (torch.optim.SGD, dampening 0):
+    g <- g + wd*p;  v <- mu*v + g;  p <- p - lr*v          (Nesterov: p <- p - lr*(g + mu*v))
+    with mu = 0 there is no v and p <- p - lr*g.
+Adam / AdamW (torch.optim.Adam / AdamW), t = step number starting at 1:
+    Adam:  g <- g + wd*p                      AdamW: p <- p * (1 - lr*wd)
+    m <- m + (1 - b1)(g - m)                  (PyTorch's lerp)
+    v <- b2*v + (1 - b2) g^2
+    p <- p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+``g`` is never modified.
+"""
+from __future__ import annotations
+
+import math
+
+from . import _checks
+from ._jit import kernel
+
+
+@kernel
+def _sgd_update(p, g, v, lr, momentum, weight_decay, nesterov):
+    if momentum == 0.0:
+        for i in range(p.size):
+            p[i] -= lr * (g[i] + weight_decay * p[i])
+        return
+    for i in range(p.size):
+        gi = g[i] + weight_decay * p[i]
+        vi = momentum * v[i] + gi
+        v[i] = vi
+        p[i] -= lr * (gi + momentum * vi if nesterov else vi)
+
+
+@kernel
+def _adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    step_size = lr / (1.0 - beta1 ** step)
+    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
+    shrink = 1.0 - lr * weight_decay
+    for i in range(p.size):
+        gi = g[i]
+        if decoupled:
+            p[i] *= shrink
+        else:
+            gi += weight_decay * p[i]
+        mi = m[i] + (1.0 - beta1) * (gi - m[i])
+        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+
+
+def _check_flat(p, g, *state):
+    _checks.float_array("p", p, ndim=1)
+    _checks.writable("p", p)
+    _checks.float_array("g", g, ndim=1, dtype=p.dtype)
+    _checks.shape("g", g, p.shape)
+    for name, s in state:
+        _checks.float_array(name, s, ndim=1, dtype=p.dtype)
+        _checks.shape(name, s, p.shape)
+        _checks.writable(name, s)
+
+
+def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """One SGD step in place on flat ``p`` (P,) and momentum buffer ``v`` (P,).
+
+    ``v`` is read and written only when ``momentum != 0`` (pass any (P,) array otherwise).
+    Returns ``(p, v)``.
+    """
+    _check_flat(p, g, ("v", v))
+    lr = _checks.positive("lr", lr)
+    momentum = _checks.positive("momentum", momentum, allow_zero=True)
+    weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+    if nesterov and momentum == 0.0:
+        raise ValueError("nesterov=True needs momentum > 0")
+    _sgd_update(p, g, v, lr, momentum, weight_decay, bool(nesterov))
+    return p, v
+
+
+def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                decoupled=False):
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) step in place.
+
+    ``m`` and ``v`` are the first and second moment buffers (P,); ``step`` is the 1-based
+    number of this step, used for bias correction. Returns ``(p, m, v)``.
+    """
+    _check_flat(p, g, ("m", m), ("v", v))
+    if int(step) != step or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    lr = _checks.positive("lr", lr)
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {beta!r}")
+    eps = _checks.positive("eps", eps, allow_zero=True)
+    weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+    _adam_update(p, g, m, v, int(step), lr, float(beta1), float(beta2), eps, weight_decay, bool(decoupled))
+    return p, m, v

@@ -1,0 +1,62 @@
+"""Layers. A layer describes its shape and activation; the model owns the numbers."""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from .kernels.activations import NAMES, RELU, LEAKY_RELU, GELU, code_of
+
+_RELU_LIKE = frozenset({RELU, LEAKY_RELU, GELU})
+
+
+def _positive_int(name, value):
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+class Dense:
+    """A fully connected layer: ``out = activation(x @ W + b)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of each input and output row. ``W`` is (in_features, out_features).
+    activation : str or None
+        None or "identity" (a linear layer, e.g. for logits), "relu", "leaky_relu"
+        (slope 0.01), "sigmoid", "tanh" or "gelu" (tanh form).
+
+    ``W`` and ``b`` are views into the owning ``Sequential``'s parameter buffer; they are
+    None until the layer is placed in a model.
+    """
+
+    def __init__(self, in_features, out_features, activation=None):
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        self.code = code_of(activation)
+        self.activation = NAMES[self.code]
+        self.W = None
+        self.b = None
+
+    def init_params(self, rng: np.random.Generator):
+        """Fill W: He normal for relu-like activations, Glorot uniform otherwise; b = 0.
+
+        Drawn in float64 and then rounded, so float32 and float64 models of one seed agree.
+        """
+        fan_in, fan_out = self.in_features, self.out_features
+        if self.code in _RELU_LIKE:
+            w = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+        else:
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            w = rng.uniform(-limit, limit, (fan_in, fan_out))
+        self.W[...] = w
+        self.b[...] = 0
+
+    def __repr__(self):
+        return (f"Dense(in_features={self.in_features}, out_features={self.out_features}, "
+                f"activation={self.activation!r})")

@@ -1,0 +1,389 @@
+"""Sequential: a stack of Dense layers trained by the fused kernels.
+
+The model keeps every parameter in one flat buffer (and every gradient in another), so an
+optimizer updates all layers in one kernel call; ``Dense.W``/``Dense.b`` are views into it.
+Activations and gradients live in workspaces allocated once per batch size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .kernels._checks import all_finite
+from .kernels.activations import NEEDS_PREACTIVATION
+from .kernels.dense import _dense_backward, _dense_forward
+from .layers import Dense
+from .losses import check_loss, prepare_targets
+from .optim import Optimizer
+
+FORMAT_VERSION = 1
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+class _Workspace:
+    """Per-batch-size buffers: each layer's output, pre-activation and output gradient."""
+
+    def __init__(self, layers, n, dtype):
+        self.out = [np.empty((n, layer.out_features), dtype) for layer in layers]
+        # Only gelu needs z kept apart from out; the others differentiate from out.
+        self.z = [np.empty_like(o) if layer.code in NEEDS_PREACTIVATION else o
+                  for layer, o in zip(layers, self.out)]
+        self.dout = [np.empty_like(o) for o in self.out]
+        self.no_dx = np.empty((0, layers[0].in_features), dtype)
+
+
+class Sequential:
+    """A feed-forward network of ``Dense`` layers.
+
+    Parameters
+    ----------
+    *layers : Dense
+        The layers in order; each layer's ``in_features`` must equal the previous layer's
+        ``out_features``.
+    seed : int
+        Seeds ``np.random.default_rng``, which initialises the layers in order and then
+        shuffles the data in ``fit``.
+    dtype : float32 or float64
+        Dtype of parameters and computation.
+
+    Examples
+    --------
+    >>> model = Sequential(Dense(784, 128, activation="relu"), Dense(128, 10), seed=0)
+    >>> history = model.fit(X, y, optimizer=SGD(lr=0.05, momentum=0.9), epochs=5)  # doctest: +SKIP
+    """
+
+    def __init__(self, *layers, seed=0, dtype=np.float32):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Sequential needs at least one layer, e.g. Sequential(Dense(784, 10))")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Dense):
+                raise TypeError(f"layer {i} must be a fastnn.Dense, got {type(layer).__name__}")
+            if layer.W is not None:
+                raise ValueError(f"layer {i} already belongs to a model; create a new Dense for each model")
+            if i and layer.in_features != layers[i - 1].out_features:
+                raise ValueError(f"layer {i} has in_features={layer.in_features} but layer {i - 1} "
+                                 f"has out_features={layers[i - 1].out_features}; they must match")
+        if np.dtype(dtype) not in _DTYPES.values():
+            raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.layers = tuple(layers)
+        self.dtype = np.dtype(dtype)
+        self.seed = seed
+        sizes = [n for layer in layers for n in (layer.in_features * layer.out_features, layer.out_features)]
+        self._flat_params = np.zeros(sum(sizes), self.dtype)
+        self._flat_grads = np.zeros(sum(sizes), self.dtype)
+        self._params = self._views(self._flat_params)
+        self._grads = self._views(self._flat_grads)
+        for layer, W, b in zip(layers, self._params[::2], self._params[1::2]):
+            layer.W, layer.b = W, b
+        self._rng = np.random.default_rng(seed)
+        for layer in layers:
+            layer.init_params(self._rng)
+        self._workspaces = {}
+
+    def _views(self, flat):
+        views, start = [], 0
+        for layer in self.layers:
+            i, o = layer.in_features, layer.out_features
+            views.append(flat[start:start + i * o].reshape(i, o))
+            views.append(flat[start + i * o:start + i * o + o])
+            start += i * o + o
+        return views
+
+    @property
+    def in_features(self):
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self):
+        return self.layers[-1].out_features
+
+    def parameters(self):
+        """``[W0, b0, W1, b1, ...]``: writable views; ``p[...] = v`` changes the model."""
+        return list(self._params)
+
+    # -- checks and conversion, once per call -------------------------------------------
+
+    def _inputs(self, X, name="X"):
+        if not isinstance(X, np.ndarray):
+            X = np.asarray(X)
+        if X.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be numeric (int or float), got dtype {X.dtype}")
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+        if X.shape[1] != self.in_features:
+            raise ValueError(f"{name} has {X.shape[1]} features per row but the first layer expects "
+                             f"{self.in_features}")
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} is empty (0 rows); pass at least one sample")
+        X = np.ascontiguousarray(X, dtype=self.dtype)  # converts dtype, byte order and layout
+        if not all_finite(X):
+            raise ValueError(f"{name} contains NaN or inf; remove or impute those values first")
+        return X
+
+    def _data(self, X, y, loss):
+        X = self._inputs(X)
+        return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype)
+
+    def _workspace(self, n):
+        ws = self._workspaces.get(n)
+        if ws is None:
+            if len(self._workspaces) >= 4:  # e.g. full and last partial batch of two loaders
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[n] = _Workspace(self.layers, n, self.dtype)
+        return ws
+
+    # -- the step: forward, loss, backward (kernels only) --------------------------------
+
+    def _forward(self, ws, X):
+        a = X
+        for layer, out, z in zip(self.layers, ws.out, ws.z):
+            _dense_forward(a, layer.W, layer.b, layer.code, out, z)
+            a = out
+        return a
+
+    def _loss_and_grad(self, ws, X, y, loss_kernel):
+        """Forward, fused loss, backward into the flat gradient buffer; returns the loss."""
+        logits = self._forward(ws, X)
+        loss = loss_kernel(logits, y, ws.dout[-1])
+        for k in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[k]
+            x = X if k == 0 else ws.out[k - 1]
+            dx = ws.no_dx if k == 0 else ws.dout[k - 1]
+            _dense_backward(ws.dout[k], x, layer.W, ws.out[k], ws.z[k], layer.code,
+                            self._grads[2 * k], self._grads[2 * k + 1], dx, ws.dout[k])
+        return loss
+
+    def loss_and_grad(self, X, y, loss="softmax_cross_entropy"):
+        """Mean loss on ``(X, y)`` and its gradient with respect to every parameter.
+
+        Returns
+        -------
+        loss : float
+        grads : list of ndarray
+            New arrays matching ``parameters()`` in order and shape.
+        """
+        kernel = check_loss(loss)
+        X, y = self._data(X, y, loss)
+        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, kernel)
+        return float(value), [g.copy() for g in self._grads]
+
+    def train_step(self, X, y, loss="softmax_cross_entropy", optimizer=None):
+        """One optimizer update on the batch ``(X, y)``; returns the batch loss before it."""
+        kernel = check_loss(loss)
+        _check_optimizer(optimizer)
+        X, y = self._data(X, y, loss)
+        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, kernel)
+        optimizer.step([self._flat_params], [self._flat_grads])
+        return float(value)
+
+    # -- training loop -------------------------------------------------------------------
+
+    def fit(self, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, batch_size=32,
+            validation_data=None, shuffle=True, verbose=0):
+        """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
+
+        Parameters
+        ----------
+        X : array (N, in_features); y : labels (N,) for cross-entropy, targets (N, out) for mse
+        loss : "softmax_cross_entropy" or "mse"
+        optimizer : SGD, Adam or AdamW
+        epochs, batch_size : int > 0
+            The last partial batch is trained on, not dropped.
+        validation_data : (X_val, y_val), optional
+            Evaluated after each epoch.
+        shuffle : bool
+            Reshuffle the rows each epoch with the model's seeded generator.
+        verbose : 0 (silent) or 1 (a tqdm progress bar per epoch)
+
+        Returns
+        -------
+        history : dict of per-epoch lists: ``loss``, plus ``accuracy`` for cross-entropy,
+            plus ``val_loss`` and ``val_accuracy`` with validation data.
+        """
+        kernel = check_loss(loss)
+        _check_optimizer(optimizer)
+        epochs = _positive_count("epochs", epochs)
+        batch_size = _positive_count("batch_size", batch_size)
+        X, y = self._data(X, y, loss)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            Xv, yv = self._data(*validation_data, loss)
+        classify = loss == "softmax_cross_entropy"
+        history = {"loss": []}
+        if classify:
+            history["accuracy"] = []
+        if validation_data is not None:
+            history["val_loss"] = []
+            if classify:
+                history["val_accuracy"] = []
+        n = X.shape[0]
+        batch_buffers = {}
+        for epoch in range(epochs):
+            order = self._rng.permutation(n) if shuffle else None
+            total_loss, correct = 0.0, 0
+            bar = _progress(n, batch_size, epoch, epochs) if verbose else None
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                m = stop - start
+                if order is None:
+                    Xb, yb = X[start:stop], y[start:stop]
+                else:
+                    if m not in batch_buffers:
+                        batch_buffers[m] = (np.empty((m, X.shape[1]), X.dtype), np.empty((m,) + y.shape[1:], y.dtype))
+                    Xb, yb = batch_buffers[m]
+                    idx = order[start:stop]
+                    np.take(X, idx, axis=0, out=Xb)
+                    np.take(y, idx, axis=0, out=yb)
+                ws = self._workspace(m)
+                batch_loss = self._loss_and_grad(ws, Xb, yb, kernel)
+                if classify:
+                    correct += int(np.count_nonzero(ws.out[-1].argmax(axis=1) == yb))
+                optimizer.step([self._flat_params], [self._flat_grads])
+                total_loss += batch_loss * m
+                if bar is not None:
+                    bar.update(m)
+                    bar.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
+            history["loss"].append(total_loss / n)
+            if classify:
+                history["accuracy"].append(correct / n)
+            if validation_data is not None:
+                scores = self._evaluate(Xv, yv, loss)
+                history["val_loss"].append(scores["loss"])
+                if classify:
+                    history["val_accuracy"].append(scores["accuracy"])
+            if bar is not None:
+                bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.items()})
+                bar.close()
+        return history
+
+    # -- inference -----------------------------------------------------------------------
+
+    def _predict(self, X, batch_size):
+        out = np.empty((X.shape[0], self.out_features), self.dtype)
+        local = {}  # at most two workspaces, dropped on return: no training buffers kept
+        for start in range(0, X.shape[0], batch_size):
+            stop = min(start + batch_size, X.shape[0])
+            if stop - start not in local:
+                local[stop - start] = _Workspace(self.layers, stop - start, self.dtype)
+            ws = local[stop - start]
+            ws.out[-1] = out[start:stop]
+            if self.layers[-1].code not in NEEDS_PREACTIVATION:
+                ws.z[-1] = ws.out[-1]
+            self._forward(ws, X[start:stop])
+        return out
+
+    def predict(self, X, batch_size=1024):
+        """Last-layer outputs (logits for a classifier), shape (N, out_features)."""
+        return self._predict(self._inputs(X), _positive_count("batch_size", batch_size))
+
+    def predict_proba(self, X, batch_size=1024):
+        """Softmax of the logits: class probabilities, shape (N, out_features)."""
+        logits = self.predict(X, batch_size)
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        return logits
+
+    def _evaluate(self, X, y, loss):
+        out = self._predict(X, 1024)
+        value = check_loss(loss)(out, y, np.empty_like(out))
+        scores = {"loss": float(value)}
+        if loss == "softmax_cross_entropy":
+            scores["accuracy"] = float(np.mean(out.argmax(axis=1) == y))
+        return scores
+
+    def evaluate(self, X, y, loss="softmax_cross_entropy"):
+        """``{"loss": mean loss}``, plus ``"accuracy"`` for cross-entropy."""
+        check_loss(loss)
+        X, y = self._data(X, y, loss)
+        return self._evaluate(X, y, loss)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the model to exactly ``path`` (an ``.npz`` archive, no pickle).
+
+        The file is written to a temporary name beside ``path`` and renamed over it, so an
+        existing file is never left half-written.
+        """
+        path = os.fspath(path)
+        arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, "dtype": self.dtype.name,
+                "seed": self.seed if isinstance(self.seed, int) else None,
+                "layers": [{"in_features": l.in_features, "out_features": l.out_features,
+                            "activation": l.activation} for l in self.layers]}
+        arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def __repr__(self):
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+
+def load(path) -> Sequential:
+    """Read a model written by ``Sequential.save``; validates everything, never unpickles."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            files = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{path} is not a readable fastnn model file ({e})") from None
+    try:
+        arch = json.loads(str(files.pop("architecture")))
+        if arch.get("format") != "fastnn.Sequential":
+            raise ValueError("it is not a fastnn model")
+        if arch.get("version") != FORMAT_VERSION:
+            raise ValueError(f"format version {arch.get('version')!r}, this fastnn reads {FORMAT_VERSION}")
+        dtype = _DTYPES[arch["dtype"]]
+        layers = [Dense(s["in_features"], s["out_features"], s["activation"]) for s in arch["layers"]]
+        model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a valid fastnn model file: {e}") from None
+    expected = [f"param_{i}" for i in range(len(model._params))]
+    if sorted(files) != sorted(expected):
+        raise ValueError(f"{path} is not a valid fastnn model file: arrays {sorted(files)}, expected {expected}")
+    for name, p in zip(expected, model._params):
+        a = files[name]
+        if a.shape != p.shape or a.dtype != dtype:
+            raise ValueError(f"{path} is not a valid fastnn model file: {name} is {a.dtype}{a.shape}, "
+                             f"expected {dtype}{p.shape}")
+        p[...] = a
+    return model
+
+
+def _check_optimizer(optimizer):
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastnn optimizer such as fastnn.SGD(lr=0.05) or fastnn.Adam(), "
+                        f"got {type(optimizer).__name__}")
+
+
+def _positive_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _progress(n, batch_size, epoch, epochs):
+    from tqdm.auto import tqdm
+    return tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", leave=True)

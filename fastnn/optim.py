@@ -1,0 +1,139 @@
+"""Optimizers with PyTorch's names, defaults and formulas (see ``fastnn.kernels.optimizers``).
+
+An optimizer's state is created on its first step and belongs to the parameters it was
+first given; ``lr`` is a plain attribute that may be changed between steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import _checks
+from .kernels.optimizers import _adam_update, _sgd_update
+
+
+class Optimizer:
+    """Base class: state buffers shaped like the parameters, and a step counter."""
+
+    _buffers: tuple = ()
+    _hyper: tuple = ()
+
+    def __init__(self):
+        self.step_count = 0
+        self.state = None  # {buffer name: [array per parameter]}, created on the first step
+
+    def _check_hyper(self):
+        _checks.positive("lr", self.lr)
+
+    def step(self, params, grads):
+        """Update each array of ``params`` in place from the matching array of ``grads``."""
+        if len(params) != len(grads):
+            raise ValueError(f"got {len(params)} parameter arrays but {len(grads)} gradient arrays")
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if not isinstance(p, np.ndarray) or not isinstance(g, np.ndarray) or p.shape != g.shape:
+                raise ValueError(f"params[{i}] and grads[{i}] must be arrays of one shape, got "
+                                 f"{getattr(p, 'shape', p)} and {getattr(g, 'shape', g)}")
+            _checks.float_array(f"params[{i}]", p)
+            _checks.writable(f"params[{i}]", p)
+        if self.state is None:
+            self.state = {name: [np.zeros(p.size, p.dtype) for p in params] for name in self._buffers}
+        elif self._buffers:
+            have = [(b.size, b.dtype) for b in self.state[self._buffers[0]]]
+            if have != [(p.size, p.dtype) for p in params]:
+                raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes; "
+                                 "use one optimizer per model")
+        self._check_hyper()
+        self.step_count += 1
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self._update(p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1),
+                         [self.state[name][i] for name in self._buffers])
+
+    def state_dict(self) -> dict:
+        """Hyper-parameters, the step count and state buffers as a flat ``{name: value}`` dict."""
+        d = {name: getattr(self, name) for name in self._hyper}
+        d["step_count"] = self.step_count
+        for name in self._buffers:
+            for i, a in enumerate(self.state[name] if self.state else ()):
+                d[f"{name}.{i}"] = a.copy()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        """Restore what ``state_dict`` returned (hyper-parameters, step count and buffers)."""
+        for name in self._hyper:
+            setattr(self, name, d[name])
+        self.step_count = int(d["step_count"])
+        if self._buffers and f"{self._buffers[0]}.0" in d:
+            count = sum(1 for k in d if k.startswith(self._buffers[0] + "."))
+            self.state = {name: [np.array(d[f"{name}.{i}"]) for i in range(count)] for name in self._buffers}
+        else:
+            self.state = None
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper)
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
+
+    ``g <- g + weight_decay*p; v <- momentum*v + g; p <- p - lr*v`` (Nesterov:
+    ``p <- p - lr*(g + momentum*v)``), as ``torch.optim.SGD`` with dampening 0.
+    """
+
+    _hyper = ("lr", "momentum", "weight_decay", "nesterov")
+
+    def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__()
+        self.lr = _checks.positive("lr", lr)
+        self.momentum = _checks.positive("momentum", momentum, allow_zero=True)
+        self.weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
+        self._buffers = ("momentum_buffer",) if self.momentum else ()
+
+    def step(self, params, grads):
+        if not self._buffers and self.momentum:
+            raise ValueError("momentum cannot be switched on after construction; create a new SGD")
+        super().step(params, grads)
+
+    def _update(self, p, g, bufs):
+        v = bufs[0] if bufs else g  # no momentum: v is never read
+        _sgd_update(p, g, v, float(self.lr), float(self.momentum), float(self.weight_decay), self.nesterov)
+
+
+class Adam(Optimizer):
+    """Adam (``torch.optim.Adam``): bias-corrected moments, eps added after the square root;
+    ``weight_decay`` is added to the gradient (L2), unlike ``AdamW``."""
+
+    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _buffers = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__()
+        self.lr = _checks.positive("lr", lr)
+        b1, b2 = (float(b) for b in betas)
+        for name, b in (("betas[0]", b1), ("betas[1]", b2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {b!r}")
+        self.betas = (b1, b2)
+        self.eps = _checks.positive("eps", eps, allow_zero=True)
+        self.weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+
+    def load_state_dict(self, d):
+        super().load_state_dict(d)
+        self.betas = tuple(float(b) for b in self.betas)
+
+    def _update(self, p, g, bufs):
+        m, v = bufs
+        _adam_update(p, g, m, v, self.step_count, float(self.lr), self.betas[0], self.betas[1],
+                     float(self.eps), float(self.weight_decay), self._decoupled)
+
+
+class AdamW(Adam):
+    """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay ``p <- p*(1 - lr*wd)``."""
+
+    _decoupled = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(lr, betas, eps, weight_decay)

@@ -1,0 +1,103 @@
+"""Plain NumPy versions of every kernel: the oracle for correctness and the speed baseline.
+
+Same names and arguments as ``fastnn.kernels`` minus the outputs. Every function returns
+new arrays and never mutates its inputs; the optimizer updates return the new parameters
+and the new state. Shapes as in the kernels: N = batch, I = in_features, O = out_features.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels.activations import GELU_A, GELU_C, LEAKY_SLOPE, NAMES, code_of
+
+
+def _name(act):
+    return NAMES[code_of(act)]
+
+
+def activation_forward(z, act):
+    """``act(z)`` element-wise; z (N, O)."""
+    name = _name(act)
+    if name == "relu":
+        return np.where(z < 0, 0, z)
+    if name == "leaky_relu":
+        return np.where(z < 0, z * LEAKY_SLOPE, z)
+    if name == "sigmoid":
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "gelu":
+        return 0.5 * z * (1 + np.tanh(GELU_C * (z + GELU_A * z**3)))
+    return z.copy()
+
+
+def activation_backward(dy, y, z, act):
+    """``dy * act'(z)``, from the output ``y`` (and the pre-activation ``z`` for gelu)."""
+    name = _name(act)
+    if name == "relu":
+        d = np.where(y > 0, 1, 0).astype(dy.dtype)
+    elif name == "leaky_relu":
+        d = np.where(y > 0, 1, LEAKY_SLOPE).astype(dy.dtype)
+    elif name == "sigmoid":
+        d = y * (1 - y)
+    elif name == "tanh":
+        d = 1 - y * y
+    elif name == "gelu":
+        t = np.tanh(GELU_C * (z + GELU_A * z**3))
+        d = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * GELU_C * (1 + 3 * GELU_A * z * z)
+    else:
+        d = np.ones_like(dy)
+    return dy * d
+
+
+def dense_forward(x, W, b, act):
+    """``act(x @ W + b)``; x (N, I), W (I, O), b (O,) -> (N, O)."""
+    return activation_forward(x @ W + b, act)
+
+
+def dense_backward(dout, x, W, out, z, act, need_dx=True):
+    """``(dW, db, dx)`` from ``dout = dL/d(out)``; dx is None when ``need_dx`` is False."""
+    dz = activation_backward(dout, out, z, act)
+    return x.T @ dz, dz.sum(axis=0), (dz @ W.T if need_dx else None)
+
+
+def softmax_cross_entropy(logits, labels):
+    """``(mean loss, dlogits)`` of softmax cross-entropy; logits (N, C), labels (N,) int."""
+    n = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = np.mean(np.log(s[:, 0]) - shifted[rows, labels], dtype=np.float64)
+    d = e / s
+    d[rows, labels] -= 1
+    return float(loss), d / n
+
+
+def mse(pred, target):
+    """``(mean((pred - target)^2), d/d(pred))``, the mean over all elements."""
+    diff = pred - target
+    return float(np.mean(diff * diff, dtype=np.float64)), diff * (2 / diff.size)
+
+
+def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """One SGD step (PyTorch's formula); returns ``(new p, new v)``."""
+    g = g + weight_decay * p
+    if momentum == 0:
+        return p - lr * g, v.copy()
+    v = momentum * v + g
+    return p - lr * (g + momentum * v if nesterov else v), v
+
+
+def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                decoupled=False):
+    """One Adam or AdamW step (PyTorch's formula); returns ``(new p, new m, new v)``."""
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * p
+    m = m + (1 - beta1) * (g - m)
+    v = beta2 * v + (1 - beta2) * g * g
+    denom = np.sqrt(v) / np.sqrt(1 - beta2**step) + eps
+    return p - (lr / (1 - beta1**step)) * m / denom, m, v
