@@ -35,12 +35,14 @@ class Optimizer:
             _checks.float_array(f"params[{i}]", p)
             _checks.writable(f"params[{i}]", p)
         if self.state is None:
-            self.state = {name: [np.zeros(p.size, p.dtype) for p in params] for name in self._buffers}
-        elif self._buffers:
-            have = [(b.size, b.dtype) for b in self.state[self._buffers[0]]]
-            if have != [(p.size, p.dtype) for p in params]:
+            self.state = {}
+        for bufs in self.state.values():
+            if [(b.size, b.dtype) for b in bufs] != [(p.size, p.dtype) for p in params]:
                 raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes; "
                                  "use one optimizer per model")
+        for name in self._buffers:  # created on the first step that needs them
+            if name not in self.state:
+                self.state[name] = [np.zeros(p.size, p.dtype) for p in params]
         self._check_hyper()
         self.step_count += 1
         for i, (p, g) in enumerate(zip(params, grads)):
@@ -51,8 +53,8 @@ class Optimizer:
         """Hyper-parameters, the step count and state buffers as a flat ``{name: value}`` dict."""
         d = {name: getattr(self, name) for name in self._hyper}
         d["step_count"] = self.step_count
-        for name in self._buffers:
-            for i, a in enumerate(self.state[name] if self.state else ()):
+        for name, bufs in (self.state or {}).items():
+            for i, a in enumerate(bufs):
                 d[f"{name}.{i}"] = a.copy()
         return d
 
@@ -61,11 +63,12 @@ class Optimizer:
         for name in self._hyper:
             setattr(self, name, d[name])
         self.step_count = int(d["step_count"])
-        if self._buffers and f"{self._buffers[0]}.0" in d:
-            count = sum(1 for k in d if k.startswith(self._buffers[0] + "."))
-            self.state = {name: [np.array(d[f"{name}.{i}"]) for i in range(count)] for name in self._buffers}
-        else:
-            self.state = None
+        state = {}
+        for key in d:
+            name, _, index = key.rpartition(".")
+            if name and index.isdigit():
+                state.setdefault(name, {})[int(index)] = np.array(d[key])
+        self.state = {name: [bufs[i] for i in range(len(bufs))] for name, bufs in state.items()} or None
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper)
@@ -89,12 +92,10 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
-        self._buffers = ("momentum_buffer",) if self.momentum else ()
 
-    def step(self, params, grads):
-        if not self._buffers and self.momentum:
-            raise ValueError("momentum cannot be switched on after construction; create a new SGD")
-        super().step(params, grads)
+    @property
+    def _buffers(self):
+        return ("momentum_buffer",) if self.momentum else ()
 
     def _update(self, p, g, bufs):
         v = bufs[0] if bufs else g  # no momentum: v is never read

@@ -6,6 +6,8 @@ and the new state. Shapes as in the kernels: N = batch, I = in_features, O = out
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .kernels.activations import GELU_A, GELU_C, LEAKY_SLOPE, NAMES, code_of
@@ -99,5 +101,5 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
         g = g + weight_decay * p
     m = m + (1 - beta1) * (g - m)
     v = beta2 * v + (1 - beta2) * g * g
-    denom = np.sqrt(v) / np.sqrt(1 - beta2**step) + eps
+    denom = np.sqrt(v) / math.sqrt(1 - beta2**step) + eps
     return p - (lr / (1 - beta1**step)) * m / denom, m, v

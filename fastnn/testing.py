@@ -1,0 +1,137 @@
+"""Shared checking tools for tests and benchmarks: tolerances, assert_close, finite
+differences, the kernel case table, and a whole training step built from the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import reference as R
+from .kernels.activations import CODES
+
+# Per-dtype tolerances for kernel vs reference. float32 products of length ~800 differ
+# from NumPy's BLAS by a few ulps times sqrt(length); float64 by ~1e-15 relative.
+TOLERANCE = {
+    np.dtype(np.float32): {"rtol": 2e-5, "atol": 2e-6},
+    np.dtype(np.float64): {"rtol": 1e-11, "atol": 1e-13},
+}
+
+ACTIVATIONS = tuple(CODES)  # identity, relu, leaky_relu, sigmoid, tanh, gelu
+
+# (N, I, O) for layer-level checks: N = 1, odd sizes, I or O = 1, and MNIST-like shapes.
+DENSE_SHAPES = ((1, 1, 1), (1, 7, 3), (3, 1, 5), (5, 4, 1), (17, 33, 9), (32, 784, 10), (64, 128, 256))
+
+
+def assert_close(actual, expected, dtype=None, scale=None, name="array"):
+    """Assert ``|actual - expected| <= atol*scale + rtol*|expected|`` element-wise.
+
+    ``scale`` (default: max |expected|, at least 1) lets absolute error grow with the size
+    of the values, as rounding does. Non-finite values must sit in the same places. The
+    message gives max abs error, max rel error and the worst index.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {actual.shape} != expected {expected.shape}")
+    if actual.dtype != expected.dtype:
+        raise AssertionError(f"{name}: dtype {actual.dtype} != expected {expected.dtype}")
+    tol = TOLERANCE[np.dtype(dtype or expected.dtype)]
+    fin_a, fin_e = np.isfinite(actual), np.isfinite(expected)
+    if not np.array_equal(fin_a, fin_e):
+        where = np.argwhere(fin_a != fin_e)[0]
+        raise AssertionError(f"{name}: non-finite values differ at {tuple(where)}: "
+                             f"{actual[tuple(where)]} vs expected {expected[tuple(where)]}")
+    same_nonfinite = np.array_equal(actual[~fin_a], expected[~fin_e], equal_nan=True)
+    if not same_nonfinite:
+        raise AssertionError(f"{name}: non-finite values differ (NaN vs inf or sign)")
+    a = actual[fin_a].astype(np.float64)
+    e = expected[fin_e].astype(np.float64)
+    if a.size == 0:
+        return
+    if scale is None:
+        scale = max(1.0, float(np.max(np.abs(e))))
+    err = np.abs(a - e)
+    bound = tol["atol"] * scale + tol["rtol"] * np.abs(e)
+    if np.any(err > bound):
+        worst = int(np.argmax(err - bound))
+        index = tuple(np.argwhere(fin_a)[worst])
+        rel = err / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
+        raise AssertionError(
+            f"{name}: max abs error {err.max():.3g}, max rel error {rel.max():.3g}, worst at {index}: "
+            f"{a[worst]!r} vs expected {e[worst]!r} (rtol {tol['rtol']}, atol {tol['atol']} x scale {scale:.3g})")
+
+
+def finite_difference(f, x, direction=None, h=1e-6):
+    """Central differences of the scalar function ``f`` at ``x`` (float64).
+
+    With ``direction``: the directional derivative ``(f(x + h d) - f(x - h d)) / 2h``.
+    Without: the full gradient, one element at a time (for tiny shapes).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if direction is not None:
+        return (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+    grad = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        grad[i] = (f(xp) - f(xm)) / (2 * h)
+    return grad
+
+
+# -- a whole network from the reference: the oracle for the model's training step --------
+
+def reference_loss_and_grad(params, activations, X, y, loss):
+    """Mean loss and ``[dW0, db0, ...]`` of a Dense stack, using only ``fastnn.reference``."""
+    inputs, outs, zs = [], [], []
+    a = X
+    for k, act in enumerate(activations):
+        W, b = params[2 * k], params[2 * k + 1]
+        inputs.append(a)
+        z = a @ W + b
+        a = R.activation_forward(z, act)
+        zs.append(z)
+        outs.append(a)
+    if loss == "softmax_cross_entropy":
+        value, dout = R.softmax_cross_entropy(a, y)
+    else:
+        value, dout = R.mse(a, y)
+    grads = [None] * len(params)
+    for k in range(len(activations) - 1, -1, -1):
+        dW, db, dx = R.dense_backward(dout, inputs[k], params[2 * k], outs[k], zs[k], activations[k],
+                                      need_dx=k > 0)
+        grads[2 * k], grads[2 * k + 1] = dW, db
+        dout = dx
+    return value, grads
+
+
+def reference_train(params, activations, batches, loss, optimizer, hyper, steps):
+    """Run ``steps`` updates on ``batches`` with the reference; returns (losses, params).
+
+    ``optimizer`` is "sgd", "adam" or "adamw" and ``hyper`` its keyword arguments, in
+    the reference's names (lr, momentum, weight_decay, nesterov / beta1, beta2, eps, ...).
+    """
+    flat = np.concatenate([p.ravel() for p in params])
+    shapes = [p.shape for p in params]
+    state = [np.zeros_like(flat), np.zeros_like(flat)]
+    losses = []
+    for t in range(1, steps + 1):
+        X, y = batches[(t - 1) % len(batches)]
+        views = _unflatten(flat, shapes)
+        value, grads = reference_loss_and_grad(views, activations, X, y, loss)
+        losses.append(value)
+        g = np.concatenate([g.ravel() for g in grads])
+        if optimizer == "sgd":
+            flat, state[0] = R.sgd_update(flat, g, state[0], **hyper)
+        else:
+            flat, state[0], state[1] = R.adam_update(flat, g, state[0], state[1], t, decoupled=optimizer == "adamw",
+                                                     **hyper)
+    return losses, _unflatten(flat, shapes)
+
+
+def _unflatten(flat, shapes):
+    out, start = [], 0
+    for s in shapes:
+        size = int(np.prod(s))
+        out.append(flat[start:start + size].reshape(s))
+        start += size
+    return out

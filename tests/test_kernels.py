@@ -1,0 +1,205 @@
+"""Every kernel against its NumPy reference, in float32 and float64."""
+import numpy as np
+import pytest
+
+import fastnn.kernels as K
+import fastnn.reference as R
+from fastnn.testing import ACTIVATIONS, DENSE_SHAPES, assert_close
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def test_every_kernel_has_a_reference_and_a_test():
+    tested = {name for name in globals() if name.startswith("test_")}
+    for name in K.KERNELS:
+        assert callable(getattr(K, name)) and callable(getattr(R, name)), name
+        assert any(name in t for t in tested), f"no test named after kernel {name}"
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_forward_and_activation_backward(act, dtype, rng):
+    z = randn(rng, (13, 7), dtype, scale=3.0)
+    y = K.activation_forward(z, act)
+    assert y.dtype == dtype
+    assert_close(y, R.activation_forward(z, act), name=f"{act} forward")
+    dy = randn(rng, z.shape, dtype)
+    dz = K.activation_backward(dy, y, z, act)
+    assert_close(dz, R.activation_backward(dy, y, z, act), name=f"{act} backward")
+    # in place: dz may be dy
+    dy2 = dy.copy()
+    K.activation_backward(dy2, y, z, act, dz=dy2)
+    assert_close(dy2, dz)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_forward_extreme_values(act, dtype):
+    z = np.array([[-1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4, np.nan, np.inf, -np.inf]], dtype)
+    with np.errstate(all="ignore"):
+        expected = R.activation_forward(z, act)
+    assert_close(K.activation_forward(z, act), expected, name=act)
+
+
+@pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "N=%d,I=%d,O=%d" % s)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_dense_forward_and_dense_backward(shape, act, dtype, rng):
+    n, i, o = shape
+    x, W, b = randn(rng, (n, i), dtype), randn(rng, (i, o), dtype, 1 / np.sqrt(i)), randn(rng, (o,), dtype)
+    z = np.empty((n, o), dtype)
+    out = K.dense_forward(x, W, b, act, z=z)
+    assert_close(out, R.dense_forward(x, W, b, act), name="out")
+    assert_close(z, x @ W + b, name="z")
+    dout = randn(rng, (n, o), dtype)
+    dW, db, dx = K.dense_backward(dout, x, W, out, z, act)
+    rW, rb, rx = R.dense_backward(dout, x, W, out, z, act)
+    assert_close(dW, rW, name="dW")
+    assert_close(db, rb, name="db")
+    assert_close(dx, rx, name="dx")
+    _, _, none = K.dense_backward(dout, x, W, out, z, act, need_dx=False)
+    assert none is None
+
+
+def test_dense_forward_without_z_buffer_matches_for_gelu(rng):
+    x, W, b = randn(rng, (4, 3), np.float64), randn(rng, (3, 2), np.float64), randn(rng, (2,), np.float64)
+    assert_close(K.dense_forward(x, W, b, "gelu"), R.dense_forward(x, W, b, "gelu"))
+
+
+def test_dense_backward_overwrites_outputs(rng):
+    x, W = randn(rng, (5, 4), np.float64), randn(rng, (4, 3), np.float64)
+    out = x @ W
+    dout = randn(rng, (5, 3), np.float64)
+    dW, db, dx = np.full((4, 3), 7.0), np.full(3, 7.0), np.full((5, 4), 7.0)
+    K.dense_backward(dout, x, W, out, out, None, dW, db, dx)
+    rW, rb, rx = R.dense_backward(dout, x, W, out, out, None)
+    assert_close(dW, rW)
+    assert_close(db, rb)
+    assert_close(dx, rx)
+
+
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 10), (7, 3), (128, 10)])
+def test_softmax_cross_entropy(n, c, dtype, rng):
+    logits = randn(rng, (n, c), dtype, scale=4.0)
+    labels = rng.integers(0, c, n)
+    loss, d = K.softmax_cross_entropy(logits, labels)
+    rloss, rd = R.softmax_cross_entropy(logits, labels)
+    assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+    assert_close(d, rd, name="dlogits")
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype)
+    labels = np.array([1, 2, 0])
+    loss, d = K.softmax_cross_entropy(logits, labels)
+    assert np.isfinite(loss) and np.all(np.isfinite(d))
+    # row 0: -log softmax = 2e4; row 1: uniform, log 3; row 2: two equal maxima, log 2
+    assert loss == pytest.approx((2e4 + np.log(3) + np.log(2)) / 3, rel=1e-6)
+    assert_close(d, R.softmax_cross_entropy(logits, labels)[1])
+
+
+def test_softmax_cross_entropy_propagates_nan_like_the_reference():
+    logits = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]])
+    labels = np.array([0, 1])
+    loss, d = K.softmax_cross_entropy(logits, labels)
+    rloss, rd = R.softmax_cross_entropy(logits, labels)
+    assert np.isnan(loss) and np.isnan(rloss)
+    assert_close(d, rd)
+
+
+@pytest.mark.parametrize("n,c", [(1, 1), (9, 1), (5, 3)])
+def test_mse(n, c, dtype, rng):
+    pred, target = randn(rng, (n, c), dtype), randn(rng, (n, c), dtype)
+    loss, d = K.mse(pred, target)
+    rloss, rd = R.mse(pred, target)
+    assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+    assert_close(d, rd)
+
+
+SGD_CASES = [dict(lr=0.1), dict(lr=0.1, weight_decay=0.01), dict(lr=0.05, momentum=0.9),
+             dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)]
+
+
+@pytest.mark.parametrize("hyper", SGD_CASES, ids=str)
+def test_sgd_update(hyper, dtype, rng):
+    p, g, v = randn(rng, 101, dtype), randn(rng, 101, dtype), randn(rng, 101, dtype)
+    rp, rv = R.sgd_update(p, g, v, **hyper)
+    p0, g0 = p.copy(), g.copy()
+    K.sgd_update(p, g, v, **hyper)
+    assert_close(p, rp, name="p")
+    if hyper.get("momentum"):
+        assert_close(v, rv, name="v")
+    np.testing.assert_array_equal(g, g0)  # the gradient is never modified
+    assert not np.array_equal(p, p0)
+
+
+ADAM_CASES = [dict(lr=1e-3), dict(lr=1e-2, weight_decay=0.1), dict(lr=1e-2, weight_decay=0.1, decoupled=True),
+              dict(lr=3e-3, beta1=0.5, beta2=0.9, eps=1e-6)]
+
+
+@pytest.mark.parametrize("step", [1, 2, 10])
+@pytest.mark.parametrize("hyper", ADAM_CASES, ids=str)
+def test_adam_update(hyper, step, dtype, rng):
+    p, g = randn(rng, 57, dtype), randn(rng, 57, dtype)
+    m, v = randn(rng, 57, dtype) * 0.1, np.abs(randn(rng, 57, dtype)) * 0.1
+    rp, rm, rv = R.adam_update(p, g, m, v, step, **hyper)
+    K.adam_update(p, g, m, v, step, **hyper)
+    assert_close(p, rp, name="p")
+    assert_close(m, rm, name="m")
+    assert_close(v, rv, name="v")
+
+
+def test_reference_never_mutates_its_inputs(rng):
+    x, W, b = randn(rng, (4, 3), np.float64), randn(rng, (3, 2), np.float64), randn(rng, (2,), np.float64)
+    p, g, m, v = (randn(rng, 6, np.float64) for _ in range(4))
+    v = np.abs(v)
+    arrays = [x, W, b, p, g, m, v]
+    before = [a.copy() for a in arrays]
+    z = x @ W + b
+    out = R.dense_forward(x, W, b, "gelu")
+    R.dense_backward(np.ones_like(out), x, W, out, z, "gelu")
+    R.softmax_cross_entropy(out, np.array([0, 1, 0, 1]))
+    R.mse(out, np.zeros_like(out))
+    R.sgd_update(p, g, m, 0.1, momentum=0.9)
+    R.adam_update(p, g, m, v, 1, 0.1)
+    for a, a0 in zip(arrays, before):
+        np.testing.assert_array_equal(a, a0)
+
+
+# -- wrapper validation: nothing wrong ever reaches a kernel -----------------------------
+
+def test_wrappers_reject_bad_arguments():
+    x, W, b = np.ones((4, 3)), np.ones((3, 2)), np.ones(2)
+    with pytest.raises(ValueError, match=r"W must have shape \(I, O\) with I = x.shape\[1\] = 3"):
+        K.dense_forward(x, np.ones((2, 2)), b, "relu")
+    with pytest.raises(ValueError, match=r"b must have shape \(2,\)"):
+        K.dense_forward(x, W, np.ones(3), "relu")
+    with pytest.raises(TypeError, match="W must have dtype float64 like the other arrays"):
+        K.dense_forward(x, W.astype(np.float32), b, "relu")
+    with pytest.raises(TypeError, match="x must have dtype float32 or float64"):
+        K.dense_forward(x.astype(np.int64), W, b, "relu")
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        K.dense_forward(np.ones((3, 4)).T, W, b, "relu")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        K.dense_forward(x, W, b, "swish")
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 2\)"):
+        K.dense_forward(x, W, b, "relu", out=np.empty((4, 3)))
+    with pytest.raises(ValueError, match="x is empty"):
+        K.dense_forward(np.ones((0, 3)), W, b, "relu")
+    with pytest.raises(ValueError, match=r"dout must have shape \(4, 2\)"):
+        K.dense_backward(np.ones((4, 3)), x, W, np.ones((4, 2)), np.ones((4, 2)), "relu")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        K.softmax_cross_entropy(np.ones((2, 2)), np.array([0, 2]))
+    with pytest.raises(TypeError, match="labels must be a C-contiguous int64"):
+        K.softmax_cross_entropy(np.ones((2, 2)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"target must have shape \(2, 2\)"):
+        K.mse(np.ones((2, 2)), np.ones((2, 1)))
+    with pytest.raises(ValueError, match=r"g must have shape \(3,\)"):
+        K.sgd_update(np.ones(3), np.ones(4), np.ones(3), 0.1)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        K.sgd_update(np.ones(3), np.ones(3), np.ones(3), -0.1)
+    with pytest.raises(ValueError, match="step must be an integer >= 1"):
+        K.adam_update(np.ones(3), np.ones(3), np.ones(3), np.ones(3), 0, 0.1)
+    with pytest.raises(ValueError, match="p is an output and must be writable"):
+        p = np.ones(3)
+        p.flags.writeable = False
+        K.sgd_update(p, np.ones(3), np.ones(3), 0.1)
