@@ -97,6 +97,14 @@ def main(argv=None) -> int:
     train.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     train.set_defaults(run=cmd_train)
 
+    bench = sub.add_parser("bench", help="time the training step beside NumPy, PyTorch and JAX")
+    bench.add_argument("--threads", type=_positive(int), help="threads for every contender (default: all cores)")
+    bench.add_argument("--cases", help="comma-separated case names (default: all); see fastnn.peers.CASES")
+    bench.add_argument("--contenders", help="comma-separated, from fastnn,numpy,torch,jax (default: all installed)")
+    bench.add_argument("--rounds", type=_positive(int), default=10, help="interleaved rounds (default 10)")
+    bench.add_argument("--json", type=pathlib.Path, help="also write the results to this JSON file")
+    bench.set_defaults(run=lambda a: __import__("fastnn.bench", fromlist=["main"]).main(a))
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)

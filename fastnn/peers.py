@@ -1,0 +1,239 @@
+"""The training-step cases of ``fastnn bench``, and the same step written for each contender.
+
+Every contender trains the same network from the same initial parameters on the same batch
+with SGD (momentum 0.9): fastnn, a plain NumPy loop (in-place where NumPy allows), PyTorch
+and JAX (``jax.jit`` of the whole step) when they are installed. Each step returns the
+loss as a Python float, so asynchronous peers are synchronised inside the timing.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import numpy as np
+
+LR, MOMENTUM = 1e-3, 0.9
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    sizes: tuple
+    activation: str
+    batch: int
+    loss: str = "softmax_cross_entropy"
+
+    @property
+    def label(self):
+        return f"{'-'.join(map(str, self.sizes))} {self.activation}, batch {self.batch}"
+
+    @property
+    def flops(self) -> int:
+        """Matrix-product FLOPs of one step: forward 2NIO, backward 4NIO, minus the first dx."""
+        pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
+        total = sum(6 * self.batch * i * o for i, o in pairs)
+        return total - 2 * self.batch * pairs[0][0] * pairs[0][1]
+
+
+CASES = {c.name: c for c in (
+    Case("mnist-b32", (784, 256, 128, 10), "relu", 32),
+    Case("mnist-b128", (784, 256, 128, 10), "relu", 128),
+    Case("mnist-b512", (784, 256, 128, 10), "relu", 512),
+    Case("sigmoid-b32", (784, 16, 16, 10), "sigmoid", 32),
+    Case("tanh-b64", (1, 64, 1), "tanh", 64, "mse"),
+    Case("wide-b256", (784, 2048, 2048, 10), "relu", 256),
+)}
+
+
+def make_problem(case: Case, seed=0):
+    """Initial float32 parameters ``[W0, b0, ...]`` (fastnn's initialisation) and one batch."""
+    import fastnn
+
+    sizes = case.sizes
+    layers = [fastnn.Dense(i, o, activation=case.activation) for i, o in zip(sizes[:-2], sizes[1:-1])]
+    model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], sizes[-1]), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    X = rng.random((case.batch, sizes[0]), dtype=np.float32)
+    if case.loss == "mse":
+        y = rng.standard_normal((case.batch, sizes[-1])).astype(np.float32)
+    else:
+        y = rng.integers(0, sizes[-1], case.batch)
+    return [p.copy() for p in model.parameters()], X, y
+
+
+class FastnnStep:
+    """``Sequential.train_step``, the public per-step path."""
+
+    def __init__(self, case, params, X, y):
+        import fastnn
+
+        sizes = case.sizes
+        layers = [fastnn.Dense(i, o, activation=case.activation) for i, o in zip(sizes[:-2], sizes[1:-1])]
+        self.model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], sizes[-1]))
+        for p, q in zip(self.model.parameters(), params):
+            p[...] = q
+        self.opt = fastnn.SGD(lr=LR, momentum=MOMENTUM)
+        self.case, self.X, self.y = case, X, y
+
+    def step(self):
+        return self.model.train_step(self.X, self.y, loss=self.case.loss, optimizer=self.opt)
+
+    def params(self):
+        return [p.copy() for p in self.model.parameters()]
+
+
+class NumpyStep:
+    """A plain NumPy training step, written for speed: in-place element-wise work."""
+
+    def __init__(self, case, params, X, y):
+        self.case, self.X, self.y = case, X, y
+        self.p = [p.copy() for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.rows = np.arange(case.batch)
+
+    def _act(self, z):
+        a = self.case.activation
+        if a == "relu":
+            return np.maximum(z, 0, out=z)
+        if a == "sigmoid":
+            np.negative(z, out=z)
+            np.exp(z, out=z)
+            z += 1
+            return np.reciprocal(z, out=z)
+        if a == "tanh":
+            return np.tanh(z, out=z)
+        raise ValueError(f"the NumPy peer has no {a}")
+
+    def _grad(self, d, a):
+        act = self.case.activation
+        if act == "relu":
+            d *= a > 0
+        elif act == "sigmoid":
+            d *= a * (1 - a)
+        else:
+            d *= 1 - a * a
+        return d
+
+    def step(self):
+        p, L = self.p, len(self.p) // 2
+        acts = [self.X]
+        for k in range(L):
+            z = acts[-1] @ p[2 * k]
+            z += p[2 * k + 1]
+            acts.append(self._act(z) if k < L - 1 else z)
+        out, n = acts[-1], self.case.batch
+        if self.case.loss == "mse":
+            d = out - self.y
+            loss = float(np.mean(d * d))
+            d *= 2 / d.size
+        else:
+            z = out - out.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            s = e.sum(axis=1, keepdims=True)
+            loss = float(np.mean(np.log(s[:, 0]) - z[self.rows, self.y]))
+            d = e / s
+            d[self.rows, self.y] -= 1
+            d /= n
+        for k in range(L - 1, -1, -1):
+            gW, gb = acts[k].T @ d, d.sum(axis=0)
+            if k:
+                d = self._grad(d @ p[2 * k].T, acts[k])
+            for i, g in ((2 * k, gW), (2 * k + 1, gb)):
+                self.v[i] *= MOMENTUM
+                self.v[i] += g
+                p[i] -= LR * self.v[i]
+        return loss
+
+    def params(self):
+        return [q.copy() for q in self.p]
+
+
+class TorchStep:
+    """PyTorch eager: nn.Linear layers, F.cross_entropy / F.mse_loss, torch.optim.SGD."""
+
+    def __init__(self, case, params, X, y):
+        import torch
+        from torch import nn
+
+        self.torch = torch
+        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+                "leaky_relu": lambda: nn.LeakyReLU(0.01), "gelu": lambda: nn.GELU(approximate="tanh")}
+        modules = []
+        for k in range(len(params) // 2):
+            W, b = params[2 * k], params[2 * k + 1]
+            lin = nn.Linear(*W.shape)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(W.T.copy()))
+                lin.bias.copy_(torch.from_numpy(b))
+            modules.append(lin)
+            if k < len(params) // 2 - 1:
+                modules.append(acts[case.activation]())
+        self.net = nn.Sequential(*modules)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
+        self.X = torch.from_numpy(X)
+        self.y = torch.from_numpy(y)
+        self.loss_fn = nn.functional.mse_loss if case.loss == "mse" else nn.functional.cross_entropy
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net(self.X), self.y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def params(self):
+        out = []
+        for m in self.net:
+            if hasattr(m, "weight"):
+                out += [m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()]
+        return out
+
+
+class JaxStep:
+    """JAX: the whole step (forward, loss, grad, SGD momentum) as one ``jax.jit`` program."""
+
+    def __init__(self, case, params, X, y):
+        import jax
+        import jax.numpy as jnp
+
+        acts = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+                "leaky_relu": lambda z: jax.nn.leaky_relu(z, 0.01), "gelu": lambda z: jax.nn.gelu(z, approximate=True)}
+        act, mse = acts[case.activation], case.loss == "mse"
+
+        def loss_fn(p, X, y):
+            a = X
+            for k in range(len(p) // 2):
+                a = a @ p[2 * k] + p[2 * k + 1]
+                if k < len(p) // 2 - 1:
+                    a = act(a)
+            if mse:
+                return jnp.mean((a - y) ** 2)
+            logp = jax.nn.log_softmax(a)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+        def step(p, v, X, y):
+            loss, g = jax.value_and_grad(loss_fn)(p, X, y)
+            v = [MOMENTUM * vi + gi for vi, gi in zip(v, g)]
+            p = [pi - LR * vi for pi, vi in zip(p, v)]
+            return p, v, loss
+
+        self._step = jax.jit(step, donate_argnums=(0, 1))
+        self.p = [jnp.asarray(q) for q in params]
+        self.v = [jnp.zeros_like(q) for q in self.p]
+        self.X, self.y = jnp.asarray(X), jnp.asarray(y.astype(np.int32) if not mse else y)
+
+    def step(self):
+        self.p, self.v, loss = self._step(self.p, self.v, self.X, self.y)
+        return float(loss)
+
+    def params(self):
+        return [np.asarray(q) for q in self.p]
+
+
+CONTENDERS = {"fastnn": FastnnStep, "numpy": NumpyStep, "torch": TorchStep, "jax": JaxStep}
+_MODULES = {"fastnn": "numba", "numpy": "numpy", "torch": "torch", "jax": "jax"}
+
+
+def available(name: str) -> bool:
+    """Whether a contender's library is installed (PyTorch and JAX are optional)."""
+    return importlib.util.find_spec(_MODULES[name]) is not None
