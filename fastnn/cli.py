@@ -105,6 +105,17 @@ def main(argv=None) -> int:
     bench.add_argument("--json", type=pathlib.Path, help="also write the results to this JSON file")
     bench.set_defaults(run=lambda a: __import__("fastnn.bench", fromlist=["main"]).main(a))
 
+    prof = sub.add_parser("profile", help="time each kernel of a training step")
+    prof.add_argument("--sizes", type=_hidden, default=[784, 256, 128, 10], help="layer sizes (default 784,256,128,10)")
+    prof.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity"])
+    prof.add_argument("--batch-size", type=_positive(int), default=128)
+    prof.add_argument("--steps", type=_positive(int), default=200)
+    prof.add_argument("--loss", default="softmax_cross_entropy", choices=["softmax_cross_entropy", "mse"])
+    prof.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd means momentum 0.9")
+    prof.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    prof.add_argument("--threads", type=_positive(int))
+    prof.set_defaults(run=lambda a: __import__("fastnn.profile", fromlist=["main"]).main(a))
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
