@@ -135,3 +135,127 @@ def _unflatten(flat, shapes):
         out.append(flat[start:start + size].reshape(s))
         start += size
     return out
+
+
+# -- the kernel case table shared by benchmarks/bench_kernels.py and the tests ------------
+
+MNIST_LAYERS = ((784, 256), (256, 128), (128, 10))
+BATCHES = (1, 32, 128, 512)
+WIDE_LAYER = (256, 2048, 2048)
+MNIST_PARAMS = sum(i * o + o for i, o in MNIST_LAYERS)  # 235,146
+WIDE_PARAMS = 784 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 10 + 10
+
+
+def case_group(kernel, dims, act="relu"):
+    """A benchmark group name such as ``dense_forward|N=128,I=784,O=256``."""
+    named = kernel.startswith("activation") and act != "relu"
+    return f"{kernel}|{act + ',' if named else ''}" + ",".join(f"{k}={v}" for k, v in dims.items())
+
+
+class KernelCase:
+    """One kernel at one shape: inputs, the kernel run, the reference run and the check.
+
+    ``run_numba`` calls the public kernel with preallocated outputs; ``run_numpy`` calls the
+    reference; ``check`` runs both on fresh copies of the inputs and compares every output.
+    ``flops`` or ``nbytes`` give the work of one call (for GFLOP/s or GB/s).
+    """
+
+    def __init__(self, kernel, dims, dtype=np.float32, act="relu", seed=0):
+        from . import kernels as K
+
+        self.kernel, self.dims, self.dtype, self.act = kernel, dict(dims), np.dtype(dtype), act
+        self._K = K
+        rng = np.random.default_rng(seed)
+        r = lambda *shape, s=1.0: (rng.standard_normal(shape) * s).astype(self.dtype)
+        d = self.dims
+        self.flops, self.nbytes = 0, 0
+        if kernel in ("dense_forward", "dense_backward"):
+            n, i, o = d["N"], d["I"], d["O"]
+            x, W, b = r(n, i), r(i, o, s=1 / np.sqrt(i)), r(o)
+            z = x @ W + b
+            out = R.activation_forward(z, act)
+            if kernel == "dense_forward":
+                self.inputs, self.outputs = (x, W, b, act), (np.empty((n, o), self.dtype), np.empty((n, o), self.dtype))
+                self.flops = 2 * n * i * o
+            else:
+                self.inputs = (r(n, o), x, W, out, z, act)
+                self.outputs = tuple(np.empty(s, self.dtype) for s in ((i, o), (o,), (n, i), (n, o)))
+                self.flops = 4 * n * i * o
+        elif kernel in ("activation_forward", "activation_backward"):
+            n, o = d["N"], d["O"]
+            z = r(n, o, s=2.0)
+            if kernel == "activation_forward":
+                self.inputs, self.outputs = (z, act), (np.empty((n, o), self.dtype),)
+                self.nbytes = 2 * z.nbytes
+            else:
+                self.inputs, self.outputs = (r(n, o), R.activation_forward(z, act), z, act), (np.empty((n, o), self.dtype),)
+                self.nbytes = 4 * z.nbytes
+        elif kernel in ("softmax_cross_entropy", "mse"):
+            n, c = d["N"], d["C"]
+            target = rng.integers(0, c, n) if kernel == "softmax_cross_entropy" else r(n, c)
+            self.inputs, self.outputs = (r(n, c, s=3.0), target), (np.empty((n, c), self.dtype),)
+            self.nbytes = 2 * n * c * self.dtype.itemsize
+        elif kernel in ("sgd_update", "adam_update"):
+            p = d["P"]
+            if kernel == "sgd_update":
+                self.inputs, self.hyper = (r(p), r(p), r(p)), dict(lr=1e-3, momentum=0.9)
+                self.nbytes = 5 * p * self.dtype.itemsize
+            else:
+                self.inputs, self.hyper = (r(p), r(p), r(p, s=0.1), np.abs(r(p, s=0.1)), 3), dict(lr=1e-3)
+                self.nbytes = 7 * p * self.dtype.itemsize
+            self.outputs = ()
+        else:
+            raise ValueError(f"no benchmark case for kernel {kernel!r}")
+
+    @property
+    def group(self):
+        return case_group(self.kernel, self.dims, self.act)
+
+    def run_numba(self, inputs=None, outputs=None):
+        fn = getattr(self._K, self.kernel)
+        inputs = self.inputs if inputs is None else inputs
+        outputs = self.outputs if outputs is None else outputs
+        if self.kernel.endswith("_update"):
+            return fn(*inputs, **self.hyper)
+        return fn(*inputs, *outputs)
+
+    def run_numpy(self, inputs=None):
+        fn = getattr(R, self.kernel)
+        inputs = self.inputs if inputs is None else inputs
+        return fn(*inputs, **self.hyper) if self.kernel.endswith("_update") else fn(*inputs)
+
+    def check(self):
+        """Assert that the kernel matches the reference on this case (values and gradients)."""
+        fresh = lambda: tuple(a.copy() if isinstance(a, np.ndarray) else a for a in self.inputs)
+        expected = self.run_numpy(fresh())
+        got = self.run_numba(fresh(), tuple(np.full_like(o, np.nan) for o in self.outputs))
+        if not isinstance(expected, tuple):
+            expected, got = (expected,), (got,)
+        if self.kernel == "dense_forward":
+            got = got[:1]
+        if self.kernel in ("softmax_cross_entropy", "mse"):
+            expected = (np.array(expected[0]), expected[1])
+            got = (np.array(got[0]), got[1])
+        for k, (g, e) in enumerate(zip(got, expected)):
+            assert_close(g, e, dtype=self.dtype, name=f"{self.group} output {k}")
+
+
+def kernel_case_specs():
+    """``(kernel, dims, act)`` for every kernel at the shapes of an MNIST training step and a
+    wide layer; ``KernelCase(kernel, dims, act=act)`` builds one (lazily: the wide ones are big)."""
+    from .kernels import KERNELS
+    from .kernels.activations import CODES
+
+    layers = [dict(N=n, I=i, O=o) for n in BATCHES for i, o in MNIST_LAYERS] + [dict(zip("NIO", WIDE_LAYER))]
+    specs = []
+    for kernel in KERNELS:
+        if kernel.startswith("dense"):
+            specs += [(kernel, d, "relu") for d in layers]
+        elif kernel.startswith("activation"):
+            specs += [(kernel, dict(N=d["N"], O=d["O"]), "relu") for d in layers]
+            specs += [(kernel, dict(N=128, O=256), a) for a in CODES if a != "relu"]
+        elif kernel in ("softmax_cross_entropy", "mse"):
+            specs += [(kernel, dict(N=n, C=10), "relu") for n in BATCHES]
+        else:
+            specs += [(kernel, dict(P=p), "relu") for p in (MNIST_PARAMS, WIDE_PARAMS)]
+    return specs

@@ -1,0 +1,140 @@
+"""The benchmark suite and the profiling tools: they check before they time, and they measure
+the real step."""
+import importlib.util
+import json
+import pathlib
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.kernels as K
+from fastnn import cli
+from fastnn.profile import profile_step, timed_kernels
+from fastnn.testing import KernelCase, kernel_case_specs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_bench(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeBenchmark:
+    """Stands in for pytest-benchmark's fixture: records whether anything was timed."""
+
+    def __init__(self):
+        self.extra_info, self.timed, self.group = {}, 0, None
+
+    def __call__(self, fn, *args):
+        self.timed += 1
+        return fn(*args)
+
+
+def test_every_kernel_has_a_benchmark_case():
+    assert {spec[0] for spec in kernel_case_specs()} == set(K.KERNELS)
+
+
+@pytest.mark.parametrize("kernel, private, output", [("dense_forward", "_dense_forward", 4),  # out
+                                                     ("dense_backward", "_dense_backward", 6),  # dW
+                                                     ("adam_update", "_adam_update", 0)])  # p
+def test_a_broken_kernel_fails_its_benchmark_before_timing(kernel, private, output, monkeypatch):
+    bench = load_bench("bench_kernels")
+    module = importlib.import_module(f"fastnn.kernels.{'optimizers' if 'update' in kernel else 'dense'}")
+    original = getattr(module, private)
+
+    def broken(*args):
+        result = original(*args)
+        args[output][..., :1] += 1e-3  # a small error in one column of one output
+        return result
+
+    monkeypatch.setattr(module, private, broken)
+    spec = next(s for s in bench.SPECS if s[0] == kernel)
+    fake = FakeBenchmark()
+    with pytest.raises(AssertionError, match="max abs error"):
+        bench.test_kernel(fake, lambda *a, **k: None, spec, "numba")
+    assert fake.timed == 0
+    monkeypatch.undo()
+    bench.test_kernel(fake, lambda *a, **k: None, spec, "numba")  # and the real kernel passes
+    assert fake.timed == 1
+
+
+def test_kernel_case_runs_the_public_kernel_with_preallocated_outputs():
+    case = KernelCase("dense_forward", dict(N=4, I=5, O=3))
+    out = case.run_numba()
+    assert out is case.outputs[0]
+    np.testing.assert_allclose(out, case.run_numpy(), rtol=1e-5)
+
+
+def small_problem(seed=0):
+    model = fastnn.Sequential(fastnn.Dense(20, 16, activation="relu"), fastnn.Dense(16, 8, activation="gelu"),
+                              fastnn.Dense(8, 3), seed=seed)
+    rng = np.random.default_rng(1)
+    return model, rng.random((32, 20), dtype=np.float32), rng.integers(0, 3, 32)
+
+
+def test_profile_times_every_kernel_of_the_real_step_and_changes_nothing():
+    model, X, y = small_problem()
+    result = profile_step(model, X, y, "softmax_cross_entropy", fastnn.Adam(), steps=7, warmup=2)
+    calls = {(r["kernel"], r["shape"]): r["calls"] for r in result["kernels"]}
+    assert calls == {("dense_forward", "20x16"): 7, ("dense_forward", "16x8"): 7, ("dense_forward", "8x3"): 7,
+                     ("dense_backward", "20x16"): 7, ("dense_backward", "16x8"): 7, ("dense_backward", "8x3"): 7,
+                     ("softmax_cross_entropy", "32x3"): 7, ("adam_update", "499"): 7}  # 20*16+16 + 16*8+8 + 8*3+3
+    kernel_time = sum(r["seconds"] for r in result["kernels"])
+    assert 0 < kernel_time < result["profiled_s"]
+    flops = {r["shape"]: r["flops"] for r in result["kernels"] if r["kernel"] == "dense_backward"}
+    assert flops["20x16"] == 7 * 2 * 32 * 20 * 16  # the first layer computes no dx
+    assert flops["16x8"] == 7 * 4 * 32 * 16 * 8
+    # timers wrap the step without changing it: 2 + 7 + 7 profiled steps equal 16 plain ones
+    plain, _, _ = small_problem()
+    opt = fastnn.Adam()
+    for _ in range(16):
+        plain.train_step(X, y, optimizer=opt)
+    for p, q in zip(model.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_timed_kernels_restores_the_kernels():
+    from fastnn import losses, model, optim
+
+    before = (model._dense_forward, model._dense_backward, optim._sgd_update, dict(losses.LOSSES))
+    with pytest.raises(RuntimeError):
+        with timed_kernels(defaultdict(lambda: [0, 0.0, 0, 0])):
+            assert model._dense_forward is not before[0]
+            raise RuntimeError("interrupted")
+    assert (model._dense_forward, model._dense_backward, optim._sgd_update, dict(losses.LOSSES)) == before
+
+
+def test_profile_command_prints_a_kernel_table(capsys):
+    assert cli.main(["profile", "--sizes", "30,8,4", "--batch-size", "16", "--steps", "5", "--activation",
+                     "tanh", "--optimizer", "adam"]) == 0
+    out = capsys.readouterr().out
+    for word in ("dense_forward", "dense_backward", "softmax_cross_entropy", "adam_update", "outside kernels",
+                 "samples/s", "GFLOP/s", "% peak"):
+        assert word in out
+
+
+def test_bench_command_writes_a_table_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "--cases", "tanh-b64", "--contenders", "fastnn,numpy", "--rounds", "2",
+                     "--threads", "1", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1-64-1 tanh, batch 64" in out and "1 thread(s) for every contender" in out
+    report = json.loads(path.read_text())
+    assert report["machine"]["threads"] == 1 and report["peak_gflops"] > 0
+    (case,) = report["cases"]
+    assert set(case["contenders"]) == {"fastnn", "numpy"}
+    fast, ref = case["contenders"]["fastnn"], case["contenders"]["numpy"]
+    np.testing.assert_allclose(fast["losses"], ref["losses"], rtol=2e-3)
+    assert fast["median_s"] > 0 and fast["steps_timed"] >= 2
+    assert fast["ratio_to_fastest_peer"] == pytest.approx(fast["median_s"] / ref["median_s"])
+    assert fast["samples_per_s"] == pytest.approx(64 / fast["median_s"])
+
+
+def test_bench_rejects_unknown_cases(capsys):
+    assert cli.main(["bench", "--cases", "nope"]) == 2
+    assert "unknown case(s) ['nope']" in capsys.readouterr().err
