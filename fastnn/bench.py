@@ -4,8 +4,10 @@ How it measures (``../shared/PERF_NOTES.md`` explains why):
 - each contender runs in its own process whose thread limits are set in its environment
   before anything is imported, and whose CPU affinity is limited to ``threads`` cores;
 - after a warm-up (the first step, with any compilation, is reported separately) the parent
-  asks the contenders in turn, round after round, for a block of about 50 ms of steps, so
+  asks the contenders in turn, round after round, for a block of about 0.25 s of steps, so
   drift on a noisy machine hits all of them alike; medians of the per-step times are quoted;
+- between blocks the parent pauses 0.1 s, so the previous contender's BLAS threads stop
+  spinning before the next one starts;
 - before timing, the losses of the first three steps from the same initial parameters must
   agree between contenders: a contender that trains something else is not compared;
 - the machine's matrix-multiply peak is a NumPy float32 2048^3 product in a worker with the
@@ -22,8 +24,14 @@ import time
 
 import numpy as np
 
-BLOCK_SECONDS = 0.05
 PEAK_N = 2048
+# After its block a contender's OpenBLAS threads keep spinning for a while, stealing the cores
+# from the next one. Measured at 784-256-128-10, batch 512, with 50 ms blocks and no pause:
+# fastnn 7.5 ms and PyTorch 7.7 ms per step, against 3.8 and 4.7 ms with a pause. So blocks
+# are long enough that a spin tail touches a minority of steps (the median ignores it), and
+# the parent pauses between blocks.
+BLOCK_SECONDS = 0.25
+SETTLE_SECONDS = 0.1
 
 
 def thread_env(threads: int) -> dict:
@@ -93,6 +101,7 @@ def run_case(case, contenders, threads: int, rounds: int, check_rtol: float = 2e
         for r in range(rounds):
             order = workers[r % len(workers):] + workers[:r % len(workers)]  # rotate who goes first
             for w in order:
+                time.sleep(SETTLE_SECONDS)
                 times[w.name] += w.ask(cmd="run", steps=blocks[w.name])["times"]
     finally:
         for w in workers:
@@ -142,7 +151,7 @@ def format_table(report: dict) -> str:
                          f"{100 * v['gflops'] / report['peak_gflops']:>6.1f}% {ratio:>16}")
             first = False
     lines.append("")
-    lines.append("median of interleaved ~50 ms blocks after warm-up; first step (compile) excluded.")
+    lines.append("median of interleaved ~0.25 s blocks after warm-up; first step (compile) excluded.")
     return "\n".join(lines)
 
 
