@@ -100,3 +100,25 @@ def kernel(fn=None, *, parallel: bool = False):
 def helper(fn):
     """Decorator for scalar helpers called only from kernels; LLVM inlines them there."""
     return numba.njit(fastmath=set(FASTMATH), error_model="numpy")(fn)
+
+
+def loop_helper(fn):
+    """Decorator for a loop called from an if-chain once per constant activation code.
+
+    Inlined by Numba itself, so each call site gets its own copy with the code fixed and
+    LLVM vectorises it (left to LLVM, the bigger loops were not inlined, so not specialised).
+    """
+    return numba.njit(fastmath=set(FASTMATH), error_model="numpy", inline="always")(fn)
+
+
+def typed_helper(stub):
+    """Decorator: give the Python function ``stub`` a compiled implementation per argument type.
+
+    The decorated function receives Numba types and returns the implementation to compile
+    (``numba.extending.overload``), so float32 code can use float32 constants and float32
+    approximations while float64 keeps full precision. ``stub`` stays a plain function
+    whose signature the implementations share.
+    """
+    from numba.extending import overload
+
+    return overload(stub, jit_options=dict(fastmath=set(FASTMATH), error_model="numpy"))

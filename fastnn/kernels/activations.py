@@ -11,15 +11,22 @@ kernel needs no extra buffer:
     identity'   = 1
 gelu is the exception: its derivative needs the pre-activation z, so layers with gelu keep
 a separate z buffer (``NEEDS_PREACTIVATION``).
+
+Speed: math.exp/math.tanh are scalar library calls that LLVM cannot vectorise (no SVML
+here). In float32, ``exp_`` and ``tanh_`` are branch-free approximations that vectorise:
+128x256 tanh takes 7.4 us instead of 495 us. float64 keeps the library calls.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from . import _checks
-from ._jit import helper, kernel
+from ._jit import kernel, loop_helper, typed_helper
 
 IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU = range(6)
 CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
@@ -29,6 +36,18 @@ NEEDS_PREACTIVATION = frozenset({GELU})
 LEAKY_SLOPE = 0.01
 GELU_C = math.sqrt(2.0 / math.pi)  # tanh form, as PyTorch's gelu(approximate="tanh")
 GELU_A = 0.044715
+
+# float32 tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (beyond, float32 tanh rounds to +-1).
+# Fitted for this project by Lawson-reweighted least squares on relative error; evaluated in
+# float32 it is within 5.4 ulps (3.2e-7 relative) of tanh over [-12, 12] (2M points).
+TANH_CLAMP = 9.0
+TANH_P = (0.9999999800309736, 0.1338141286185716, 0.003496044606145275, 2.0616450973462845e-05,
+          1.3364586741215819e-08)
+TANH_Q = (1.0, 0.4671472868413348, 0.025878727699044004, 0.000328637526221796, 7.780681767047445e-07)
+# float32 exp(x) = 2^k e^r, k = round(x / ln 2), |r| <= ln(2)/2, e^r by its Taylor series to
+# r^7 (truncation 5e-9 relative): within 0.6 ulps. Results below 1.2e-38 flush to zero.
+EXP_LO, EXP_HI = -87.33654, 88.72283
+LN2_HI, LN2_LO = 0.693145751953125, 1.4286068203094172e-06  # ln 2 split so k*LN2_HI is exact
 
 
 def code_of(activation) -> int:
@@ -40,56 +59,178 @@ def code_of(activation) -> int:
     raise ValueError(f"unknown activation {activation!r}; expected None or one of {sorted(CODES)}")
 
 
-@helper
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as the float32 with the same bits (no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+def exp_(x):
+    """exp for kernels: vectorisable in float32, the library call in float64."""
+    return math.exp(x)
+
+
+@typed_helper(exp_)
+def _exp_impl(x):
+    if x != types.float32:
+        return lambda x: math.exp(x)
+    f = np.float32
+    lo, hi, log2e, half, one = f(EXP_LO), f(EXP_HI), f(1 / math.log(2)), f(0.5), f(1.0)
+    ln2_hi, ln2_lo, zero, inf = f(LN2_HI), f(LN2_LO), f(0.0), f(np.inf)
+    c2, c3, c4, c5, c6, c7 = (f(1 / math.factorial(k)) for k in range(2, 8))
+    i127, i23, f127 = np.int32(127), np.int32(23), f(127.0)
+
+    def impl(x):
+        c = min(max(x, lo), hi)
+        k = math.floor(c * log2e + half)
+        r = (c - k * ln2_hi) - k * ln2_lo
+        p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
+        kk = min(k, f127)  # 2^128 has no float32; near the top scale by 2^127 and then by 2
+        y = p * _float32_from_bits((np.int32(kk) + i127) << i23) * (one + (k - kk))
+        if x != x:
+            return x  # NaN stays NaN
+        if x > hi:
+            return inf
+        return y if x >= lo else zero
+    return impl
+
+
+def tanh_(x):
+    """tanh for kernels: vectorisable in float32, the library call in float64."""
+    return math.tanh(x)
+
+
+@typed_helper(tanh_)
+def _tanh_impl(x):
+    if x != types.float32:
+        return lambda x: math.tanh(x)
+    f = np.float32
+    clamp, one = f(TANH_CLAMP), f(1.0)
+    p0, p1, p2, p3, p4 = (f(c) for c in TANH_P)
+    q1, q2, q3, q4 = (f(c) for c in TANH_Q[1:])
+
+    def impl(x):
+        c = min(max(x, -clamp), clamp)
+        t = c * c
+        y = c * ((((p4 * t + p3) * t + p2) * t + p1) * t + p0) / ((((q4 * t + q3) * t + q2) * t + q1) * t + one)
+        y = min(max(y, -one), one)
+        return x if x != x else y  # min/max would turn NaN into a bound
+    return impl
+
+
 def activate(z, act):
-    """act(z) for one element. Written so NaN propagates as in the reference."""
-    if act == RELU:
-        return 0.0 if z < 0.0 else z
-    if act == LEAKY_RELU:
-        return z * LEAKY_SLOPE if z < 0.0 else z
-    if act == SIGMOID:
-        e = math.exp(-abs(z))  # never overflows
-        return 1.0 / (1.0 + e) if z >= 0.0 else e / (1.0 + e)
-    if act == TANH:
-        return math.tanh(z)
-    if act == GELU:
-        return 0.5 * z * (1.0 + math.tanh(GELU_C * (z + GELU_A * z * z * z)))
-    return z
+    """act(z) for one element. NaN propagates as in the reference. Kernels get the compiled
+    implementation below; plain Python (NUMBA_DISABLE_JIT=1) runs its float64 version."""
+    return _activate_impl(types.float64, types.int64)(z, act)
+
+
+@typed_helper(activate)
+def _activate_impl(z, act):
+    f = np.float32 if z == types.float32 else np.float64
+    zero, half, one, slope = f(0.0), f(0.5), f(1.0), f(LEAKY_SLOPE)
+    gelu_c, gelu_a = f(GELU_C), f(GELU_A)
+
+    def impl(z, act):
+        if act == RELU:
+            return zero if z < zero else z
+        if act == LEAKY_RELU:
+            return z * slope if z < zero else z
+        if act == SIGMOID:
+            e = exp_(-abs(z))  # never overflows
+            r = one / (one + e)
+            return r if z >= zero else e * r
+        if act == TANH:
+            return tanh_(z)
+        if act == GELU:
+            return half * z * (one + tanh_(gelu_c * (z + gelu_a * z * z * z)))
+        return z
+    return impl
 
 
 # Differentiates `activate`: the derivative of y = act(z), from y (and z for gelu).
-@helper
 def derivative(y, z, act):
-    if act == RELU:
-        return 1.0 if y > 0.0 else 0.0
-    if act == LEAKY_RELU:
-        return 1.0 if y > 0.0 else LEAKY_SLOPE
-    if act == SIGMOID:
-        return y * (1.0 - y)
-    if act == TANH:
-        return 1.0 - y * y
-    if act == GELU:
-        t = math.tanh(GELU_C * (z + GELU_A * z * z * z))
-        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * z * z)
-    return 1.0
+    """act'(z) for one element, from y = act(z) (and z for gelu); compiled in kernels, float64
+    in plain Python."""
+    return _derivative_impl(types.float64, types.float64, types.int64)(y, z, act)
+
+
+@typed_helper(derivative)
+def _derivative_impl(y, z, act):
+    f = np.float32 if y == types.float32 else np.float64
+    zero, half, one, three, slope = f(0.0), f(0.5), f(1.0), f(3.0), f(LEAKY_SLOPE)
+    gelu_c, gelu_a = f(GELU_C), f(GELU_A)
+
+    def impl(y, z, act):
+        if act == RELU:
+            return one if y > zero else zero
+        if act == LEAKY_RELU:
+            return one if y > zero else slope
+        if act == SIGMOID:
+            return y * (one - y)
+        if act == TANH:
+            return one - y * y
+        if act == GELU:
+            t = tanh_(gelu_c * (z + gelu_a * z * z * z))
+            return half * (one + t) + half * z * (one - t * t) * gelu_c * (one + three * gelu_a * z * z)
+        return one
+    return impl
+
+
+# Every element-wise loop comes as a helper taking the activation code, called once per code
+# from an if-chain: with the code constant, LLVM drops the other branches and vectorises the
+# loop. A loop branching on a run-time code per element did not vectorise: 64x64 identity
+# 7.0 us -> 0.53 us, tanh 17 us -> 1.4 us, sigmoid 44 us -> 5.0 us (float32, 1 thread).
+
+@loop_helper
+def _forward_loop(z, code, y):
+    n, m = z.shape
+    for i in range(n):
+        for j in range(m):
+            y[i, j] = activate(z[i, j], code)
 
 
 @kernel
 def _activation_forward(z, act, y):
     # z, y: (N, O); y may be z (in place).
-    n, m = z.shape
-    for i in range(n):
-        for j in range(m):
-            y[i, j] = activate(z[i, j], act)
+    if act == RELU:
+        _forward_loop(z, RELU, y)
+    elif act == LEAKY_RELU:
+        _forward_loop(z, LEAKY_RELU, y)
+    elif act == SIGMOID:
+        _forward_loop(z, SIGMOID, y)
+    elif act == TANH:
+        _forward_loop(z, TANH, y)
+    elif act == GELU:
+        _forward_loop(z, GELU, y)
+    else:
+        _forward_loop(z, IDENTITY, y)
 
 
 # Differentiates y = act(z) above: dz = dy * act'(y, z). dz may be dy (then dy is overwritten).
-@kernel
-def _activation_backward(dy, y, z, act, dz):
+@loop_helper
+def _backward_loop(dy, y, z, code, dz):
     n, m = dy.shape
     for i in range(n):
         for j in range(m):
-            dz[i, j] = dy[i, j] * derivative(y[i, j], z[i, j], act)
+            dz[i, j] = dy[i, j] * derivative(y[i, j], z[i, j], code)
+
+
+@kernel
+def _activation_backward(dy, y, z, act, dz):
+    if act == RELU:
+        _backward_loop(dy, y, z, RELU, dz)
+    elif act == LEAKY_RELU:
+        _backward_loop(dy, y, z, LEAKY_RELU, dz)
+    elif act == SIGMOID:
+        _backward_loop(dy, y, z, SIGMOID, dz)
+    elif act == TANH:
+        _backward_loop(dy, y, z, TANH, dz)
+    elif act == GELU:
+        _backward_loop(dy, y, z, GELU, dz)
+    else:
+        _backward_loop(dy, y, z, IDENTITY, dz)
 
 
 def activation_forward(z, act, y=None):

@@ -13,34 +13,76 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._jit import kernel
-from .activations import NEEDS_PREACTIVATION, activate, code_of, derivative
+from ._jit import kernel, loop_helper
+from .activations import (GELU, IDENTITY, LEAKY_RELU, NEEDS_PREACTIVATION, RELU, SIGMOID, TANH, activate,
+                          code_of, derivative)
+
+
+@loop_helper
+def _bias_activation_loop(b, code, out, z):
+    # z holds x @ W; add the bias, keep it in z, write act(z) to out.
+    n, m = z.shape
+    if z.ctypes.data == out.ctypes.data:
+        # One store: two stores to one address per element made LLVM's alias check fail and
+        # run the scalar loop (64x64 tanh 10.6 us -> 2.0 us, sigmoid 50.5 us -> 5.5 us).
+        for i in range(n):
+            for j in range(m):
+                out[i, j] = activate(out[i, j] + b[j], code)
+    else:
+        for i in range(n):
+            for j in range(m):
+                v = z[i, j] + b[j]
+                z[i, j] = v
+                out[i, j] = activate(v, code)
 
 
 @kernel
 def _dense_forward(x, W, b, act, out, z):
     np.dot(x, W, z)
-    n, m = z.shape
-    for i in range(n):
-        for j in range(m):
-            v = z[i, j] + b[j]
-            z[i, j] = v
-            out[i, j] = activate(v, act)
+    # one loop per activation code, so each vectorises (see activations.py)
+    if act == RELU:
+        _bias_activation_loop(b, RELU, out, z)
+    elif act == LEAKY_RELU:
+        _bias_activation_loop(b, LEAKY_RELU, out, z)
+    elif act == SIGMOID:
+        _bias_activation_loop(b, SIGMOID, out, z)
+    elif act == TANH:
+        _bias_activation_loop(b, TANH, out, z)
+    elif act == GELU:
+        _bias_activation_loop(b, GELU, out, z)
+    else:
+        _bias_activation_loop(b, IDENTITY, out, z)
 
 
 # Differentiates `out = act(x @ W + b)`:
 #   dz = dout * act'(out, z);  dW = x.T @ dz;  db = dz.sum(0);  dx = dz @ W.T
 # dz may be dout (then dout is overwritten). dx with zero rows skips dx (the first layer).
-@kernel
-def _dense_backward(dout, x, W, out, z, act, dW, db, dx, dz):
+@loop_helper
+def _activation_grad_loop(dout, out, z, code, dz, db):
     n, m = dout.shape
     for j in range(m):
         db[j] = 0.0
     for i in range(n):
         for j in range(m):
-            d = dout[i, j] * derivative(out[i, j], z[i, j], act)
+            d = dout[i, j] * derivative(out[i, j], z[i, j], code)
             dz[i, j] = d
             db[j] += d
+
+
+@kernel
+def _dense_backward(dout, x, W, out, z, act, dW, db, dx, dz):
+    if act == RELU:
+        _activation_grad_loop(dout, out, z, RELU, dz, db)
+    elif act == LEAKY_RELU:
+        _activation_grad_loop(dout, out, z, LEAKY_RELU, dz, db)
+    elif act == SIGMOID:
+        _activation_grad_loop(dout, out, z, SIGMOID, dz, db)
+    elif act == TANH:
+        _activation_grad_loop(dout, out, z, TANH, dz, db)
+    elif act == GELU:
+        _activation_grad_loop(dout, out, z, GELU, dz, db)
+    else:
+        _activation_grad_loop(dout, out, z, IDENTITY, dz, db)
     np.dot(x.T, dz, dW)
     if dx.shape[0] != 0:
         np.dot(dz, W.T, dx)

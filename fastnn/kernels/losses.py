@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _checks
 from ._jit import kernel
+from .activations import exp_
 
 
 # loss_i = logsumexp(logits_i) - logits_i[label_i], with the max subtracted first so logits
@@ -30,7 +31,7 @@ def _softmax_cross_entropy(logits, labels, dlogits):
                 m = logits[i, j]
         s = 0.0
         for j in range(c):
-            e = math.exp(logits[i, j] - m)
+            e = exp_(logits[i, j] - m)
             dlogits[i, j] = e
             s += e
         total += m + math.log(s) - logits[i, labels[i]]
