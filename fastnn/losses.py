@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import losses as _kernels
-from .kernels._checks import all_finite
+from .kernels._checks import all_finite, labels_in_range
 
 LOSSES = {
     "softmax_cross_entropy": _kernels._softmax_cross_entropy,
@@ -26,6 +26,9 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype) -> np.ndarray:
     mse: float targets (n, outputs) -> the model's dtype (a 1-D y is taken as one output).
     """
     check_loss(loss)
+    if (loss == "softmax_cross_entropy" and type(y) is np.ndarray and y.dtype == np.int64 and y.ndim == 1
+            and y.shape[0] == n and y.flags.c_contiguous and labels_in_range(y, outputs)):
+        return y  # the per-step fast path: already what the kernel reads
     y = np.asarray(y)
     if loss == "softmax_cross_entropy":
         if y.dtype.kind not in "iu":

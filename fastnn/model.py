@@ -16,24 +16,41 @@ import numpy as np
 from .kernels._checks import all_finite
 from .kernels.activations import NEEDS_PREACTIVATION
 from .kernels.dense import _dense_backward, _dense_forward
+from .kernels.train import MSE, SOFTMAX_CROSS_ENTROPY, _forward, _forward_backward, _train_step
 from .layers import Dense
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+_LOSS_CODES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY, "mse": MSE}
 
 
 class _Workspace:
-    """Per-batch-size buffers: each layer's output, pre-activation and output gradient."""
+    """Activation buffers for batches of up to ``capacity`` rows, allocated once.
 
-    def __init__(self, layers, n, dtype):
-        self.out = [np.empty((n, layer.out_features), dtype) for layer in layers]
-        # Only gelu needs z kept apart from out; the others differentiate from out.
-        self.z = [np.empty_like(o) if layer.code in NEEDS_PREACTIVATION else o
-                  for layer, o in zip(layers, self.out)]
-        self.dout = [np.empty_like(o) for o in self.out]
-        self.no_dx = np.empty((0, layers[0].in_features), dtype)
+    Flat (capacity * S,) arrays, S = sum of out_features: a batch of n rows uses the first
+    n * S elements, so the last partial batch of an epoch needs no buffers of its own.
+    """
+
+    def __init__(self, layers, capacity, dtype):
+        self.capacity = capacity
+        width = sum(layer.out_features for layer in layers)
+        self.outs = np.empty(capacity * width, dtype)
+        self.douts = np.empty(capacity * width, dtype)
+        gelu = any(layer.code in NEEDS_PREACTIVATION for layer in layers)
+        self.zs = np.empty(capacity * width if gelu else 0, dtype)
+
+    def views(self, layers, layout, n):
+        """Per-layer (out, z, dout) views for n rows, as the compiled step lays them out."""
+        out, z, dout = [], [], []
+        for layer, row in zip(layers, layout):
+            start, size = n * row[5], n * layer.out_features
+            out.append(self.outs[start:start + size].reshape(n, layer.out_features))
+            dout.append(self.douts[start:start + size].reshape(n, layer.out_features))
+            z.append(self.zs[start:start + size].reshape(n, layer.out_features)
+                     if layer.code in NEEDS_PREACTIVATION else out[-1])
+        return out, z, dout
 
 
 class Sequential:
@@ -84,7 +101,10 @@ class Sequential:
         self._rng = np.random.default_rng(seed)
         for layer in layers:
             layer.init_params(self._rng)
-        self._workspaces = {}
+        self._layout = _layout(self.layers)
+        self._workspace_ = None
+        self._no_labels = np.empty(0, np.int64)
+        self._no_targets = np.empty(0, self.dtype)
 
     def _views(self, flat):
         views, start = [], 0
@@ -110,54 +130,67 @@ class Sequential:
     # -- checks and conversion, once per call -------------------------------------------
 
     def _inputs(self, X, name="X"):
-        if not isinstance(X, np.ndarray):
-            X = np.asarray(X)
-        if X.dtype.kind not in "iuf":
-            raise TypeError(f"{name} must be numeric (int or float), got dtype {X.dtype}")
-        if X.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
-        if X.shape[1] != self.in_features:
-            raise ValueError(f"{name} has {X.shape[1]} features per row but the first layer expects "
-                             f"{self.in_features}")
-        if X.shape[0] == 0:
-            raise ValueError(f"{name} is empty (0 rows); pass at least one sample")
-        X = np.ascontiguousarray(X, dtype=self.dtype)  # converts dtype, byte order and layout
-        if not all_finite(X):
+        if (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and X.shape[0]
+                and X.shape[1] == self.in_features and X.flags.c_contiguous):
+            X_ok = X  # the per-step fast path: nothing to convert
+        else:
+            if not isinstance(X, np.ndarray):
+                X = np.asarray(X)
+            if X.dtype.kind not in "iuf":
+                raise TypeError(f"{name} must be numeric (int or float), got dtype {X.dtype}")
+            if X.ndim != 2:
+                raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+            if X.shape[1] != self.in_features:
+                raise ValueError(f"{name} has {X.shape[1]} features per row but the first layer expects "
+                                 f"{self.in_features}")
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty (0 rows); pass at least one sample")
+            X_ok = np.ascontiguousarray(X, dtype=self.dtype)  # converts dtype, byte order and layout
+        if not all_finite(X_ok):
             raise ValueError(f"{name} contains NaN or inf; remove or impute those values first")
-        return X
+        return X_ok
 
     def _data(self, X, y, loss):
         X = self._inputs(X)
         return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype)
 
     def _workspace(self, n):
-        ws = self._workspaces.get(n)
-        if ws is None:
-            if len(self._workspaces) >= 4:  # e.g. full and last partial batch of two loaders
-                self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[n] = _Workspace(self.layers, n, self.dtype)
+        ws = self._workspace_
+        if ws is None or ws.capacity < n:
+            ws = self._workspace_ = _Workspace(self.layers, n, self.dtype)
         return ws
 
-    # -- the step: forward, loss, backward (kernels only) --------------------------------
+    def _targets(self, loss, y):
+        """(labels, targets) as the compiled step takes them; the unused one is empty."""
+        if loss == "softmax_cross_entropy":
+            return y, self._no_targets
+        return self._no_labels, y.reshape(-1)
 
-    def _forward(self, ws, X):
-        a = X
-        for layer, out, z in zip(self.layers, ws.out, ws.z):
-            _dense_forward(a, layer.W, layer.b, layer.code, out, z)
-            a = out
-        return a
+    # -- the step -------------------------------------------------------------------------
 
     def _loss_and_grad(self, ws, X, y, loss_kernel):
-        """Forward, fused loss, backward into the flat gradient buffer; returns the loss."""
-        logits = self._forward(ws, X)
-        loss = loss_kernel(logits, y, ws.dout[-1])
+        """The compiled step's forward, loss and backward, called kernel by kernel from Python
+        (``fastnn profile`` times each); the same kernels in the same order, on the same buffers."""
+        out, z, dout = ws.views(self.layers, self._layout, X.shape[0])
+        a = X
+        for layer, o, zz in zip(self.layers, out, z):
+            _dense_forward(a, layer.W, layer.b, layer.code, o, zz)
+            a = o
+        loss = loss_kernel(out[-1], y, dout[-1])
         for k in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[k]
-            x = X if k == 0 else ws.out[k - 1]
-            dx = ws.no_dx if k == 0 else ws.dout[k - 1]
-            _dense_backward(ws.dout[k], x, layer.W, ws.out[k], ws.z[k], layer.code,
-                            self._grads[2 * k], self._grads[2 * k + 1], dx, ws.dout[k])
+            x = X if k == 0 else out[k - 1]
+            dx = X[:0] if k == 0 else dout[k - 1]
+            _dense_backward(dout[k], x, layer.W, out[k], z[k], layer.code,
+                            self._grads[2 * k], self._grads[2 * k + 1], dx, dout[k])
         return loss
+
+    def _step_by_kernel(self, X, y, loss, optimizer):
+        """``train_step`` with every kernel called from Python, for ``fastnn profile``."""
+        X, y = self._data(X, y, loss)
+        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, check_loss(loss))
+        optimizer.step([self._flat_params], [self._flat_grads])
+        return float(value)
 
     def loss_and_grad(self, X, y, loss="softmax_cross_entropy"):
         """Mean loss on ``(X, y)`` and its gradient with respect to every parameter.
@@ -168,19 +201,27 @@ class Sequential:
         grads : list of ndarray
             New arrays matching ``parameters()`` in order and shape.
         """
-        kernel = check_loss(loss)
+        check_loss(loss)
         X, y = self._data(X, y, loss)
-        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, kernel)
+        ws = self._workspace(X.shape[0])
+        value = _forward_backward(X, *self._targets(loss, y), _LOSS_CODES[loss], self._layout, self._flat_params,
+                                  self._flat_grads, ws.outs, ws.zs, ws.douts)
         return float(value), [g.copy() for g in self._grads]
 
     def train_step(self, X, y, loss="softmax_cross_entropy", optimizer=None):
         """One optimizer update on the batch ``(X, y)``; returns the batch loss before it."""
-        kernel = check_loss(loss)
-        _check_optimizer(optimizer)
+        loss_code = _LOSS_CODES.get(loss) if isinstance(loss, str) else None
+        if loss_code is None:
+            check_loss(loss)
+        if not isinstance(optimizer, Optimizer):
+            _check_optimizer(optimizer)
         X, y = self._data(X, y, loss)
-        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, kernel)
-        optimizer.step([self._flat_params], [self._flat_grads])
-        return float(value)
+        ws = self._workspace(X.shape[0])
+        labels, targets = self._targets(loss, y)
+        optimizer._prepare((self._flat_params,))
+        code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
+        return _train_step(X, labels, targets, loss_code, self._layout, self._flat_params, self._flat_grads,
+                           ws.outs, ws.zs, ws.douts, code, hyper, state1, state2, step)
 
     # -- training loop -------------------------------------------------------------------
 
@@ -206,7 +247,7 @@ class Sequential:
         history : dict of per-epoch lists: ``loss``, plus ``accuracy`` for cross-entropy,
             plus ``val_loss`` and ``val_accuracy`` with validation data.
         """
-        kernel = check_loss(loss)
+        check_loss(loss)
         _check_optimizer(optimizer)
         epochs = _positive_count("epochs", epochs)
         batch_size = _positive_count("batch_size", batch_size)
@@ -242,10 +283,14 @@ class Sequential:
                     np.take(X, idx, axis=0, out=Xb)
                     np.take(y, idx, axis=0, out=yb)
                 ws = self._workspace(m)
-                batch_loss = self._loss_and_grad(ws, Xb, yb, kernel)
+                labels, targets = self._targets(loss, yb)
+                optimizer._prepare((self._flat_params,))
+                batch_loss = _train_step(Xb, labels, targets, _LOSS_CODES[loss], self._layout, self._flat_params,
+                                         self._flat_grads, ws.outs, ws.zs, ws.douts,
+                                         *optimizer._kernel_args(0, self._flat_params))
                 if classify:
-                    correct += int(np.count_nonzero(ws.out[-1].argmax(axis=1) == yb))
-                optimizer.step([self._flat_params], [self._flat_grads])
+                    logits = ws.views(self.layers, self._layout, m)[0][-1]
+                    correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
                 total_loss += batch_loss * m
                 if bar is not None:
                     bar.update(m)
@@ -267,16 +312,13 @@ class Sequential:
 
     def _predict(self, X, batch_size):
         out = np.empty((X.shape[0], self.out_features), self.dtype)
-        local = {}  # at most two workspaces, dropped on return: no training buffers kept
+        ws = _Workspace(self.layers, min(batch_size, X.shape[0]), self.dtype)  # dropped on return
+        last = self._layout[-1, 5]
         for start in range(0, X.shape[0], batch_size):
             stop = min(start + batch_size, X.shape[0])
-            if stop - start not in local:
-                local[stop - start] = _Workspace(self.layers, stop - start, self.dtype)
-            ws = local[stop - start]
-            ws.out[-1] = out[start:stop]
-            if self.layers[-1].code not in NEEDS_PREACTIVATION:
-                ws.z[-1] = ws.out[-1]
-            self._forward(ws, X[start:stop])
+            n = stop - start
+            _forward(X[start:stop], self._layout, self._flat_params, ws.outs, ws.zs)
+            out[start:stop] = ws.outs[n * last:n * (last + self.out_features)].reshape(n, self.out_features)
         return out
 
     def predict(self, X, batch_size=1024):
@@ -368,6 +410,17 @@ def load(path) -> Sequential:
                              f"expected {dtype}{p.shape}")
         p[...] = a
     return model
+
+
+def _layout(layers):
+    """(L, 6) int64: I, O, W offset, b offset, activation code, output column offset."""
+    rows, offset, column = [], 0, 0
+    for layer in layers:
+        i, o = layer.in_features, layer.out_features
+        rows.append((i, o, offset, offset + i * o, layer.code, column))
+        offset += i * o + o
+        column += o
+    return np.array(rows, dtype=np.int64)
 
 
 def _check_optimizer(optimizer):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import _checks
-from .kernels.optimizers import _adam_update, _sgd_update
+from .kernels.train import ADAM, SGD as SGD_CODE, optimizer_update
 
 
 class Optimizer:
@@ -16,13 +16,37 @@ class Optimizer:
 
     _buffers: tuple = ()
     _hyper: tuple = ()
+    _code = None
 
     def __init__(self):
         self.step_count = 0
-        self.state = None  # {buffer name: [array per parameter]}, created on the first step
+        self.state = None  # {buffer name: [flat array per parameter]}, created on the first step
+        self._hyper_values = np.zeros(8)  # what the kernel reads; refilled each step
 
-    def _check_hyper(self):
+    def _fill_hyper(self):
+        raise NotImplementedError
+
+    def _prepare(self, params):
+        """Create the state on the first step; check it fits ``params`` afterwards."""
         _checks.positive("lr", self.lr)
+        if self.state is None:
+            self.state = {}
+        for bufs in self.state.values():
+            if [(b.size, b.dtype) for b in bufs] != [(p.size, p.dtype) for p in params]:
+                raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes; "
+                                 "use one optimizer per model")
+        for name in self._buffers:  # created on the first step that needs them
+            if name not in self.state:
+                self.state[name] = [np.zeros(p.size, p.dtype) for p in params]
+        self._fill_hyper()
+        self.step_count += 1
+
+    def _kernel_args(self, i, p):
+        """(code, hyper, state1, state2, step) for parameter array ``i``, as the kernels take them."""
+        bufs = [self.state[name][i] for name in self._buffers]
+        empty = p[:0]
+        bufs += [empty] * (2 - len(bufs))
+        return self._code, self._hyper_values, bufs[0], bufs[1], self.step_count
 
     def step(self, params, grads):
         """Update each array of ``params`` in place from the matching array of ``grads``."""
@@ -34,20 +58,11 @@ class Optimizer:
                                  f"{getattr(p, 'shape', p)} and {getattr(g, 'shape', g)}")
             _checks.float_array(f"params[{i}]", p)
             _checks.writable(f"params[{i}]", p)
-        if self.state is None:
-            self.state = {}
-        for bufs in self.state.values():
-            if [(b.size, b.dtype) for b in bufs] != [(p.size, p.dtype) for p in params]:
-                raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes; "
-                                 "use one optimizer per model")
-        for name in self._buffers:  # created on the first step that needs them
-            if name not in self.state:
-                self.state[name] = [np.zeros(p.size, p.dtype) for p in params]
-        self._check_hyper()
-        self.step_count += 1
+        self._prepare(params)
         for i, (p, g) in enumerate(zip(params, grads)):
-            self._update(p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1),
-                         [self.state[name][i] for name in self._buffers])
+            flat = p.reshape(-1)
+            code, hyper, state1, state2, t = self._kernel_args(i, flat)
+            optimizer_update(code, flat, np.ascontiguousarray(g, p.dtype).reshape(-1), hyper, state1, state2, t)
 
     def state_dict(self) -> dict:
         """Hyper-parameters, the step count and state buffers as a flat ``{name: value}`` dict."""
@@ -93,13 +108,15 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
 
+    _code = SGD_CODE
+
     @property
     def _buffers(self):
         return ("momentum_buffer",) if self.momentum else ()
 
-    def _update(self, p, g, bufs):
-        v = bufs[0] if bufs else g  # no momentum: v is never read
-        _sgd_update(p, g, v, float(self.lr), float(self.momentum), float(self.weight_decay), self.nesterov)
+    def _fill_hyper(self):
+        h = self._hyper_values
+        h[0], h[1], h[2], h[3] = self.lr, self.momentum, self.weight_decay, self.nesterov
 
 
 class Adam(Optimizer):
@@ -109,6 +126,7 @@ class Adam(Optimizer):
     _hyper = ("lr", "betas", "eps", "weight_decay")
     _buffers = ("exp_avg", "exp_avg_sq")
     _decoupled = False
+    _code = ADAM
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
@@ -125,10 +143,10 @@ class Adam(Optimizer):
         super().load_state_dict(d)
         self.betas = tuple(float(b) for b in self.betas)
 
-    def _update(self, p, g, bufs):
-        m, v = bufs
-        _adam_update(p, g, m, v, self.step_count, float(self.lr), self.betas[0], self.betas[1],
-                     float(self.eps), float(self.weight_decay), self._decoupled)
+    def _fill_hyper(self):
+        h = self._hyper_values
+        h[0], h[1], h[2], h[3], h[4], h[5] = (self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                                              self._decoupled)
 
 
 class AdamW(Adam):

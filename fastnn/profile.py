@@ -1,8 +1,10 @@
 """``fastnn profile``: where the time of a training step goes, kernel by kernel.
 
-The step profiled is the model's own ``train_step``: for the profiled steps each kernel
-call site is wrapped in a timer (``timed_kernels``), so no second copy of the step exists to
-drift from the real one. A separate run without timers gives the step's true speed.
+``train_step`` runs the whole step as one compiled call, which cannot be timed inside. The
+profile runs the same kernels in the same order on the same buffers from Python
+(``Sequential._step_by_kernel``; a test checks both give identical parameters), with each
+kernel call site wrapped in a timer (``timed_kernels``). A separate run of ``train_step``
+without timers gives the step's true speed.
 """
 from __future__ import annotations
 
@@ -28,12 +30,9 @@ def _loss_cost(pred, target, dpred):
     return f"{pred.shape[0]}x{pred.shape[1]}", 0, pred.nbytes + dpred.nbytes
 
 
-def _sgd_cost(p, g, v, lr, momentum, weight_decay, nesterov):
-    return f"{p.size:,}", 0, p.nbytes * (5 if momentum else 3)
-
-
-def _adam_cost(p, g, m, v, *args):
-    return f"{p.size:,}", 0, p.nbytes * 7
+def _optimizer_cost(code, p, g, hyper, state1, state2, step):
+    streams = 7 if state2.size else (5 if state1.size else 3)  # arrays read or written per element
+    return f"{p.size:,}", 0, p.nbytes * streams
 
 
 @contextlib.contextmanager
@@ -46,8 +45,7 @@ def timed_kernels(records):
 
     sites = [(model, "_dense_forward", "dense_forward", _dense_forward_cost),
              (model, "_dense_backward", "dense_backward", _dense_backward_cost),
-             (optim, "_sgd_update", "sgd_update", _sgd_cost),
-             (optim, "_adam_update", "adam_update", _adam_cost)]
+             (optim, "optimizer_update", "optimizer_update", _optimizer_cost)]
     saved_losses = dict(losses.LOSSES)
 
     def timed(name, fn, cost):
@@ -108,7 +106,7 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
     with timed_kernels(records):
         t = time.perf_counter()
         for _ in range(steps):
-            model.train_step(X, y, loss=loss, optimizer=optimizer)
+            model._step_by_kernel(X, y, loss, optimizer)
         profiled = time.perf_counter() - t
     step = float(np.median(times))
     rows = [{"kernel": k, "shape": s, "calls": c, "seconds": sec, "flops": f, "bytes": b}

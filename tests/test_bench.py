@@ -83,7 +83,7 @@ def test_profile_times_every_kernel_of_the_real_step_and_changes_nothing():
     calls = {(r["kernel"], r["shape"]): r["calls"] for r in result["kernels"]}
     assert calls == {("dense_forward", "20x16"): 7, ("dense_forward", "16x8"): 7, ("dense_forward", "8x3"): 7,
                      ("dense_backward", "20x16"): 7, ("dense_backward", "16x8"): 7, ("dense_backward", "8x3"): 7,
-                     ("softmax_cross_entropy", "32x3"): 7, ("adam_update", "499"): 7}  # 20*16+16 + 16*8+8 + 8*3+3
+                     ("softmax_cross_entropy", "32x3"): 7, ("optimizer_update", "499"): 7}  # 20*16+16 + 16*8+8 + 8*3+3
     kernel_time = sum(r["seconds"] for r in result["kernels"])
     assert 0 < kernel_time < result["profiled_s"]
     flops = {r["shape"]: r["flops"] for r in result["kernels"] if r["kernel"] == "dense_backward"}
@@ -101,19 +101,19 @@ def test_profile_times_every_kernel_of_the_real_step_and_changes_nothing():
 def test_timed_kernels_restores_the_kernels():
     from fastnn import losses, model, optim
 
-    before = (model._dense_forward, model._dense_backward, optim._sgd_update, dict(losses.LOSSES))
+    before = (model._dense_forward, model._dense_backward, optim.optimizer_update, dict(losses.LOSSES))
     with pytest.raises(RuntimeError):
         with timed_kernels(defaultdict(lambda: [0, 0.0, 0, 0])):
             assert model._dense_forward is not before[0]
             raise RuntimeError("interrupted")
-    assert (model._dense_forward, model._dense_backward, optim._sgd_update, dict(losses.LOSSES)) == before
+    assert (model._dense_forward, model._dense_backward, optim.optimizer_update, dict(losses.LOSSES)) == before
 
 
 def test_profile_command_prints_a_kernel_table(capsys):
     assert cli.main(["profile", "--sizes", "30,8,4", "--batch-size", "16", "--steps", "5", "--activation",
                      "tanh", "--optimizer", "adam"]) == 0
     out = capsys.readouterr().out
-    for word in ("dense_forward", "dense_backward", "softmax_cross_entropy", "adam_update", "outside kernels",
+    for word in ("dense_forward", "dense_backward", "softmax_cross_entropy", "optimizer_update", "outside kernels",
                  "samples/s", "GFLOP/s", "% peak"):
         assert word in out
 

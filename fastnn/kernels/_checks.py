@@ -70,3 +70,12 @@ def all_finite(a):
     for i in range(flat.size):
         acc += flat[i] * 0.0  # NaN*0 and inf*0 are NaN; finite*0 is 0
     return acc == 0.0
+
+
+@kernel
+def labels_in_range(labels, classes):
+    """True when every label lies in [0, classes) (no allocation)."""
+    ok = True
+    for i in range(labels.size):
+        ok &= (labels[i] >= 0) & (labels[i] < classes)
+    return ok

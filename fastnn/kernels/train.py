@@ -1,0 +1,101 @@
+"""The whole training step, and a whole epoch of steps, as compiled loops over flat buffers.
+
+One step function serves every path: ``Sequential.train_step`` calls ``_train_step`` once
+per batch, and ``_train_epoch`` calls the same ``_train_step`` for every batch of an epoch
+without returning to Python. Both run the same kernels as the public wrappers.
+
+Shapes: N = batch, L = layers, P = parameters, S = sum of the layers' out_features.
+    layout  (L, 6) int64   per layer: I, O, W offset, b offset (into params), act code,
+                           column offset of its output (into the (N, S) activation buffers)
+    params, grads (P,)     flat W0, b0, W1, b1, ... (W row-major (I, O))
+    outs, douts (N*S,)     each layer's output and dL/d(output), layer k at N*offset
+    zs (N*S,) or (0,)      pre-activations, used only by layers whose activation needs them
+    labels (N,) int64      cross-entropy targets (empty for mse)
+    targets (N*O_last,)    mse targets (empty for cross-entropy)
+    hyper (8,) float64     optimizer hyper-parameters (see ``optimizer_update``)
+    state1, state2 (P,)    optimizer state (momentum / Adam moments), or empty when unused
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import kernel
+from .activations import GELU
+from .dense import _dense_backward, _dense_forward
+from .losses import _mse, _softmax_cross_entropy
+from .optimizers import _adam_update, _sgd_update
+
+SOFTMAX_CROSS_ENTROPY, MSE = 0, 1
+SGD, ADAM = 0, 1
+I_, O_, W_OFF, B_OFF, ACT, COL = range(6)
+
+
+@kernel
+def _view2d(flat, start, rows, cols):
+    return flat[start:start + rows * cols].reshape((rows, cols))
+
+
+@kernel
+def _forward(X, layout, params, outs, zs):
+    """Every layer's forward pass; returns nothing (outputs land in ``outs``)."""
+    n = X.shape[0]
+    a = X
+    for k in range(layout.shape[0]):
+        i, o = layout[k, I_], layout[k, O_]
+        W = _view2d(params, layout[k, W_OFF], i, o)
+        b = params[layout[k, B_OFF]:layout[k, B_OFF] + o]
+        out = _view2d(outs, n * layout[k, COL], n, o)
+        z = _view2d(zs, n * layout[k, COL], n, o) if layout[k, ACT] == GELU else out
+        _dense_forward(a, W, b, layout[k, ACT], out, z)
+        a = out
+
+
+@kernel
+def _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts):
+    """Forward, fused loss and backward into ``grads``; returns the mean loss."""
+    n = X.shape[0]
+    last = layout.shape[0] - 1
+    _forward(X, layout, params, outs, zs)
+    o_last = layout[last, O_]
+    logits = _view2d(outs, n * layout[last, COL], n, o_last)
+    dlogits = _view2d(douts, n * layout[last, COL], n, o_last)
+    if loss_code == SOFTMAX_CROSS_ENTROPY:
+        loss = _softmax_cross_entropy(logits, labels, dlogits)
+    else:
+        loss = _mse(logits, targets.reshape((n, o_last)), dlogits)
+    no_dx = outs[:0].reshape((0, layout[0, I_]))
+    for k in range(last, -1, -1):
+        i, o = layout[k, I_], layout[k, O_]
+        W = _view2d(params, layout[k, W_OFF], i, o)
+        dW = _view2d(grads, layout[k, W_OFF], i, o)
+        db = grads[layout[k, B_OFF]:layout[k, B_OFF] + o]
+        out = _view2d(outs, n * layout[k, COL], n, o)
+        dout = _view2d(douts, n * layout[k, COL], n, o)
+        z = _view2d(zs, n * layout[k, COL], n, o) if layout[k, ACT] == GELU else out
+        if k == 0:
+            _dense_backward(dout, X, W, out, z, layout[k, ACT], dW, db, no_dx, dout)
+        else:
+            x = _view2d(outs, n * layout[k - 1, COL], n, i)
+            dx = _view2d(douts, n * layout[k - 1, COL], n, i)
+            _dense_backward(dout, x, W, out, z, layout[k, ACT], dW, db, dx, dout)
+    return loss
+
+
+@kernel
+def optimizer_update(opt_code, params, grads, hyper, state1, state2, step):
+    """SGD: hyper = lr, momentum, weight_decay, nesterov; Adam/AdamW: hyper = lr, beta1,
+    beta2, eps, weight_decay, decoupled. ``step`` is the 1-based step number (Adam)."""
+    if opt_code == SGD:
+        _sgd_update(params, grads, state1, hyper[0], hyper[1], hyper[2], hyper[3] != 0.0)
+    else:
+        _adam_update(params, grads, state1, state2, step, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
+                     hyper[5] != 0.0)
+
+
+@kernel
+def _train_step(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts,
+                opt_code, hyper, state1, state2, step):
+    """One step: forward, loss, backward, optimizer update. Returns the loss before it."""
+    loss = _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts)
+    optimizer_update(opt_code, params, grads, hyper, state1, state2, step)
+    return loss
