@@ -16,7 +16,7 @@ import numpy as np
 from .kernels._checks import all_finite
 from .kernels.activations import NEEDS_PREACTIVATION
 from .kernels.dense import _dense_backward, _dense_forward
-from .kernels.train import MSE, SOFTMAX_CROSS_ENTROPY, _forward, _forward_backward, _train_step
+from .kernels.train import MSE, SOFTMAX_CROSS_ENTROPY, _forward, _forward_backward, _train_epoch, _train_step
 from .layers import Dense
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
@@ -220,8 +220,10 @@ class Sequential:
         labels, targets = self._targets(loss, y)
         optimizer._prepare((self._flat_params,))
         code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
-        return _train_step(X, labels, targets, loss_code, self._layout, self._flat_params, self._flat_grads,
-                           ws.outs, ws.zs, ws.douts, code, hyper, state1, state2, step)
+        value = _train_step(X, labels, targets, loss_code, self._layout, self._flat_params, self._flat_grads,
+                            ws.outs, ws.zs, ws.douts, code, hyper, state1, state2, step)
+        optimizer.step_count = step
+        return value
 
     # -- training loop -------------------------------------------------------------------
 
@@ -265,36 +267,34 @@ class Sequential:
             if classify:
                 history["val_accuracy"] = []
         n = X.shape[0]
-        batch_buffers = {}
+        batches = -(-n // batch_size)
+        ws = self._workspace(min(batch_size, n))
+        labels, targets = self._targets(loss, y)
+        x_buf = np.empty((min(batch_size, n), X.shape[1]), self.dtype)
+        label_buf = np.empty(min(batch_size, n) if labels.size else 0, np.int64)
+        target_buf = np.empty(min(batch_size, n) * self.out_features if targets.size else 0, self.dtype)
+        batch_losses = np.empty(batches)
+        no_order = np.empty(0, np.int64)
+        # the compiled epoch returns to Python only to move the progress bar (about 20 times)
+        chunk = max(1, batches // 20) if verbose else batches
+        optimizer._prepare((self._flat_params,))
         for epoch in range(epochs):
-            order = self._rng.permutation(n) if shuffle else None
+            order = self._rng.permutation(n) if shuffle else no_order
             total_loss, correct = 0.0, 0
             bar = _progress(n, batch_size, epoch, epochs) if verbose else None
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                m = stop - start
-                if order is None:
-                    Xb, yb = X[start:stop], y[start:stop]
-                else:
-                    if m not in batch_buffers:
-                        batch_buffers[m] = (np.empty((m, X.shape[1]), X.dtype), np.empty((m,) + y.shape[1:], y.dtype))
-                    Xb, yb = batch_buffers[m]
-                    idx = order[start:stop]
-                    np.take(X, idx, axis=0, out=Xb)
-                    np.take(y, idx, axis=0, out=yb)
-                ws = self._workspace(m)
-                labels, targets = self._targets(loss, yb)
-                optimizer._prepare((self._flat_params,))
-                batch_loss = _train_step(Xb, labels, targets, _LOSS_CODES[loss], self._layout, self._flat_params,
-                                         self._flat_grads, ws.outs, ws.zs, ws.douts,
-                                         *optimizer._kernel_args(0, self._flat_params))
-                if classify:
-                    logits = ws.views(self.layers, self._layout, m)[0][-1]
-                    correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-                total_loss += batch_loss * m
+            for first in range(0, batches, chunk):
+                stop = min(first + chunk, batches)
+                code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
+                part_loss, part_correct = _train_epoch(
+                    X, labels, targets, order, batch_size, first, stop, _LOSS_CODES[loss], self._layout,
+                    self._flat_params, self._flat_grads, ws.outs, ws.zs, ws.douts, x_buf, label_buf, target_buf,
+                    code, hyper, state1, state2, step, batch_losses)
+                optimizer.step_count += stop - first
+                total_loss += part_loss
+                correct += part_correct
                 if bar is not None:
-                    bar.update(m)
-                    bar.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
+                    bar.update(min(stop * batch_size, n) - min(first * batch_size, n))
+                    bar.set_postfix(loss=f"{batch_losses[stop - 1]:.4f}", refresh=False)
             history["loss"].append(total_loss / n)
             if classify:
                 history["accuracy"].append(correct / n)

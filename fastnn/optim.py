@@ -39,14 +39,14 @@ class Optimizer:
             if name not in self.state:
                 self.state[name] = [np.zeros(p.size, p.dtype) for p in params]
         self._fill_hyper()
-        self.step_count += 1
 
     def _kernel_args(self, i, p):
-        """(code, hyper, state1, state2, step) for parameter array ``i``, as the kernels take them."""
+        """(code, hyper, state1, state2, step) for parameter array ``i``, as the kernels take them;
+        step is the number of the step about to be taken (callers count it afterwards)."""
         bufs = [self.state[name][i] for name in self._buffers]
         empty = p[:0]
         bufs += [empty] * (2 - len(bufs))
-        return self._code, self._hyper_values, bufs[0], bufs[1], self.step_count
+        return self._code, self._hyper_values, bufs[0], bufs[1], self.step_count + 1
 
     def step(self, params, grads):
         """Update each array of ``params`` in place from the matching array of ``grads``."""
@@ -63,6 +63,7 @@ class Optimizer:
             flat = p.reshape(-1)
             code, hyper, state1, state2, t = self._kernel_args(i, flat)
             optimizer_update(code, flat, np.ascontiguousarray(g, p.dtype).reshape(-1), hyper, state1, state2, t)
+        self.step_count += 1
 
     def state_dict(self) -> dict:
         """Hyper-parameters, the step count and state buffers as a flat ``{name: value}`` dict."""

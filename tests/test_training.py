@@ -128,3 +128,28 @@ def test_fit_lowers_the_loss_and_trains_the_last_partial_batch(rng):
     assert all(len(v) == 5 for v in history.values())
     assert history["loss"][-1] < history["loss"][0]
     assert opt.step_count == 5 * 4  # 16 + 16 + 16 + 2: the partial batch is a step too
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_fit_is_the_same_sequence_of_train_steps(shuffle, loss, rng):
+    def make():
+        return fastnn.Sequential(fastnn.Dense(6, 9, activation="gelu"), fastnn.Dense(9, 3), seed=4)
+    X = rng.standard_normal((37, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 37) if loss == "softmax_cross_entropy" else rng.standard_normal((37, 3)).astype(np.float32)
+    fitted, stepped = make(), make()
+    opt_a, opt_b = fastnn.Adam(lr=1e-2), fastnn.Adam(lr=1e-2)
+    history = fitted.fit(X, y, loss=loss, optimizer=opt_a, epochs=3, batch_size=8, shuffle=shuffle)
+    order_rng = stepped._rng  # fit shuffles with the model's generator, after initialisation
+    losses = []
+    for epoch in range(3):
+        order = order_rng.permutation(37) if shuffle else np.arange(37)
+        total = 0.0
+        for start in range(0, 37, 8):
+            idx = order[start:start + 8]
+            total += stepped.train_step(X[idx], y[idx], loss=loss, optimizer=opt_b) * len(idx)
+        losses.append(total / 37)
+    assert opt_a.step_count == opt_b.step_count == 15
+    for p, q in zip(fitted.parameters(), stepped.parameters()):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_allclose(history["loss"], losses, rtol=1e-12)

@@ -99,3 +99,64 @@ def _train_step(X, labels, targets, loss_code, layout, params, grads, outs, zs, 
     loss = _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts)
     optimizer_update(opt_code, params, grads, hyper, state1, state2, step)
     return loss
+
+
+@kernel
+def _gather_rows(src, order, start, stop, dst):
+    """dst[r] = src[order[start + r]] for the rows of one shuffled batch."""
+    for r in range(stop - start):
+        row = order[start + r]
+        for j in range(src.shape[1]):
+            dst[r, j] = src[row, j]
+
+
+@kernel
+def _count_correct(logits, labels):
+    correct = 0
+    for i in range(logits.shape[0]):
+        best = 0
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        correct += best == labels[i]
+    return correct
+
+
+@kernel
+def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch, loss_code, layout, params, grads,
+                 outs, zs, douts, x_buf, label_buf, target_buf, opt_code, hyper, state1, state2, first_step,
+                 batch_losses):
+    """Batches ``first_batch <= b < stop_batch`` of an epoch, each a ``_train_step``.
+
+    order (N,) int64: the epoch's row order, or empty for the rows as they are (no copy).
+    x_buf (batch_size, I), label_buf (batch_size,), target_buf (batch_size * O_last,): where a
+    shuffled batch is gathered. batch_losses (number of batches,): each batch's loss.
+    Returns (sum over batches of loss * rows, correctly classified rows).
+    """
+    n = X.shape[0]
+    o_last = layout[layout.shape[0] - 1, O_]
+    total, correct = 0.0, 0
+    for b in range(first_batch, stop_batch):
+        start = b * batch_size
+        stop = min(start + batch_size, n)
+        m = stop - start
+        if order.size == 0:
+            xb = X[start:stop]
+            lb = labels[start:stop] if labels.size else labels
+            tb = targets[start * o_last:stop * o_last] if targets.size else targets
+        else:
+            xb = x_buf[:m]
+            _gather_rows(X, order, start, stop, xb)
+            lb = label_buf[:m] if labels.size else labels
+            for r in range(labels.size and m):
+                lb[r] = labels[order[start + r]]
+            tb = target_buf[:m * o_last] if targets.size else targets
+            if targets.size:
+                _gather_rows(targets.reshape((n, o_last)), order, start, stop, tb.reshape((m, o_last)))
+        loss = _train_step(xb, lb, tb, loss_code, layout, params, grads, outs, zs, douts, opt_code, hyper,
+                           state1, state2, first_step + (b - first_batch))
+        batch_losses[b] = loss
+        total += loss * m
+        if loss_code == SOFTMAX_CROSS_ENTROPY:
+            correct += _count_correct(_view2d(outs, m * layout[layout.shape[0] - 1, COL], m, o_last), lb)
+    return total, correct
