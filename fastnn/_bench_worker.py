@@ -62,7 +62,7 @@ def main(argv):
         case = peers.CASES[case_name]
         params, X, y = peers.make_problem(case)
         t = time.perf_counter()
-        stepper = peers.CONTENDERS[name](case, params, X, y)
+        stepper = peers.contender(name, case)(case, params, X, y)
         losses = [stepper.step()]
         first = time.perf_counter() - t
         losses += [stepper.step() for _ in range(2)]

@@ -106,11 +106,12 @@ def run_case(case, contenders, threads: int, rounds: int, check_rtol: float = 2e
     finally:
         for w in workers:
             w.close()
-    result = {"name": case.name, "label": case.label, "batch": case.batch, "flops": case.flops, "contenders": {}}
+    result = {"name": case.name, "label": case.label, "batch": case.batch, "samples": case.samples,
+              "flops": case.flops, "contenders": {}}
     for w in workers:
         median = float(np.median(times[w.name]))
         result["contenders"][w.name] = {
-            "median_s": median, "samples_per_s": case.batch / median, "gflops": case.flops / median / 1e9,
+            "median_s": median, "samples_per_s": case.rows / median, "gflops": case.flops / median / 1e9,
             "first_step_s": w.hello["first_step_s"], "steps_timed": len(times[w.name]),
             "losses": w.hello["losses"]}
     peers = [v["median_s"] for k, v in result["contenders"].items() if k != "fastnn"]
@@ -140,13 +141,13 @@ def format_table(report: dict) -> str:
     m = report["machine"]
     lines = [f"fastnn bench: {m['cpu']}, {m['threads']} thread(s) for every contender, {m['date']}",
              f"matmul peak (NumPy float32 {PEAK_N}^3, same threads): {report['peak_gflops']:.1f} GFLOP/s",
-             "", f"{'case':<34} {'contender':<8} {'median step':>12} {'samples/s':>11} {'GFLOP/s':>8} "
+             "", f"{'case (per step, or per epoch)':<48} {'contender':<8} {'median':>12} {'samples/s':>11} {'GFLOP/s':>8} "
              f"{'% peak':>7} {'vs fastest peer':>16}"]
     for case in report["cases"]:
         first = True
         for name, v in case["contenders"].items():
             ratio = "" if v["ratio_to_fastest_peer"] is None else f"{v['ratio_to_fastest_peer']:.2f}x"
-            lines.append(f"{case['label'] if first else '':<34} {name:<8} {_fmt_time(v['median_s']):>12} "
+            lines.append(f"{case['label'] if first else '':<48} {name:<8} {_fmt_time(v['median_s']):>12} "
                          f"{v['samples_per_s']:>11,.0f} {v['gflops']:>8.1f} "
                          f"{100 * v['gflops'] / report['peak_gflops']:>6.1f}% {ratio:>16}")
             first = False

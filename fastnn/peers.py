@@ -17,22 +17,33 @@ LR, MOMENTUM = 1e-3, 0.9
 
 @dataclass(frozen=True)
 class Case:
+    """A network and batch size; with ``samples``, one whole epoch (no shuffle) is the unit."""
+
     name: str
     sizes: tuple
     activation: str
     batch: int
     loss: str = "softmax_cross_entropy"
+    samples: int = 0
 
     @property
     def label(self):
-        return f"{'-'.join(map(str, self.sizes))} {self.activation}, batch {self.batch}"
+        net = f"{'-'.join(map(str, self.sizes))} {self.activation}"
+        if self.samples:
+            return f"{net}, epoch of {self.samples:,}, batch {self.batch}"
+        return f"{net}, batch {self.batch}"
+
+    @property
+    def rows(self) -> int:
+        """Samples per timed unit: a batch, or an epoch."""
+        return self.samples or self.batch
 
     @property
     def flops(self) -> int:
-        """Matrix-product FLOPs of one step: forward 2NIO, backward 4NIO, minus the first dx."""
+        """Matrix-product FLOPs of one unit: forward 2NIO, backward 4NIO, minus the first dx."""
         pairs = list(zip(self.sizes[:-1], self.sizes[1:]))
-        total = sum(6 * self.batch * i * o for i, o in pairs)
-        return total - 2 * self.batch * pairs[0][0] * pairs[0][1]
+        total = sum(6 * i * o for i, o in pairs) - 2 * pairs[0][0] * pairs[0][1]
+        return total * self.rows
 
 
 CASES = {c.name: c for c in (
@@ -42,6 +53,9 @@ CASES = {c.name: c for c in (
     Case("sigmoid-b32", (784, 16, 16, 10), "sigmoid", 32),
     Case("tanh-b64", (1, 64, 1), "tanh", 64, "mse"),
     Case("wide-b256", (784, 2048, 2048, 10), "relu", 256),
+    Case("mnist-epoch", (784, 256, 128, 10), "relu", 128, samples=60_000),
+    Case("sigmoid-epoch", (784, 16, 16, 10), "sigmoid", 32, samples=60_000),
+    Case("tanh-epoch", (1, 64, 1), "tanh", 64, "mse", samples=4_096),
 )}
 
 
@@ -53,11 +67,11 @@ def make_problem(case: Case, seed=0):
     layers = [fastnn.Dense(i, o, activation=case.activation) for i, o in zip(sizes[:-2], sizes[1:-1])]
     model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], sizes[-1]), seed=seed)
     rng = np.random.default_rng(seed + 1)
-    X = rng.random((case.batch, sizes[0]), dtype=np.float32)
+    X = rng.random((case.rows, sizes[0]), dtype=np.float32)
     if case.loss == "mse":
-        y = rng.standard_normal((case.batch, sizes[-1])).astype(np.float32)
+        y = rng.standard_normal((case.rows, sizes[-1])).astype(np.float32)
     else:
-        y = rng.integers(0, sizes[-1], case.batch)
+        y = rng.integers(0, sizes[-1], case.rows)
     return [p.copy() for p in model.parameters()], X, y
 
 
@@ -158,6 +172,14 @@ class NumpyStep:
             q -= LR * v
         return loss
 
+    def share(self, other):
+        """Train ``other``'s parameters and momentum (for an epoch's smaller last batch)."""
+        self.p, self.v = other.p, other.v
+
+    def set_batch(self, X, y):
+        self.X, self.y = X, y
+        self.a[0] = X
+
     def params(self):
         return [q.copy() for q in self.p]
 
@@ -187,6 +209,12 @@ class TorchStep:
         self.X = torch.from_numpy(X)
         self.y = torch.from_numpy(y)
         self.loss_fn = nn.functional.mse_loss if case.loss == "mse" else nn.functional.cross_entropy
+
+    def share(self, other):
+        self.net, self.opt = other.net, other.opt
+
+    def set_batch(self, X, y):
+        self.X, self.y = self.torch.from_numpy(X), self.torch.from_numpy(y)
 
     def step(self):
         self.opt.zero_grad(set_to_none=True)
@@ -231,10 +259,12 @@ class JaxStep:
             p = [pi - LR * vi for pi, vi in zip(p, v)]
             return p, v, loss
 
+        self._raw_step = step
         self._step = jax.jit(step, donate_argnums=(0, 1))
+        self._cast_y = lambda y: jnp.asarray(y if mse else y.astype(np.int32))
         self.p = [jnp.asarray(q) for q in params]
         self.v = [jnp.zeros_like(q) for q in self.p]
-        self.X, self.y = jnp.asarray(X), jnp.asarray(y.astype(np.int32) if not mse else y)
+        self.X, self.y = jnp.asarray(X), self._cast_y(y)
 
     def step(self):
         self.p, self.v, loss = self._step(self.p, self.v, self.X, self.y)
@@ -244,7 +274,101 @@ class JaxStep:
         return [np.asarray(q) for q in self.p]
 
 
+class FastnnEpoch(FastnnStep):
+    """``Sequential.fit`` for one epoch without shuffling: the compiled epoch loop."""
+
+    def step(self):
+        history = self.model.fit(self.X, self.y, loss=self.case.loss, optimizer=self.opt, epochs=1,
+                                 batch_size=self.case.batch, shuffle=False)
+        return history["loss"][0]
+
+
+class _LoopEpoch:
+    """A per-step peer looped over the batches of an epoch (its best without compiling the loop)."""
+
+    step_class = None
+
+    def __init__(self, case, params, X, y):
+        from dataclasses import replace
+
+        self.case, self.X, self.y = case, X, y
+        n, b = case.samples, case.batch
+        self.slices = [slice(s, min(s + b, n)) for s in range(0, n, b)]
+        sizes = sorted({sl.stop - sl.start for sl in self.slices})
+        # one stepper per batch size (the last batch may be smaller); they share parameters
+        self.steppers = {m: self.step_class(replace(case, batch=m, samples=0), params, X[:m], y[:m]) for m in sizes}
+        first = self.steppers[sizes[-1]]
+        for other in self.steppers.values():
+            other.share(first)
+
+    def step(self):
+        total = 0.0
+        for sl in self.slices:
+            stepper = self.steppers[sl.stop - sl.start]
+            stepper.set_batch(self.X[sl], self.y[sl])
+            total += stepper.step() * (sl.stop - sl.start)
+        return total / self.case.samples
+
+    def params(self):
+        return next(iter(self.steppers.values())).params()
+
+
+class NumpyEpoch(_LoopEpoch):
+    step_class = NumpyStep
+
+
+class TorchEpoch(_LoopEpoch):
+    step_class = TorchStep
+
+
+class JaxEpoch:
+    """JAX at its best over an epoch: ``jax.lax.scan`` of the jitted step over the full batches,
+    compiled as one program, then one call for a smaller last batch."""
+
+    def __init__(self, case, params, X, y):
+        import jax
+        import jax.numpy as jnp
+
+        inner = JaxStep(case, params, X[:case.batch], y[:case.batch])
+        step_fn = inner._raw_step
+        n, b = case.samples, case.batch
+        full = n // b
+        self.case = case
+        self.Xs = jnp.asarray(X[:full * b].reshape(full, b, -1))
+        ys = inner._cast_y(y[:full * b])
+        self.ys = ys.reshape((full, b) + ys.shape[1:])
+        self.rest = (jnp.asarray(X[full * b:]), inner._cast_y(y[full * b:])) if full * b < n else None
+
+        def epoch(p, v, Xs, ys):
+            def body(carry, batch):
+                p, v, loss = step_fn(carry[0], carry[1], *batch)
+                return (p, v), loss
+            (p, v), losses = jax.lax.scan(body, (p, v), (Xs, ys))
+            return p, v, losses
+        self._epoch = jax.jit(epoch, donate_argnums=(0, 1))
+        self._rest = jax.jit(step_fn, donate_argnums=(0, 1))
+        self.p, self.v = inner.p, inner.v
+
+    def step(self):
+        self.p, self.v, losses = self._epoch(self.p, self.v, self.Xs, self.ys)
+        total = float(losses.sum()) * self.case.batch
+        if self.rest is not None:
+            self.p, self.v, loss = self._rest(self.p, self.v, *self.rest)
+            total += float(loss) * self.rest[0].shape[0]
+        return total / self.case.samples
+
+    def params(self):
+        import numpy as np_
+        return [np_.asarray(q) for q in self.p]
+
+
 CONTENDERS = {"fastnn": FastnnStep, "numpy": NumpyStep, "torch": TorchStep, "jax": JaxStep}
+EPOCH_CONTENDERS = {"fastnn": FastnnEpoch, "numpy": NumpyEpoch, "torch": TorchEpoch, "jax": JaxEpoch}
+
+
+def contender(name: str, case: Case):
+    """The class that runs ``case`` (a step or an epoch) for contender ``name``."""
+    return (EPOCH_CONTENDERS if case.samples else CONTENDERS)[name]
 _MODULES = {"fastnn": "numba", "numpy": "numpy", "torch": "torch", "jax": "jax"}
 
 
