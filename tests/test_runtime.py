@@ -1,0 +1,173 @@
+"""Compiled-code caching, threads, fork safety and allocation-free steps."""
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastnn
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+LEAKY = textwrap.dedent("""
+    import numpy as np, fastnn.kernels._jit as jit
+    from fastnn.kernels import dense_forward
+    out = dense_forward(np.array([[-1.0]]), np.ones((1, 1)), np.zeros(1), "leaky_relu")
+    print(out[0, 0], jit.CACHE, jit.CACHE_DIR)
+""")
+
+
+def run_copy(src, cache, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(src), FASTNN_CACHE_DIR=str(cache), **(env_extra or {}))
+    out = subprocess.run([sys.executable, "-c", LEAKY], env=env, capture_output=True, text=True, check=True,
+                         timeout=300, cwd=src)
+    return out.stdout.split()
+
+
+def test_editing_a_kernel_helper_never_leaves_a_stale_compiled_kernel(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "fastnn", src / "fastnn", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    cache = tmp_path / "cache"
+    value, cached, where = run_copy(src, cache)
+    assert float(value) == pytest.approx(-0.01) and cached == "True"
+    assert any(pathlib.Path(where).glob("dense._dense_forward*.nbi"))  # compiled code was cached
+    assert float(run_copy(src, cache)[0]) == pytest.approx(-0.01)  # and is used again
+    # the slope lives in activations.py, the kernel in dense.py: Numba alone would not notice
+    helper = src / "fastnn" / "kernels" / "activations.py"
+    helper.write_text(helper.read_text().replace("LEAKY_SLOPE = 0.01", "LEAKY_SLOPE = 0.25"))
+    assert float(run_copy(src, cache)[0]) == pytest.approx(-0.25)
+
+
+def test_cache_folder_choice_skips_unwritable_roots(tmp_path, monkeypatch):
+    from fastnn.kernels import _jit
+
+    monkeypatch.setattr(_jit, "_writable_dir", lambda path: not str(path).startswith(str(tmp_path / "ro")))
+    monkeypatch.delenv("FASTNN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
+    chosen = _jit._choose_cache_dir("ab" * 32)
+    assert chosen is not None and not str(chosen).startswith(str(tmp_path / "ro"))
+
+
+def test_caching_can_be_switched_off(tmp_path):
+    env = dict(os.environ, FASTNN_CACHE="0")
+    out = subprocess.run([sys.executable, "-c", LEAKY], env=env, capture_output=True, text=True, check=True,
+                         timeout=300, cwd=ROOT)
+    assert out.stdout.split()[1:] == ["False", "None"]
+
+
+def mnist_batch(seed=0, n=64):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def small_model():
+    return fastnn.Sequential(fastnn.Dense(784, 64, activation="relu"), fastnn.Dense(64, 10), seed=0)
+
+
+def test_one_and_two_threads_agree_within_tolerance():
+    X, y = mnist_batch(n=256)
+    results = []
+    for threads in (1, 2):
+        fastnn.set_num_threads(threads)
+        model = small_model()
+        model.fit(X, y, optimizer=fastnn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=64)
+        results.append(model.parameters())
+    fastnn.set_num_threads(os.cpu_count())
+    for p, q in zip(*results):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_training_works_in_a_forked_child():
+    X, y = mnist_batch()
+    small_model().train_step(X, y, optimizer=fastnn.SGD(lr=0.1))  # the parent has used the kernels and BLAS
+    pid = os.fork()
+    if pid == 0:  # child: train, report by exit code
+        try:
+            model = small_model()
+            losses = [model.train_step(X, y, optimizer=fastnn.SGD(lr=0.1)) for _ in range(5)]
+            os._exit(0 if losses[-1] < losses[0] else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+
+
+def test_two_python_threads_train_two_models_at_once():
+    X, y = mnist_batch()
+    expected = small_model()
+    opt = fastnn.Adam()
+    for _ in range(10):
+        expected.train_step(X, y, optimizer=opt)
+    results, errors = [None, None], []
+
+    def train(slot):
+        try:
+            model, opt = small_model(), fastnn.Adam()
+            for _ in range(10):
+                model.train_step(X, y, optimizer=opt)
+            results[slot] = model.parameters()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=train, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for params in results:
+        for p, q in zip(params, expected.parameters()):
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+ALLOCATIONS = textwrap.dedent("""
+    import tracemalloc, numpy as np, fastnn
+    from numba.core.runtime import rtsys
+    rng = np.random.default_rng(0)
+    X, y = rng.random((1024, 784), dtype=np.float32), rng.integers(0, 10, 1024)
+    model = fastnn.Sequential(fastnn.Dense(784, 64, activation="gelu"), fastnn.Dense(64, 10), seed=0)
+    opt = fastnn.Adam()
+
+    def allocations(fn):
+        before = rtsys.get_allocation_stats()
+        fn()
+        after = rtsys.get_allocation_stats()
+        return after.alloc - before.alloc, after.free - before.free
+
+    step = lambda: model.train_step(X[:64], y[:64], optimizer=opt)
+    for _ in range(5):
+        step()
+    model.fit(X, y, optimizer=opt, epochs=1, batch_size=16)
+    one = allocations(step)
+    hundred = allocations(lambda: [step() for _ in range(100)])
+    short = allocations(lambda: model.fit(X[:64], y[:64], optimizer=opt, epochs=1, batch_size=16))
+    long = allocations(lambda: model.fit(X, y, optimizer=opt, epochs=1, batch_size=16))
+    tracemalloc.start()
+    for _ in range(50):
+        step()
+    mid = tracemalloc.get_traced_memory()[0]
+    for _ in range(200):
+        step()
+    growth = tracemalloc.get_traced_memory()[0] - mid
+    print(*one, *hundred, *short, *long, growth)
+""")
+
+
+def test_steady_state_steps_allocate_nothing():
+    # Numba counts its allocations only when asked at start. What it counts on a call from
+    # Python is one small wrapper per array argument, freed on return; a kernel allocating a
+    # buffer would add more per batch, so a 64-batch epoch must cost what a 4-batch one does.
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    out = subprocess.run([sys.executable, "-c", ALLOCATIONS], env=env, capture_output=True, text=True, check=True,
+                         timeout=300, cwd=ROOT)
+    one_a, one_f, hundred_a, hundred_f, short_a, short_f, long_a, long_f, growth = map(int, out.stdout.split())
+    assert one_a == one_f and hundred_a == hundred_f and long_a == long_f  # everything freed
+    assert hundred_a == 100 * one_a  # the same wrappers every step, nothing more
+    assert long_a == short_a  # 64 batches in one compiled epoch allocate no more than 4
+    assert growth < 1024, "Python memory grew with the number of steps"
