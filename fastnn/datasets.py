@@ -6,8 +6,13 @@ with 1), one 4-byte count per dimension, then the uint8 data.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import http.client
 import os
 import pathlib
+import tempfile
+import urllib.error
+import urllib.request
 
 import numpy as np
 
@@ -17,8 +22,85 @@ SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
+# Well-known MNIST mirrors, tried in order. Mirrors re-gzip the files, so the SHA-256 of the
+# *decompressed* content is what identifies a file (values from shared/data/README.md).
+MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+           "https://storage.googleapis.com/cvdf-datasets/mnist/")
+CHECKSUMS = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+DOWNLOAD_TIMEOUT = 60
+
+
 class DataError(ValueError):
     """A data file is missing, truncated or not what it claims to be."""
+
+
+def default_cache_dir() -> pathlib.Path:
+    """``$FASTNN_DATA`` if set, else ``~/.cache/fastnn``."""
+    return pathlib.Path(os.environ.get("FASTNN_DATA") or pathlib.Path.home() / ".cache" / "fastnn")
+
+
+def _content_sha256(path: pathlib.Path) -> str | None:
+    """SHA-256 of a file's decompressed content; None if it cannot be read or decompressed."""
+    try:
+        raw = path.read_bytes()
+        return hashlib.sha256(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).hexdigest()
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        data = response.read()
+        expected = response.headers.get("Content-Length")
+    if expected is not None and len(data) != int(expected):
+        raise DataError(f"{url}: got {len(data)} of {expected} bytes (transfer cut short)")
+    return data
+
+
+def download_file(stem: str, cache_dir, mirrors=MIRRORS, checksums=CHECKSUMS) -> pathlib.Path:
+    """Make sure ``cache_dir/stem.gz`` holds the verified file, fetching it if needed.
+
+    A file already there whose decompressed SHA-256 matches is used as it is. Otherwise each
+    mirror is tried in turn; what arrives is checked (decompressed SHA-256) before it is
+    written, atomically, under its final name. Raises ``DataError`` naming every mirror's
+    failure when none delivers the right file.
+    """
+    cache_dir = pathlib.Path(cache_dir)
+    target = cache_dir / f"{stem}.gz"
+    expected = checksums[stem]
+    if target.exists() and _content_sha256(target) == expected:
+        return target  # verified: never downloaded again
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + f"/{stem}.gz"
+        try:
+            data = _fetch(url)
+            content = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        except (OSError, EOFError, gzip.BadGzipFile, http.client.HTTPException, DataError) as e:
+            failures.append(f"{url}: {e}")
+            continue
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != expected:
+            failures.append(f"{url}: SHA-256 of the content is {digest}, expected {expected}")
+            continue
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".part", dir=cache_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(gzip.compress(content, mtime=0) if data[:2] != b"\x1f\x8b" else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+    raise DataError(f"could not download {stem}: " + "; ".join(failures))
 
 
 def read_idx(path, expected_magic: int) -> np.ndarray:
@@ -70,23 +152,42 @@ def _as_xy(images: np.ndarray, labels: np.ndarray, images_path, labels_path):
     return X, labels.astype(np.int64)
 
 
-def load_mnist(path):
+def load_mnist(path=None, *, download=False, cache_dir=None, mirrors=None, checksums=None):
     """Load MNIST (or Fashion-MNIST) from a folder of the four standard IDX files.
 
     Parameters
     ----------
-    path : str or Path
+    path : str or Path, optional
         Folder holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
         ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, gzipped or raw, with
-        either spelling (``train-images.idx3-ubyte`` too).
+        either spelling (``train-images.idx3-ubyte`` too). Default: the cache folder.
+    download : bool
+        Fetch missing or unverified files into the cache folder from ``mirrors``, checking
+        each file's decompressed SHA-256 against ``checksums``.
+    cache_dir : str or Path, optional
+        Where downloads go: default ``$FASTNN_DATA`` or ``~/.cache/fastnn``.
+    mirrors : sequence of URL prefixes, optional
+        Default ``MIRRORS``; tried in order.
+    checksums : dict, optional
+        ``{file stem: SHA-256 of the decompressed content}``; default ``CHECKSUMS`` (MNIST).
 
     Returns
     -------
-    ((X_train, y_train), (X_test, y_test)) : X float32 (N, 784) in [0, 1], y int64 (N,)
+    ((X_train, y_train), (X_test, y_test)) : X float32 (N, 784) in [0, 1], C-contiguous;
+        y int64 (N,)
     """
-    directory = pathlib.Path(os.fspath(path))
+    if download:
+        directory = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if path is not None and pathlib.Path(path) != directory:
+            raise ValueError("pass either path (files you have) or download=True with cache_dir, not both")
+        checksums = CHECKSUMS if checksums is None else checksums
+        for stem in checksums:
+            download_file(stem, directory, MIRRORS if mirrors is None else mirrors, checksums)
+    else:
+        directory = pathlib.Path(os.fspath(path)) if path is not None else default_cache_dir()
     if not directory.is_dir():
-        raise DataError(f"{directory} is not a folder of MNIST IDX files")
+        raise DataError(f"{directory} is not a folder of MNIST IDX files; pass path=FOLDER, or download=True "
+                        f"to fetch them")
     out = []
     for images_stem, labels_stem in SPLITS.values():
         ip, lp = _find(directory, images_stem), _find(directory, labels_stem)
