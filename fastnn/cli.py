@@ -42,40 +42,158 @@ def _free_name(stem: str) -> pathlib.Path:
     return path
 
 
+# Default recipes. Full MNIST: chosen on a 50,000/10,000 split of the training set (never on
+# the test set): 98.28% median validation accuracy over 3 seeds in about 3.6 s of training
+# (2 threads). The bundled digits: a plain Adam run, about 94% on their test split.
+RECIPES = {
+    "mnist": dict(optimizer="adam", lr=2e-3, epochs=8, batch_size=128, schedule="cosine"),
+    "bundled": dict(optimizer="adam", lr=1e-3, epochs=10, batch_size=64, schedule="constant"),
+}
+
+
 def _load_data(data):
     from .datasets import load_mnist, load_mnist_5k
     if data is None:
-        return load_mnist_5k(), "bundled digits (4,000 train / 1,000 test)"
+        return load_mnist_5k(), "bundled digits (4,000 train / 1,000 test)", "bundled"
     (X, y), (Xt, yt) = load_mnist(data)
-    return ((X, y), (Xt, yt)), f"MNIST from {data} ({len(y):,} train / {len(yt):,} test)"
+    return ((X, y), (Xt, yt)), f"MNIST from {data} ({len(y):,} train / {len(yt):,} test)", "mnist"
+
+
+def _plot(draw, *args):
+    """Draw a picture if matplotlib is there; otherwise say how to get it (numbers still print)."""
+    from .plots import MissingPlotExtra
+    try:
+        draw(*args)
+        print(f"wrote {args[-1]}")
+        return 0
+    except MissingPlotExtra as e:
+        print(f"no picture: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_train(args) -> int:
     import fastnn
+    from . import plots
 
     if args.out is not None and args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to overwrite it or choose another --out", file=sys.stderr)
         return 2
     if args.threads:
         fastnn.set_num_threads(args.threads)
-    ((X, y), (Xt, yt)), what = _load_data(args.data)
+    ((X, y), (Xt, yt)), what, kind = _load_data(args.data)
+    recipe = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in RECIPES[kind].items()}
     sizes = [784, *args.hidden, 10]
     layers = [fastnn.Dense(a, b, activation=args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
     model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], 10), seed=args.seed)
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
+    lr = recipe["lr"]
     optimizer = {"adam": lambda: fastnn.Adam(lr=lr), "adamw": lambda: fastnn.AdamW(lr=lr),
-                 "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[args.optimizer]()
-    print(f"training {'-'.join(map(str, sizes))} {args.activation} with {optimizer} on {what}")
+                 "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[recipe["optimizer"]]()
+    schedule = fastnn.Cosine() if recipe["schedule"] == "cosine" else fastnn.Constant()
+    print(f"training {'-'.join(map(str, sizes))} {args.activation} with {optimizer}, {schedule}, "
+          f"batch {recipe['batch_size']}, {recipe['epochs']} epochs on {what}")
+    # compile first (cached after the first run), so the time below is training alone
     start = time.perf_counter()
-    model.fit(X, y, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size, verbose=1)
+    model.loss_and_grad(X[:2], y[:2])
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    history = model.fit(X, y, optimizer=optimizer, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                        verbose=1, lr_schedule=schedule, validation_data=(Xt, yt) if args.plot else None)
     seconds = time.perf_counter() - start
     scores = model.evaluate(Xt, yt)
-    print(f"test accuracy {scores['accuracy']:.2%} (loss {scores['loss']:.4f}) after {args.epochs} epochs "
-          f"in {seconds:.1f} s")
+    print(f"test accuracy {scores['accuracy']:.2%} (loss {scores['loss']:.4f}) after {recipe['epochs']} epochs: "
+          f"{seconds:.1f} s of training, {compile_s:.1f} s of set-up and compilation")
     out = args.out if args.out is not None else _free_name("fastnn-model")
     model.save(out)
     print(f"saved {out}")
+    if args.plot:
+        return _plot(plots.training_curves, history, args.plot)
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    import fastnn
+
+    model = fastnn.load(args.model)
+    if model.in_features != 784 or model.out_features != 10:
+        raise ValueError(f"{args.model} maps {model.in_features} inputs to {model.out_features} outputs; "
+                         f"a digit classifier maps 784 to 10")
+    (_, (Xt, yt)), what, _ = _load_data(args.data)
+    pred = model.predict(Xt).argmax(axis=1)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (yt, pred), 1)
+    print(f"{args.model} on the test images of {what}: accuracy {np.mean(pred == yt):.2%}")
+    print("confusion matrix (rows: true digit, columns: predicted)")
+    print("      " + "".join(f"{c:>6}" for c in range(10)))
+    for r in range(10):
+        print(f"{r:>6}" + "".join(f"{v:>6}" for v in confusion[r]))
+    return 0
+
+
+def cmd_approx(args) -> int:
+    from . import plots, story
+
+    if args.expr:
+        target, name = story.parse_expression(args.expr), args.expr
+        interval = tuple(args.interval) if args.interval else (-1.0, 1.0)
+    else:
+        fn, default = story.BUILTIN_TARGETS[args.target]
+        target, name, interval = fn, args.target, tuple(args.interval) if args.interval else default
+    widths = [2 ** k for k in range(7)]
+    print(f"fitting {name} on [{interval[0]:.3g}, {interval[1]:.3g}] with one hidden tanh layer")
+    start = time.perf_counter()
+    x, y, fits = story.approximate(target, interval, widths, epochs=args.epochs, seed=args.seed)
+    print(f"{'neurons':>8} {'MSE':>11} {'max error':>10} {'max error near 0':>17}")
+    for fit in fits:
+        print(f"{fit['width']:>8} {fit['mse']:>11.3e} {fit['max_error']:>10.4f} {fit['max_error_near_jump']:>17.4f}")
+    print(f"{len(widths)} fits in {time.perf_counter() - start:.2f} s; MSE fell {fits[0]['mse'] / fits[-1]['mse']:.0f}x "
+          f"from 1 to {widths[-1]} neurons")
+    if args.target == "step" and not args.expr:
+        print("The step jumps from 0 to 1 at x = 0. Every network here is a continuous function, so "
+              "near the jump it must pass through the values in between: its error there stays about 0.5 "
+              "however many neurons it has, while the MSE still falls as the steep part gets narrower.")
+    if args.plot:
+        return _plot(plots.approximation, x, y, fits, f"{name}: one hidden layer of 1 to {widths[-1]} neurons",
+                     args.plot)
+    return 0
+
+
+def cmd_linear(args) -> int:
+    import fastnn
+    from . import story
+
+    (X, y), (Xt, yt) = _load_data(None)[0]
+    results = {}
+    for label, make in (("relu network 784-256-128-10", lambda: story.digits_network("relu")),
+                        ("identity network 784-256-128-10", lambda: story.digits_network("identity")),
+                        ("one linear layer 784-10", lambda: fastnn.Sequential(fastnn.Dense(784, 10), seed=0))):
+        model = make()
+        model.fit(X, y, optimizer=fastnn.Adam(lr=1e-3), epochs=args.epochs, batch_size=64)
+        results[label] = model
+        print(f"{label:<34} test accuracy {model.evaluate(Xt, yt)['accuracy']:.2%}")
+    identity = results["identity network 784-256-128-10"]
+    W, b = story.collapse(identity)
+    gap = np.max(np.abs(Xt @ W + b - identity.predict(Xt)))
+    print(f"The identity network is one linear map: W = W0 W1 W2 ({W.shape[0]}x{W.shape[1]}) and "
+          f"b = (b0 W1 + b1) W2 + b2 reproduce its outputs to {gap:.1e} (float32 rounding).")
+    print(f"XOR with one hidden layer: relu {story.xor_accuracy('relu'):.0%}, "
+          f"identity {story.xor_accuracy('identity'):.0%} (a linear map can get at most 3 of the 4 points right)")
+    return 0
+
+
+def cmd_show_weights(args) -> int:
+    import fastnn
+    from . import plots
+
+    model = fastnn.load(args.model)
+    W = model.layers[0].W
+    if W.shape[0] != 784:
+        raise ValueError(f"{args.model} takes {W.shape[0]} inputs; show-weights draws 28x28 = 784-pixel inputs")
+    norms = np.linalg.norm(W, axis=0)
+    print(f"{W.shape[1]} first-layer neurons; weight norms from {norms.min():.3f} to {norms.max():.3f}")
+    if args.plot is None:
+        print("pass --plot FILE.png to draw each neuron's weights as a 28x28 image")
+        return 0
+    return _plot(plots.first_layer_weights, W, args.plot)
 
 
 def main(argv=None) -> int:
@@ -87,15 +205,40 @@ def main(argv=None) -> int:
     train.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
     train.add_argument("--activation", default="relu",
                        choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity"])
-    train.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    train.add_argument("--lr", type=_positive(float), help="learning rate (adam 1e-3, sgd 0.05)")
-    train.add_argument("--epochs", type=_positive(int), default=10)
-    train.add_argument("--batch-size", type=_positive(int), default=64)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
+    train.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-3 on MNIST, 1e-3 bundled)")
+    train.add_argument("--epochs", type=_positive(int), help="default 8 on MNIST, 10 on the bundled digits")
+    train.add_argument("--batch-size", type=_positive(int), help="default 128 on MNIST, 64 on the bundled digits")
+    train.add_argument("--schedule", choices=["constant", "cosine"], help="default cosine on MNIST, constant bundled")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=_positive(int), help="threads for kernels and BLAS")
     train.add_argument("--out", type=pathlib.Path, help="where to save the model (default: a new fastnn-model*.npz)")
     train.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    train.add_argument("--plot", type=pathlib.Path, help="draw loss and accuracy per epoch to this PNG")
     train.set_defaults(run=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy and confusion matrix of a saved digit model")
+    evaluate.add_argument("model", type=pathlib.Path)
+    evaluate.add_argument("--data", type=pathlib.Path, help="folder of MNIST IDX files (default: the bundled test split)")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    approx = sub.add_parser("approx", help="universal approximation: fit a 1-D function with 1 to 64 neurons")
+    approx.add_argument("target", nargs="?", default="sin", choices=sorted(__import__("fastnn.story").story.BUILTIN_TARGETS))
+    approx.add_argument("--expr", help='an expression in x instead, e.g. "x**2 + sin(3*x)"')
+    approx.add_argument("--interval", type=float, nargs=2, metavar=("LO", "HI"))
+    approx.add_argument("--epochs", type=_positive(int), default=3000)
+    approx.add_argument("--seed", type=int, default=0)
+    approx.add_argument("--plot", type=pathlib.Path, help="draw the target and the fits to this PNG")
+    approx.set_defaults(run=cmd_approx)
+
+    linear = sub.add_parser("linear", help="relu vs identity activations: why non-linearity matters")
+    linear.add_argument("--epochs", type=_positive(int), default=10)
+    linear.set_defaults(run=cmd_linear)
+
+    show = sub.add_parser("show-weights", help="draw each first-layer neuron's weights as a 28x28 image")
+    show.add_argument("model", type=pathlib.Path)
+    show.add_argument("--plot", type=pathlib.Path)
+    show.set_defaults(run=cmd_show_weights)
 
     bench = sub.add_parser("bench", help="time the training step beside NumPy, PyTorch and JAX")
     bench.add_argument("--threads", type=_positive(int), help="threads for every contender (default: all cores)")

@@ -20,6 +20,7 @@ from .kernels.train import MSE, SOFTMAX_CROSS_ENTROPY, _forward, _forward_backwa
 from .layers import Dense
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
+from .schedules import Constant, Schedule
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -228,7 +229,7 @@ class Sequential:
     # -- training loop -------------------------------------------------------------------
 
     def fit(self, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, batch_size=32,
-            validation_data=None, shuffle=True, verbose=0):
+            validation_data=None, shuffle=True, verbose=0, lr_schedule=None):
         """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
 
         Parameters
@@ -243,6 +244,8 @@ class Sequential:
         shuffle : bool
             Reshuffle the rows each epoch with the model's seeded generator.
         verbose : 0 (silent) or 1 (a tqdm progress bar per epoch)
+        lr_schedule : fastnn.schedules.Constant, StepDecay or Cosine, optional
+            Multiplies the optimizer's ``lr`` per step, over the steps of this call.
 
         Returns
         -------
@@ -275,6 +278,12 @@ class Sequential:
         target_buf = np.empty(min(batch_size, n) * self.out_features if targets.size else 0, self.dtype)
         batch_losses = np.empty(batches)
         no_order = np.empty(0, np.int64)
+        if lr_schedule is None:
+            lr_schedule = Constant()
+        elif not isinstance(lr_schedule, Schedule):
+            raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
+                            f"got {type(lr_schedule).__name__}")
+        schedule = lr_schedule.as_array(epochs * batches)
         # the compiled epoch returns to Python only to move the progress bar (about 20 times)
         chunk = max(1, batches // 20) if verbose else batches
         optimizer._prepare((self._flat_params,))
@@ -288,7 +297,7 @@ class Sequential:
                 part_loss, part_correct = _train_epoch(
                     X, labels, targets, order, batch_size, first, stop, _LOSS_CODES[loss], self._layout,
                     self._flat_params, self._flat_grads, ws.outs, ws.zs, ws.douts, x_buf, label_buf, target_buf,
-                    code, hyper, state1, state2, step, batch_losses)
+                    code, hyper, state1, state2, step, batch_losses, schedule, epoch * batches + first)
                 optimizer.step_count += stop - first
                 total_loss += part_loss
                 correct += part_correct

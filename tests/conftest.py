@@ -12,3 +12,14 @@ def dtype(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)
+
+
+def require(module):
+    """Import an optional extra's module: skip without it, but fail in CI (CI=true), where
+    every extra must be installed."""
+    import importlib
+    import os
+
+    if os.environ.get("CI", "").lower() == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -17,9 +17,11 @@ Shapes: N = batch, L = layers, P = parameters, S = sum of the layers' out_featur
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ._jit import kernel
+from ._jit import helper, kernel
 from .activations import GELU
 from .dense import _dense_backward, _dense_forward
 from .losses import _mse, _softmax_cross_entropy
@@ -27,6 +29,7 @@ from .optimizers import _adam_update, _sgd_update
 
 SOFTMAX_CROSS_ENTROPY, MSE = 0, 1
 SGD, ADAM = 0, 1
+CONSTANT, STEP_DECAY, COSINE = 0, 1, 2  # learning-rate schedules: schedule[0]
 I_, O_, W_OFF, B_OFF, ACT, COL = range(6)
 
 
@@ -122,11 +125,35 @@ def _count_correct(logits, labels):
     return correct
 
 
+@helper
+def lr_factor(schedule, t):
+    """Multiplier of the base learning rate at step t (0-based, counted over one ``fit``).
+
+    schedule = (code, a, b, c, total_steps):
+      CONSTANT:   1
+      STEP_DECAY: gamma^floor(t / step_size), with a = step_size, b = gamma
+      COSINE:     linear warm-up over a steps, then from 1 down to c (min factor) along half
+                  a cosine that ends at total_steps
+    """
+    code = schedule[0]
+    if code == STEP_DECAY:
+        return schedule[2] ** math.floor(t / schedule[1])
+    if code == COSINE:
+        warmup, floor, total = schedule[1], schedule[3], schedule[4]
+        if t < warmup:
+            return (t + 1.0) / warmup
+        progress = min(1.0, (t - warmup) / max(1.0, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
 @kernel
 def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch, loss_code, layout, params, grads,
                  outs, zs, douts, x_buf, label_buf, target_buf, opt_code, hyper, state1, state2, first_step,
-                 batch_losses):
+                 batch_losses, schedule, first_t):
     """Batches ``first_batch <= b < stop_batch`` of an epoch, each a ``_train_step``.
+
+    The learning rate of batch b is ``hyper[0] * lr_factor(schedule, first_t + b - first_batch)``.
 
     order (N,) int64: the epoch's row order, or empty for the rows as they are (no copy).
     x_buf (batch_size, I), label_buf (batch_size,), target_buf (batch_size * O_last,): where a
@@ -136,7 +163,9 @@ def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch,
     n = X.shape[0]
     o_last = layout[layout.shape[0] - 1, O_]
     total, correct = 0.0, 0
+    base_lr = hyper[0]
     for b in range(first_batch, stop_batch):
+        hyper[0] = base_lr * lr_factor(schedule, first_t + b - first_batch)
         start = b * batch_size
         stop = min(start + batch_size, n)
         m = stop - start
@@ -159,4 +188,5 @@ def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch,
         total += loss * m
         if loss_code == SOFTMAX_CROSS_ENTROPY:
             correct += _count_correct(_view2d(outs, m * layout[layout.shape[0] - 1, COL], m, o_last), lb)
+    hyper[0] = base_lr
     return total, correct

@@ -1,0 +1,146 @@
+"""The command line: train, evaluate, approx, linear, show-weights."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import cli, story
+from fastnn.plots import MissingPlotExtra
+
+from .conftest import require
+from .test_datasets import write_mnist
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_on_the_bundled_digits_saves_and_never_overwrites(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "train", "--epochs", "2", "--hidden", "32")
+    assert code == 0 and "bundled digits" in out and "saved fastnn-model.npz" in out
+    accuracy = float(out.split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 80
+    code, out, _ = run(capsys, "train", "--epochs", "1", "--hidden", "32")
+    assert "saved fastnn-model-2.npz" in out  # a second run picks a new name
+    before = (tmp_path / "fastnn-model.npz").read_bytes()
+    code, _, err = run(capsys, "train", "--epochs", "1", "--out", "fastnn-model.npz")
+    assert code == 2 and "exists; pass --force" in err
+    assert (tmp_path / "fastnn-model.npz").read_bytes() == before
+    code, _, _ = run(capsys, "train", "--epochs", "1", "--hidden", "16", "--out", "fastnn-model.npz", "--force")
+    assert code == 0 and fastnn.load(tmp_path / "fastnn-model.npz").layers[0].out_features == 16
+
+
+def test_train_and_evaluate_on_idx_files(tmp_path, capsys):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    write_mnist(data, n_train=64, n_test=32)
+    model = tmp_path / "m.npz"
+    code, out, _ = run(capsys, "train", "--data", str(data), "--epochs", "1", "--hidden", "8", "--out", str(model))
+    assert code == 0 and "64 train / 32 test" in out and model.exists()
+    code, out, _ = run(capsys, "evaluate", str(model), "--data", str(data))
+    assert code == 0 and "confusion matrix" in out
+    rows = [line.split() for line in out.splitlines()[-10:]]
+    confusion = np.array([[int(v) for v in row[1:]] for row in rows])
+    assert confusion.shape == (10, 10) and confusion.sum() == 32
+    predicted = fastnn.load(model).predict(fastnn.datasets.load_mnist(data)[1][0]).argmax(axis=1)
+    assert confusion.trace() == int(np.sum(predicted == fastnn.datasets.load_mnist(data)[1][1]))
+
+
+def test_bad_data_and_bad_models_are_clear_errors(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--data", str(tmp_path / "nowhere"))
+    assert code == 2 and "is not a folder of MNIST IDX files" in err
+    (tmp_path / "bad.npz").write_bytes(b"not a model")
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "bad.npz"))
+    assert code == 2 and "not a readable fastnn model file" in err
+    fastnn.Sequential(fastnn.Dense(3, 2)).save(tmp_path / "small.npz")
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "small.npz"))
+    assert code == 2 and "a digit classifier maps 784 to 10" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--hidden", "12,x"])
+
+
+def test_universal_approximation_continuous_targets_and_the_step():
+    for name in ("sin", "abs"):
+        fn, interval = story.BUILTIN_TARGETS[name]
+        _, _, fits = story.approximate(fn, interval, widths=(1, 64), epochs=1500)
+        assert fits[1]["mse"] <= fits[0]["mse"] / 10, name
+    fn, interval = story.BUILTIN_TARGETS["step"]
+    _, _, fits = story.approximate(fn, interval, widths=(1, 8, 64), epochs=1500)
+    for fit in fits:
+        assert 0.4 <= fit["max_error_near_jump"] <= 0.6  # a continuous fit cannot jump
+    assert fits[-1]["mse"] < fits[0]["mse"]
+
+
+def test_approx_command_prints_a_table_and_explains_the_step(capsys):
+    code, out, _ = run(capsys, "approx", "step", "--epochs", "200")
+    assert code == 0 and "max error near 0" in out and "continuous function" in out
+    widths = [int(line.split()[0]) for line in out.splitlines() if len(line.split()) == 4 and line.split()[0].isdigit()]
+    assert widths == [1, 2, 4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("text, x, expected", [("x**2 + sin(3*x)", 0.5, 0.25 + np.sin(1.5)),
+                                               ("-abs(x) / 2 + pi", -1.0, np.pi - 0.5),
+                                               ("exp(-x*x)", 1.0, np.exp(-1))])
+def test_expressions_are_evaluated(text, x, expected):
+    assert story.parse_expression(text)(np.array([x]))[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["__import__('os').system('true')", "x.__class__", "open('f')", "lambda: 1",
+                                  "[x for x in ()]", "y + 1", "sin(x, 2)", "x if x else 1", "2 +"])
+def test_expressions_reject_everything_else(text):
+    with pytest.raises(ValueError):
+        story.parse_expression(text)
+
+
+def test_an_expression_that_is_not_finite_is_refused():
+    with pytest.raises(ValueError, match="not finite everywhere"):
+        story.approximate(story.parse_expression("log(x)"), (-1, 1), widths=(1,), epochs=1)
+
+
+def test_identity_network_collapses_to_one_linear_map():
+    model = story.digits_network("identity", hidden=(32, 16), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    X = rng.random((20, 784))
+    model.fit(X, rng.integers(0, 10, 20), optimizer=fastnn.Adam(), epochs=3, batch_size=5)
+    W, b = story.collapse(model)
+    assert W.shape == (784, 10)
+    np.testing.assert_allclose(X @ W + b, model.predict(X), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="not linear"):
+        story.collapse(story.digits_network("relu", hidden=(4,)))
+
+
+def test_xor_needs_a_non_linearity():
+    assert story.xor_accuracy("relu") == 1.0
+    assert story.xor_accuracy("identity") <= 0.75
+
+
+def test_linear_command_reports_three_accuracies(capsys):
+    code, out, _ = run(capsys, "linear", "--epochs", "1")
+    assert code == 0
+    assert "relu network" in out and "identity network" in out and "one linear layer" in out
+    assert "is one linear map" in out and "XOR" in out
+
+
+def test_pictures(tmp_path, capsys):
+    require("matplotlib")
+    model = tmp_path / "m.npz"
+    story.digits_network("relu", hidden=(16,)).save(model)
+    for argv, picture in ((["show-weights", str(model), "--plot"], "w.png"),
+                          (["approx", "abs", "--epochs", "50", "--plot"], "fit.png"),
+                          (["train", "--epochs", "1", "--hidden", "8", "--out", str(tmp_path / "t.npz"), "--plot"],
+                           "curves.png")):
+        code, out, _ = run(capsys, *argv, str(tmp_path / picture))
+        assert code == 0 and f"wrote {tmp_path / picture}" in out
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_matplotlib_the_numbers_still_print(tmp_path, capsys, monkeypatch):
+    def missing(*args):
+        raise MissingPlotExtra('pictures need matplotlib: pip install "fastnn[plot]"')
+
+    monkeypatch.setattr("fastnn.plots.require_matplotlib", missing)
+    code, out, err = run(capsys, "approx", "abs", "--epochs", "50", "--plot", str(tmp_path / "fit.png"))
+    assert code == 1 and "MSE fell" in out and 'pip install "fastnn[plot]"' in err
+    assert not (tmp_path / "fit.png").exists()
