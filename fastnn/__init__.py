@@ -7,10 +7,10 @@ them and ``Sequential`` a stack of layers, trained by hand-written Numba kernels
 __version__ = "0.1.0"
 
 from .layers import Dense
-from .model import Sequential, load
+from .model import DivergenceError, Sequential, load
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Constant, Cosine, StepDecay
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["Dense", "Sequential", "load", "SGD", "Adam", "AdamW", "Optimizer", "Constant", "StepDecay", "Cosine",
+__all__ = ["Dense", "Sequential", "load", "DivergenceError", "SGD", "Adam", "AdamW", "Optimizer", "Constant", "StepDecay", "Cosine",
            "set_num_threads", "get_num_threads", "__version__"]

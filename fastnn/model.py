@@ -27,6 +27,18 @@ _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 _LOSS_CODES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY, "mse": MSE}
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; the parameters were not updated.
+
+    ``epoch`` and ``step`` (1-based, the step within the epoch) say where; ``epoch`` is None
+    for ``train_step``, whose ``step`` is then the optimizer's step number.
+    """
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
 class _Workspace:
     """Activation buffers for batches of up to ``capacity`` rows, allocated once.
 
@@ -223,13 +235,17 @@ class Sequential:
         code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
         value = _train_step(X, labels, targets, loss_code, self._layout, self._flat_params, self._flat_grads,
                             ws.outs, ws.zs, ws.douts, code, hyper, state1, state2, step)
+        if value != value:  # NaN: the step was refused
+            raise DivergenceError(f"the loss or its gradients became NaN or inf at optimizer step {step}; "
+                                  f"the parameters were not updated. Lower the learning rate or check the data.",
+                                  epoch=None, step=step)
         optimizer.step_count = step
         return value
 
     # -- training loop -------------------------------------------------------------------
 
     def fit(self, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, batch_size=32,
-            validation_data=None, shuffle=True, verbose=0, lr_schedule=None):
+            validation_data=None, shuffle=True, verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False):
         """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
 
         Parameters
@@ -246,6 +262,18 @@ class Sequential:
         verbose : 0 (silent) or 1 (a tqdm progress bar per epoch)
         lr_schedule : fastnn.schedules.Constant, StepDecay or Cosine, optional
             Multiplies the optimizer's ``lr`` per step, over the steps of this call.
+        checkpoint_dir : path, optional
+            After every epoch, write ``checkpoint_dir/checkpoint.npz`` (atomically): parameters,
+            optimizer state, the shuffling generator's state, the epoch and the history.
+        resume : bool
+            Continue from the checkpoint in ``checkpoint_dir`` if there is one: a run killed
+            at any moment and resumed ends with the same parameters as an uninterrupted one.
+
+        Raises
+        ------
+        DivergenceError
+            When a step's loss or gradients become NaN or inf; the model keeps the parameters
+            of the last finite step.
 
         Returns
         -------
@@ -284,20 +312,38 @@ class Sequential:
             raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
                             f"got {type(lr_schedule).__name__}")
         schedule = lr_schedule.as_array(epochs * batches)
+        first_epoch = 0
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        if checkpoint_dir is not None:
+            from . import checkpoint
+            settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "samples": n, "shuffle": bool(shuffle),
+                        "schedule": repr(lr_schedule), "validation": validation_data is not None}
+            restored = checkpoint.load(checkpoint_dir, self, optimizer, self._rng, settings) if resume else None
+            if restored is not None:
+                first_epoch, history = restored
         # the compiled epoch returns to Python only to move the progress bar (about 20 times)
         chunk = max(1, batches // 20) if verbose else batches
         optimizer._prepare((self._flat_params,))
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             order = self._rng.permutation(n) if shuffle else no_order
             total_loss, correct = 0.0, 0
             bar = _progress(n, batch_size, epoch, epochs) if verbose else None
             for first in range(0, batches, chunk):
                 stop = min(first + chunk, batches)
                 code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
-                part_loss, part_correct = _train_epoch(
+                part_loss, part_correct, bad = _train_epoch(
                     X, labels, targets, order, batch_size, first, stop, _LOSS_CODES[loss], self._layout,
                     self._flat_params, self._flat_grads, ws.outs, ws.zs, ws.douts, x_buf, label_buf, target_buf,
                     code, hyper, state1, state2, step, batch_losses, schedule, epoch * batches + first)
+                if bad >= 0:
+                    optimizer.step_count += bad - first
+                    if bar is not None:
+                        bar.close()
+                    raise DivergenceError(
+                        f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step {bad + 1} of "
+                        f"{batches}; the model keeps the parameters of the last finite step. Lower the learning "
+                        f"rate or check the data.", epoch=epoch + 1, step=bad + 1)
                 optimizer.step_count += stop - first
                 total_loss += part_loss
                 correct += part_correct
@@ -315,6 +361,8 @@ class Sequential:
             if bar is not None:
                 bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.items()})
                 bar.close()
+            if checkpoint_dir is not None:
+                checkpoint.save(checkpoint_dir, self, optimizer, self._rng, epoch + 1, history, settings)
         return history
 
     # -- inference -----------------------------------------------------------------------
@@ -365,10 +413,8 @@ class Sequential:
         existing file is never left half-written.
         """
         path = os.fspath(path)
-        arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, "dtype": self.dtype.name,
-                "seed": self.seed if isinstance(self.seed, int) else None,
-                "layers": [{"in_features": l.in_features, "out_features": l.out_features,
-                            "activation": l.activation} for l in self.layers]}
+        arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self._architecture(),
+                "seed": self.seed if isinstance(self.seed, int) else None}
         arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
@@ -382,6 +428,11 @@ class Sequential:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def _architecture(self):
+        return {"dtype": self.dtype.name,
+                "layers": [{"in_features": l.in_features, "out_features": l.out_features,
+                            "activation": l.activation} for l in self.layers]}
 
     def __repr__(self):
         lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]

@@ -96,10 +96,28 @@ def optimizer_update(opt_code, params, grads, hyper, state1, state2, step):
 
 
 @kernel
+def _bias_grads_finite(layout, grads):
+    # A NaN or inf anywhere in a layer's dz reaches its column sums, the bias gradient: checking
+    # those (sum of out_features elements) costs nothing, where checking every gradient would
+    # cost 17 us per step at 784-256-128-10 (2-4% of the step).
+    ok = True
+    for k in range(layout.shape[0]):
+        for j in range(layout[k, B_OFF], layout[k, B_OFF] + layout[k, O_]):
+            ok &= math.isfinite(grads[j])
+    return ok
+
+
+@kernel
 def _train_step(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts,
                 opt_code, hyper, state1, state2, step):
-    """One step: forward, loss, backward, optimizer update. Returns the loss before it."""
+    """One step: forward, loss, backward, optimizer update. Returns the loss before it.
+
+    When the loss or a gradient is NaN or inf, nothing is updated and NaN is returned: the
+    parameters stay the last finite ones.
+    """
     loss = _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts)
+    if not (math.isfinite(loss) and _bias_grads_finite(layout, grads)):
+        return math.nan
     optimizer_update(opt_code, params, grads, hyper, state1, state2, step)
     return loss
 
@@ -158,7 +176,8 @@ def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch,
     order (N,) int64: the epoch's row order, or empty for the rows as they are (no copy).
     x_buf (batch_size, I), label_buf (batch_size,), target_buf (batch_size * O_last,): where a
     shuffled batch is gathered. batch_losses (number of batches,): each batch's loss.
-    Returns (sum over batches of loss * rows, correctly classified rows).
+    Returns (sum over batches of loss * rows, correctly classified rows, -1), or, when a step's
+    loss or gradients were NaN or inf, stops there and returns that batch instead of -1.
     """
     n = X.shape[0]
     o_last = layout[layout.shape[0] - 1, O_]
@@ -185,8 +204,11 @@ def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch,
         loss = _train_step(xb, lb, tb, loss_code, layout, params, grads, outs, zs, douts, opt_code, hyper,
                            state1, state2, first_step + (b - first_batch))
         batch_losses[b] = loss
+        if not math.isfinite(loss):
+            hyper[0] = base_lr
+            return total, correct, b  # diverged: stop with the parameters of the last good step
         total += loss * m
         if loss_code == SOFTMAX_CROSS_ENTROPY:
             correct += _count_correct(_view2d(outs, m * layout[layout.shape[0] - 1, COL], m, o_last), lb)
     hyper[0] = base_lr
-    return total, correct
+    return total, correct, -1

@@ -1,0 +1,139 @@
+"""Divergence, safe files, checkpoints that survive SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.checkpoint import CheckpointError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def regression(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((256, 4)).astype(np.float32), rng.standard_normal((256, 1)).astype(np.float32)
+
+
+def test_divergence_stops_fit_naming_epoch_and_step_and_keeps_finite_parameters():
+    X, y = regression()
+    model = fastnn.Sequential(fastnn.Dense(4, 16, activation="relu"), fastnn.Dense(16, 1), seed=0)
+    opt = fastnn.SGD(lr=10.0, momentum=0.9)
+    with pytest.raises(fastnn.DivergenceError, match=r"in epoch 2 at step 8 of 8") as info:
+        model.fit(X, y, loss="mse", optimizer=opt, epochs=50, batch_size=32)
+    assert (info.value.epoch, info.value.step) == (2, 8)
+    assert all(np.isfinite(p).all() for p in model.parameters())
+    assert opt.step_count == 8 + 7  # the refused step is not counted
+    # the parameters are exactly those after the last good step: replay it by hand
+    replay = fastnn.Sequential(fastnn.Dense(4, 16, activation="relu"), fastnn.Dense(16, 1), seed=0)
+    opt2 = fastnn.SGD(lr=10.0, momentum=0.9)
+    replay.fit(X, y, loss="mse", optimizer=opt2, epochs=1, batch_size=32)
+    order = replay._rng.permutation(256)
+    for b in range(7):
+        idx = order[b * 32:(b + 1) * 32]
+        replay.train_step(X[idx], y[idx], loss="mse", optimizer=opt2)
+    for p, q in zip(model.parameters(), replay.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_a_diverging_train_step_raises_and_changes_nothing():
+    X, y = regression()
+    model = fastnn.Sequential(fastnn.Dense(4, 2), seed=0, dtype=np.float64)
+    model.parameters()[0][...] = 1e200  # the loss overflows to inf
+    before = [p.copy() for p in model.parameters()]
+    with pytest.raises(fastnn.DivergenceError, match="optimizer step 1"):
+        model.train_step(X[:8], np.zeros((8, 2)), loss="mse", optimizer=fastnn.Adam())
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+
+
+def test_a_failed_save_never_destroys_the_existing_file(tmp_path, monkeypatch):
+    model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    good = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        fastnn.Sequential(fastnn.Dense(3, 2), seed=1).save(path)
+    assert path.read_bytes() == good and os.listdir(tmp_path) == ["model.npz"]
+
+
+TRAIN = textwrap.dedent("""
+    import sys, numpy as np, fastnn
+    fastnn.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((12000, 784), dtype=np.float32), rng.integers(0, 10, 12000)
+    model = fastnn.Sequential(fastnn.Dense(784, 256, activation="relu"), fastnn.Dense(256, 10), seed=3)
+    opt = fastnn.Adam(lr=1e-3)
+    model.fit(X, y, optimizer=opt, epochs=int(sys.argv[3]), batch_size=32, lr_schedule=fastnn.Cosine(warmup_steps=20),
+              checkpoint_dir=sys.argv[1], resume=True)
+    np.save(sys.argv[2], np.concatenate([p.ravel() for p in model.parameters()]))
+""")
+
+
+def train(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-c", TRAIN, *map(str, args)], cwd=ROOT, **kwargs)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_parameters(tmp_path):
+    epochs = 4
+    assert train(tmp_path / "plain", tmp_path / "plain.npy", epochs).wait(timeout=600) == 0
+    victim = train(tmp_path / "ck", tmp_path / "resumed.npy", epochs)
+    checkpoint = tmp_path / "ck" / "checkpoint.npz"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert checkpoint.exists(), "the first epoch never finished"
+    time.sleep(0.15)  # well inside the second epoch (an epoch takes about a second)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    with np.load(checkpoint) as f:
+        assert json.loads(str(f["meta"]))["epoch"] < epochs  # it really was interrupted
+    assert train(tmp_path / "ck", tmp_path / "resumed.npy", epochs).wait(timeout=600) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "plain.npy"))
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    X, y = regression()
+    model = fastnn.Sequential(fastnn.Dense(4, 8, activation="tanh"), fastnn.Dense(8, 1), seed=0)
+    model.fit(X, y, loss="mse", optimizer=fastnn.Adam(), epochs=2, batch_size=32, checkpoint_dir=tmp_path)
+    other = fastnn.Sequential(fastnn.Dense(4, 9, activation="tanh"), fastnn.Dense(9, 1), seed=0)
+    with pytest.raises(CheckpointError, match="belongs to another model"):
+        other.fit(X, y, loss="mse", optimizer=fastnn.Adam(), epochs=2, batch_size=32, checkpoint_dir=tmp_path,
+                  resume=True)
+    same = fastnn.Sequential(fastnn.Dense(4, 8, activation="tanh"), fastnn.Dense(8, 1), seed=0)
+    with pytest.raises(CheckpointError, match="belongs to another training run"):
+        same.fit(X, y, loss="mse", optimizer=fastnn.Adam(), epochs=2, batch_size=16, checkpoint_dir=tmp_path,
+                 resume=True)
+    with pytest.raises(CheckpointError, match="was written with Adam, not SGD"):
+        same.fit(X, y, loss="mse", optimizer=fastnn.SGD(lr=0.1), epochs=2, batch_size=32, checkpoint_dir=tmp_path,
+                 resume=True)
+    (tmp_path / "checkpoint.npz").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable fastnn checkpoint"):
+        same.fit(X, y, loss="mse", optimizer=fastnn.Adam(), epochs=2, batch_size=32, checkpoint_dir=tmp_path,
+                 resume=True)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        same.fit(X, y, loss="mse", optimizer=fastnn.Adam(), resume=True)
+
+
+def test_a_finished_run_resumes_to_nothing_more(tmp_path):
+    X, y = regression()
+    model = fastnn.Sequential(fastnn.Dense(4, 1), seed=0)
+    history = model.fit(X, y, loss="mse", optimizer=fastnn.Adam(), epochs=2, checkpoint_dir=tmp_path)
+    before = [p.copy() for p in model.parameters()]
+    again = fastnn.Sequential(fastnn.Dense(4, 1), seed=0)
+    opt = fastnn.Adam()
+    assert again.fit(X, y, loss="mse", optimizer=opt, epochs=2, checkpoint_dir=tmp_path, resume=True) == history
+    for p, b in zip(again.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+    assert opt.step_count == 2 * 8
