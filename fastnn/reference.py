@@ -25,13 +25,17 @@ def activation_forward(z, act):
     if name == "leaky_relu":
         return np.where(z < 0, z * LEAKY_SLOPE, z)
     if name == "sigmoid":
-        e = np.exp(-np.abs(z))
-        return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+        return _sigmoid(z)
     if name == "tanh":
         return np.tanh(z)
-    if name == "gelu":
-        return 0.5 * z * (1 + np.tanh(GELU_C * (z + GELU_A * z**3)))
+    if name == "gelu":  # 0.5 z (1 + tanh u) written as z sigmoid(2u), which does not cancel for z << 0
+        return z * _sigmoid(2 * GELU_C * (z + GELU_A * z**3))
     return z.copy()
+
+
+def _sigmoid(u):
+    e = np.exp(-np.abs(u))
+    return np.where(u >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def activation_backward(dy, y, z, act):
@@ -46,8 +50,9 @@ def activation_backward(dy, y, z, act):
     elif name == "tanh":
         d = 1 - y * y
     elif name == "gelu":
-        t = np.tanh(GELU_C * (z + GELU_A * z**3))
-        d = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * GELU_C * (1 + 3 * GELU_A * z * z)
+        u2 = 2 * GELU_C * (z + GELU_A * z**3)
+        s, s_neg = _sigmoid(u2), _sigmoid(-u2)
+        d = s + z * s * s_neg * 2 * GELU_C * (1 + 3 * GELU_A * z * z)
     else:
         d = np.ones_like(dy)
     return dy * d

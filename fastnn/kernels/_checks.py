@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import REDUCTION, kernel
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -62,7 +62,7 @@ def positive(name: str, value, *, allow_zero: bool = False) -> float:
     return v
 
 
-@kernel
+@kernel(fastmath=REDUCTION)
 def all_finite(a):
     """True when no element of the contiguous array ``a`` is NaN or +-inf (no allocation)."""
     flat = a.reshape(a.size)

@@ -20,7 +20,13 @@ import tempfile
 import numba
 from numba.core import caching
 
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
+# Reassociation only for plain reductions whose order cannot matter (all_finite): elsewhere it
+# changed results, found by the fuzz tests. LLVM turned `total += m + log(s) - logit` into
+# `(total + m) - logit`, so one row with a logit of 1e30 wiped out every other row's loss, and
+# `b2*v + (1 - b2)*g*g` into `... + g*g - b2*g*g`, NaN where the reference has inf. The
+# element-wise loops vectorise without it.
+REDUCTION = FASTMATH | {"reassoc"}
 
 KERNEL_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -89,9 +95,10 @@ if _KernelCacheLocator not in caching.CacheImpl._locator_classes:
     caching.CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
 
 
-def kernel(fn=None, *, parallel: bool = False):
-    """Decorator for every fastnn kernel: one set of Numba options for all of them."""
-    options = dict(fastmath=set(FASTMATH), error_model="numpy", nogil=True, cache=CACHE, parallel=parallel)
+def kernel(fn=None, *, parallel: bool = False, fastmath=FASTMATH):
+    """Decorator for every fastnn kernel: one set of Numba options for all of them
+    (``fastmath=REDUCTION`` for plain reductions that may reorder their sums)."""
+    options = dict(fastmath=set(fastmath), error_model="numpy", nogil=True, cache=CACHE, parallel=parallel)
     if fn is None:
         return lambda f: numba.njit(**options)(f)
     return numba.njit(**options)(fn)

@@ -129,8 +129,8 @@ def activate(z, act):
 @typed_helper(activate)
 def _activate_impl(z, act):
     f = np.float32 if z == types.float32 else np.float64
-    zero, half, one, slope = f(0.0), f(0.5), f(1.0), f(LEAKY_SLOPE)
-    gelu_c, gelu_a = f(GELU_C), f(GELU_A)
+    zero, one, slope = f(0.0), f(1.0), f(LEAKY_SLOPE)
+    two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
 
     def impl(z, act):
         if act == RELU:
@@ -144,7 +144,11 @@ def _activate_impl(z, act):
         if act == TANH:
             return tanh_(z)
         if act == GELU:
-            return half * z * (one + tanh_(gelu_c * (z + gelu_a * z * z * z)))
+            # 0.5 z (1 + tanh u) = z sigmoid(2u): no 1 + tanh cancellation for z << 0
+            u2 = two_c * (z + gelu_a * z * z * z)
+            e = exp_(-abs(u2))
+            r = one / (one + e)
+            return z * (r if u2 >= zero else e * r)
         return z
     return impl
 
@@ -159,8 +163,8 @@ def derivative(y, z, act):
 @typed_helper(derivative)
 def _derivative_impl(y, z, act):
     f = np.float32 if y == types.float32 else np.float64
-    zero, half, one, three, slope = f(0.0), f(0.5), f(1.0), f(3.0), f(LEAKY_SLOPE)
-    gelu_c, gelu_a = f(GELU_C), f(GELU_A)
+    zero, one, three, slope = f(0.0), f(1.0), f(3.0), f(LEAKY_SLOPE)
+    two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
 
     def impl(y, z, act):
         if act == RELU:
@@ -172,8 +176,12 @@ def _derivative_impl(y, z, act):
         if act == TANH:
             return one - y * y
         if act == GELU:
-            t = tanh_(gelu_c * (z + gelu_a * z * z * z))
-            return half * (one + t) + half * z * (one - t * t) * gelu_c * (one + three * gelu_a * z * z)
+            # d/dz z s(2u) = s + z s (1 - s) 2u', s = sigmoid(2u), 1 - s = sigmoid(-2u), both exact
+            u2 = two_c * (z + gelu_a * z * z * z)
+            e = exp_(-abs(u2))
+            r = one / (one + e)
+            s_pos, s_neg = (r, e * r) if u2 >= zero else (e * r, r)
+            return s_pos + z * s_pos * s_neg * two_c * (one + three * gelu_a * z * z)
         return one
     return impl
 

@@ -34,7 +34,7 @@ def _softmax_cross_entropy(logits, labels, dlogits):
             e = exp_(logits[i, j] - m)
             dlogits[i, j] = e
             s += e
-        total += m + math.log(s) - logits[i, labels[i]]
+        total += math.log(s) - (logits[i, labels[i]] - m)  # not m + log(s) - logit: log(s) vanishes next to 1e30
         scale = inv_n / s
         for j in range(c):
             dlogits[i, j] *= scale

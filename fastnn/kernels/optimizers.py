@@ -18,12 +18,29 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from numba import types
+
 from . import _checks
-from ._jit import kernel
+from ._jit import kernel, typed_helper
+
+
+def like(x, a):
+    """``x`` as a scalar of ``a``'s dtype (kernels only): updates of float32 parameters are
+    computed in float32, as in PyTorch and the reference (float64 scalars would promote them)."""
+    return x
+
+
+@typed_helper(like)
+def _like_impl(x, a):
+    if a.dtype == types.float32:
+        return lambda x, a: np.float32(x)
+    return lambda x, a: np.float64(x)
 
 
 @kernel
 def _sgd_update(p, g, v, lr, momentum, weight_decay, nesterov):
+    lr, momentum, weight_decay = like(lr, p), like(momentum, p), like(weight_decay, p)
     if momentum == 0.0:
         for i in range(p.size):
             p[i] -= lr * (g[i] + weight_decay * p[i])
@@ -37,17 +54,19 @@ def _sgd_update(p, g, v, lr, momentum, weight_decay, nesterov):
 
 @kernel
 def _adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
-    step_size = lr / (1.0 - beta1 ** step)
-    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
-    shrink = 1.0 - lr * weight_decay
+    step_size = like(lr / (1.0 - beta1 ** step), p)
+    inv_sqrt_bc2 = like(1.0 / math.sqrt(1.0 - beta2 ** step), p)
+    shrink = like(1.0 - lr * weight_decay, p)
+    b1, b2, one = like(beta1, p), like(beta2, p), like(1.0, p)
+    eps, weight_decay = like(eps, p), like(weight_decay, p)
     for i in range(p.size):
         gi = g[i]
         if decoupled:
             p[i] *= shrink
         else:
             gi += weight_decay * p[i]
-        mi = m[i] + (1.0 - beta1) * (gi - m[i])
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        mi = m[i] + (one - b1) * (gi - m[i])
+        vi = b2 * v[i] + (one - b2) * gi * gi
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)

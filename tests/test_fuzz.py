@@ -1,0 +1,156 @@
+"""Property-based fuzzing: kernel wrappers and model entry points on random shapes, dtypes,
+strides and values (NaN, +-inf, 1e30). Either the output agrees with the reference (finite
+values within tolerance, non-finite values exactly where the reference has them) or a
+documented ValueError/TypeError is raised; never a crash. CI also runs this file with
+NUMBA_BOUNDSCHECK=1, where any out-of-bounds access would raise IndexError."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import fastnn
+import fastnn.kernels as K
+import fastnn.reference as R
+from fastnn.testing import ACTIVATIONS, assert_close
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+dims = st.integers(1, 7)
+dtypes = st.sampled_from([np.float32, np.float64])
+SPECIAL = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0]
+
+
+def values(dtype, shape):
+    """Mostly ordinary numbers, sometimes the special ones."""
+    return hnp.arrays(dtype, shape, elements=st.one_of(
+        st.floats(-4, 4, width=32), st.sampled_from(SPECIAL)).map(float))
+
+
+def magnitude(*arrays):
+    """The largest finite |value| among arrays (at least 1): the size of the terms being summed."""
+    m = 1.0
+    for a in arrays:
+        finite = np.abs(a[np.isfinite(a)]).astype(np.float64)
+        if finite.size:
+            m = max(m, float(finite.max()))
+    return m
+
+
+def ref(fn, *args):
+    with np.errstate(all="ignore"):
+        return fn(*args)
+
+
+@FUZZ
+@given(data=st.data(), n=dims, i=dims, o=dims, dtype=dtypes, act=st.sampled_from(ACTIVATIONS))
+def test_dense_forward_and_backward_match_the_reference(data, n, i, o, dtype, act):
+    x = data.draw(values(dtype, (n, i)))
+    W = data.draw(values(dtype, (i, o)))
+    b = data.draw(values(dtype, (o,)))
+    z = np.empty((n, o), dtype)
+    with np.errstate(all="ignore"):
+        out = K.dense_forward(x, W, b, act, z=z)
+        zr = x @ W + b
+    # a sum of k terms is off by a few ulps of its largest term, whatever the order: scale by them
+    mx, mw = magnitude(x), magnitude(W)
+    assert_close(out, ref(R.activation_forward, zr, act), name="out", scale=i * mx * mw + magnitude(b))
+    dout = data.draw(values(dtype, (n, o)))
+    got = K.dense_backward(dout, x, W, out, z, act)
+    expected = ref(R.dense_backward, dout, x, W, out, z, act)
+    md = magnitude(ref(R.activation_backward, dout, out, z, act))
+    for g, e, name, scale in zip(got, expected, ("dW", "db", "dx"), (n * mx * md, n * md, o * md * mw)):
+        assert_close(g, e, name=name, scale=scale)
+
+
+@FUZZ
+@given(data=st.data(), n=dims, o=dims, dtype=dtypes, act=st.sampled_from(ACTIVATIONS))
+def test_activations_match_the_reference(data, n, o, dtype, act):
+    z = data.draw(values(dtype, (n, o)))
+    y = K.activation_forward(z, act)
+    assert_close(y, ref(R.activation_forward, z, act))
+    dy = data.draw(values(dtype, (n, o)))
+    assert_close(K.activation_backward(dy, y, z, act), ref(R.activation_backward, dy, y, z, act))
+
+
+@FUZZ
+@given(data=st.data(), n=dims, c=dims, dtype=dtypes)
+def test_losses_match_the_reference(data, n, c, dtype):
+    logits = data.draw(values(dtype, (n, c)))
+    labels = data.draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
+    loss, d = K.softmax_cross_entropy(logits, labels)
+    rloss, rd = ref(R.softmax_cross_entropy, logits, labels)
+    assert_close(np.array(loss), np.array(rloss), dtype=np.float64 if dtype == np.float64 else np.float32)
+    assert_close(d, rd)
+    target = data.draw(values(dtype, (n, c)))
+    loss, d = K.mse(logits, target)
+    rloss, rd = ref(R.mse, logits, target)
+    assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+    assert_close(d, rd)
+
+
+@FUZZ
+@given(data=st.data(), size=st.integers(1, 40), dtype=dtypes, momentum=st.sampled_from([0.0, 0.9]),
+       decoupled=st.booleans())
+def test_optimizer_updates_match_the_reference(data, size, dtype, momentum, decoupled):
+    p, g = data.draw(values(dtype, (size,))), data.draw(values(dtype, (size,)))
+    v = data.draw(values(dtype, (size,)))
+    rp, rv = ref(R.sgd_update, p, g, v, 0.1, momentum, 0.01)
+    with np.errstate(all="ignore"):
+        K.sgd_update(p, g, v, 0.1, momentum=momentum, weight_decay=0.01)
+    assert_close(p, rp)
+    m2, v2 = data.draw(values(dtype, (size,))), np.abs(data.draw(values(dtype, (size,))))
+    p2 = data.draw(values(dtype, (size,)))
+    expected = ref(R.adam_update, p2, g, m2, v2, 3, 1e-3, 0.9, 0.999, 1e-8, 0.01, decoupled)
+    with np.errstate(all="ignore"):
+        K.adam_update(p2, g, m2, v2, 3, 1e-3, weight_decay=0.01, decoupled=decoupled)
+    for a, e in zip((p2, m2, v2), expected):
+        assert_close(a, e)
+
+
+@FUZZ
+@given(n=dims, i=dims, o=dims, dtype=dtypes, data=st.data())
+def test_wrong_shapes_strides_and_dtypes_are_refused_before_any_kernel_runs(n, i, o, dtype, data):
+    x = np.ones((n, i), dtype)
+    W, b = np.ones((i, o), dtype), np.ones(o, dtype)
+    bad = data.draw(st.sampled_from(["W rows", "b size", "x strided", "W dtype", "out shape", "x int"]))
+    args = dict(x=x, W=W, b=b, out=None)
+    if bad == "W rows":
+        args["W"] = np.ones((i + 1, o), dtype)
+    elif bad == "b size":
+        args["b"] = np.ones(o + 1, dtype)
+    elif bad == "x strided":
+        args["x"] = np.ones((n, 2 * i), dtype)[:, ::2]
+        assume(not args["x"].flags.c_contiguous)  # a 1x1 view is contiguous, and accepted
+    elif bad == "W dtype":
+        args["W"] = W.astype(np.float32 if dtype == np.float64 else np.float64)
+    elif bad == "out shape":
+        args["out"] = np.empty((n, o + 1), dtype)
+    else:
+        args["x"] = x.astype(np.int32)
+    with pytest.raises((ValueError, TypeError)):
+        K.dense_forward(args["x"], args["W"], args["b"], "relu", out=args["out"])
+
+
+@FUZZ
+@given(data=st.data(), n=st.integers(0, 6), features=st.integers(1, 6), classes=st.integers(1, 4),
+       dtype=st.sampled_from([np.float32, np.float64, np.int32, ">f8"]))
+def test_model_entry_points_raise_or_train(data, n, features, classes, dtype):
+    model = fastnn.Sequential(fastnn.Dense(4, 5, activation="tanh"), fastnn.Dense(5, 3), seed=0)
+    X = data.draw(hnp.arrays(dtype, (n, features), elements=st.one_of(
+        st.integers(-3, 3), st.sampled_from([np.nan, np.inf, 1e30]) if np.dtype(dtype).kind == "f" else st.just(0))))
+    y = data.draw(hnp.arrays(np.int64, (n,), elements=st.integers(-1, 3)))
+    before = [p.copy() for p in model.parameters()]
+    valid = (n > 0 and features == 4 and (np.dtype(dtype).kind != "f" or np.isfinite(X).all())
+             and y.min(initial=0) >= 0 and y.max(initial=0) < 3)
+    try:
+        loss = model.train_step(X, y, optimizer=fastnn.SGD(lr=0.01))
+    except (ValueError, TypeError):
+        assert not valid
+        for p, q in zip(model.parameters(), before):
+            np.testing.assert_array_equal(p, q)  # a refused call changes nothing
+        return
+    except fastnn.DivergenceError:  # e.g. 1e30-sized inputs: refused, parameters kept
+        assert all(np.isfinite(p).all() for p in model.parameters())
+        return
+    assert valid and np.isfinite(loss)
+    assert np.isfinite(model.predict(X)).all()
