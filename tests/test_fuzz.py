@@ -17,7 +17,7 @@ from fastnn.testing import ACTIVATIONS, assert_close
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 dims = st.integers(1, 7)
 dtypes = st.sampled_from([np.float32, np.float64])
-SPECIAL = [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0]
+SPECIAL = [np.nan, np.inf, -np.inf, float(np.float32(1e30)), float(np.float32(-1e30)), 0.0, -0.0]  # exact in float32
 
 
 def values(dtype, shape):
@@ -137,7 +137,7 @@ def test_wrong_shapes_strides_and_dtypes_are_refused_before_any_kernel_runs(n, i
 def test_model_entry_points_raise_or_train(data, n, features, classes, dtype):
     model = fastnn.Sequential(fastnn.Dense(4, 5, activation="tanh"), fastnn.Dense(5, 3), seed=0)
     X = data.draw(hnp.arrays(dtype, (n, features), elements=st.one_of(
-        st.integers(-3, 3), st.sampled_from([np.nan, np.inf, 1e30]) if np.dtype(dtype).kind == "f" else st.just(0))))
+        st.integers(-3, 3), st.sampled_from([np.nan, np.inf, float(np.float32(1e30))]) if np.dtype(dtype).kind == "f" else st.just(0))))
     y = data.draw(hnp.arrays(np.int64, (n,), elements=st.integers(-1, 3)))
     before = [p.copy() for p in model.parameters()]
     valid = (n > 0 and features == 4 and (np.dtype(dtype).kind != "f" or np.isfinite(X).all())
