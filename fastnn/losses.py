@@ -27,7 +27,7 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype) -> np.ndarray:
     """
     check_loss(loss)
     if (loss == "softmax_cross_entropy" and type(y) is np.ndarray and y.dtype == np.int64 and y.ndim == 1
-            and y.shape[0] == n and y.flags.c_contiguous and labels_in_range(y, outputs)):
+            and y.shape[0] == n and y.flags.c_contiguous and y.flags.writeable and labels_in_range(y, outputs)):
         return y  # the per-step fast path: already what the kernel reads
     y = np.asarray(y)
     if loss == "softmax_cross_entropy":
@@ -39,14 +39,14 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype) -> np.ndarray:
         if n and (y.min() < 0 or y.max() >= outputs):
             raise ValueError(f"y labels must lie in [0, {outputs}) for a model with {outputs} outputs, "
                              f"got values from {y.min()} to {y.max()}")
-        return np.ascontiguousarray(y, dtype=np.int64)
+        return np.array(y, dtype=np.int64, order="C", copy=True)
     if y.dtype.kind not in "iuf":
         raise TypeError(f"y must be numeric for {loss}, got dtype {y.dtype}")
     if y.ndim == 1 and outputs == 1:
         y = y.reshape(-1, 1)
     if y.shape != (n, outputs):
         raise ValueError(f"y must have shape ({n}, {outputs}) to match X and the model's outputs, got {y.shape}")
-    y = np.ascontiguousarray(y, dtype=dtype)
+    y = np.array(y, dtype=dtype, order="C", copy=True)  # owned and writable, whatever came in
     if not all_finite(y):
         raise ValueError("y contains NaN or inf; remove or impute those targets")
     return y

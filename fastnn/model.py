@@ -20,6 +20,7 @@ from .kernels.train import MSE, SOFTMAX_CROSS_ENTROPY, _forward, _forward_backwa
 from .layers import Dense
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
+from .callbacks import EarlyStopping
 from .schedules import Constant, Schedule
 
 FORMAT_VERSION = 1
@@ -144,7 +145,7 @@ class Sequential:
 
     def _inputs(self, X, name="X"):
         if (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and X.shape[0]
-                and X.shape[1] == self.in_features and X.flags.c_contiguous):
+                and X.shape[1] == self.in_features and X.flags.c_contiguous and X.flags.writeable):
             X_ok = X  # the per-step fast path: nothing to convert
         else:
             if not isinstance(X, np.ndarray):
@@ -159,6 +160,8 @@ class Sequential:
             if X.shape[0] == 0:
                 raise ValueError(f"{name} is empty (0 rows); pass at least one sample")
             X_ok = np.ascontiguousarray(X, dtype=self.dtype)  # converts dtype, byte order and layout
+            if not X_ok.flags.writeable:  # read-only (e.g. a memmap): kernels are compiled for writable arrays
+                X_ok = X_ok.copy()
         if not all_finite(X_ok):
             raise ValueError(f"{name} contains NaN or inf; remove or impute those values first")
         return X_ok
@@ -245,7 +248,8 @@ class Sequential:
     # -- training loop -------------------------------------------------------------------
 
     def fit(self, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, batch_size=32,
-            validation_data=None, shuffle=True, verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False):
+            validation_data=None, shuffle=True, verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False,
+            validation_split=0.0, early_stopping=None, callbacks=()):
         """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
 
         Parameters
@@ -257,6 +261,9 @@ class Sequential:
             The last partial batch is trained on, not dropped.
         validation_data : (X_val, y_val), optional
             Evaluated after each epoch.
+        validation_split : float in [0, 1)
+            Hold out this fraction of (X, y), drawn at random with the model's seeded generator
+            (not the last rows), as validation data.
         shuffle : bool
             Reshuffle the rows each epoch with the model's seeded generator.
         verbose : 0 (silent) or 1 (a tqdm progress bar per epoch)
@@ -268,6 +275,10 @@ class Sequential:
         resume : bool
             Continue from the checkpoint in ``checkpoint_dir`` if there is one: a run killed
             at any moment and resumed ends with the same parameters as an uninterrupted one.
+        early_stopping : fastnn.EarlyStopping, optional
+            Stop when the monitored metric stops improving (and restore the best parameters).
+        callbacks : sequence of callables ``(epoch, history) -> bool``
+            Called after each epoch (1-based epoch); returning True stops training.
 
         Raises
         ------
@@ -285,6 +296,25 @@ class Sequential:
         epochs = _positive_count("epochs", epochs)
         batch_size = _positive_count("batch_size", batch_size)
         X, y = self._data(X, y, loss)
+        if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+            raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("pass validation_data or validation_split, not both")
+        if validation_split:
+            held = int(round(validation_split * X.shape[0]))
+            if held < 1 or held >= X.shape[0]:
+                raise ValueError(f"validation_split={validation_split} of {X.shape[0]} rows leaves an empty "
+                                 f"training or validation set")
+            rows = self._rng.permutation(X.shape[0])  # a random hold-out, not the last rows
+            validation_data = (X[np.sort(rows[:held])], y[np.sort(rows[:held])])
+            X, y = np.ascontiguousarray(X[np.sort(rows[held:])]), np.ascontiguousarray(y[np.sort(rows[held:])])
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables (epoch, history) -> bool, got {cb!r}")
+        if early_stopping is not None:
+            if not isinstance(early_stopping, EarlyStopping):
+                raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got {type(early_stopping).__name__}")
+            early_stopping.start()
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
@@ -363,6 +393,13 @@ class Sequential:
                 bar.close()
             if checkpoint_dir is not None:
                 checkpoint.save(checkpoint_dir, self, optimizer, self._rng, epoch + 1, history, settings)
+            stop = early_stopping is not None and early_stopping(epoch + 1, history, self._flat_params)
+            for cb in callbacks:
+                stop |= bool(cb(epoch + 1, history))
+            if stop:
+                break
+        if early_stopping is not None and early_stopping.restore_best and early_stopping._best_params is not None:
+            self._flat_params[...] = early_stopping._best_params
         return history
 
     # -- inference -----------------------------------------------------------------------

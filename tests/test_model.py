@@ -176,6 +176,22 @@ def test_inputs_of_other_dtype_and_layout_are_converted(rng):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
 
 
+def test_read_only_inputs_such_as_memmaps_work(tmp_path, rng):
+    X = rng.random((40, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 40)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    Xm, ym = np.load(tmp_path / "X.npy", mmap_mode="r"), np.load(tmp_path / "y.npy", mmap_mode="r")
+    a, b = mnist_like_model(), mnist_like_model()
+    a.fit(Xm, ym, optimizer=fastnn.SGD(lr=0.1), epochs=2, batch_size=16)
+    b.fit(X, y, optimizer=fastnn.SGD(lr=0.1), epochs=2, batch_size=16)
+    np.testing.assert_array_equal(a.predict(Xm), b.predict(X))
+    reg = fastnn.Sequential(fastnn.Dense(784, 2), seed=0)
+    targets = np.ones((40, 2))
+    targets.flags.writeable = False
+    reg.fit(Xm, targets, loss="mse", optimizer=fastnn.SGD(lr=0.01), epochs=1, batch_size=16)
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda m, X, y: m.fit(X[:, :5], y, optimizer=fastnn.SGD(lr=0.1)), ValueError,
      "X has 5 features per row but the first layer expects 784"),

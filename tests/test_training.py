@@ -153,3 +153,45 @@ def test_fit_is_the_same_sequence_of_train_steps(shuffle, loss, rng):
     for p, q in zip(fitted.parameters(), stepped.parameters()):
         np.testing.assert_array_equal(p, q)
     np.testing.assert_allclose(history["loss"], losses, rtol=1e-12)
+
+
+def test_validation_split_holds_out_random_rows_and_records_metrics(rng):
+    X = np.arange(100, dtype=np.float32).reshape(100, 1)
+    y = (X[:, 0] > 50).astype(np.int64)
+    model = fastnn.Sequential(fastnn.Dense(1, 4, activation="tanh"), fastnn.Dense(4, 2), seed=0)
+    seen = []
+    history = model.fit(X, y, optimizer=fastnn.Adam(), epochs=2, batch_size=10, validation_split=0.2,
+                        callbacks=[lambda epoch, h: seen.append((epoch, len(h["val_loss"]))) or False])
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} and seen == [(1, 1), (2, 2)]
+    held = fastnn.Sequential(fastnn.Dense(1, 4, activation="tanh"), fastnn.Dense(4, 2), seed=0)._rng.permutation(100)[:20]
+    assert held.max() < 80 or held.min() < 80  # not simply the last 20 rows
+    assert not np.array_equal(np.sort(held), np.arange(80, 100))
+    with pytest.raises(ValueError, match="validation_split must be a number in"):
+        model.fit(X, y, optimizer=fastnn.Adam(), validation_split=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        model.fit(X, y, optimizer=fastnn.Adam(), validation_split=0.1, validation_data=(X, y))
+
+
+def test_a_callback_returning_true_stops_training():
+    X = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
+    history = model.fit(X, np.zeros(20, np.int64), optimizer=fastnn.SGD(lr=0.1), epochs=10,
+                        callbacks=[lambda epoch, h: epoch == 3])
+    assert len(history["loss"]) == 3
+
+
+def test_early_stopping_restores_the_best_epoch():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 10)).astype(np.float32)
+    y = rng.integers(0, 2, 200)  # noise: validation loss soon rises as the model overfits
+    model = fastnn.Sequential(fastnn.Dense(10, 64, activation="relu"), fastnn.Dense(64, 2), seed=0)
+    snapshots = []
+    stopper = fastnn.EarlyStopping(monitor="val_loss", patience=2, restore_best=True)
+    history = model.fit(X, y, optimizer=fastnn.Adam(lr=0.01), epochs=100, batch_size=16, validation_split=0.3,
+                        early_stopping=stopper, callbacks=[lambda e, h: snapshots.append(model._flat_params.copy())])
+    assert stopper.stopped_epoch == len(history["loss"]) < 100
+    best = int(np.argmin(history["val_loss"]))
+    assert stopper.best_epoch == best + 1
+    np.testing.assert_array_equal(model._flat_params, snapshots[best])
+    with pytest.raises(ValueError, match="which this fit does not record"):
+        model.fit(X, y, optimizer=fastnn.Adam(), epochs=2, early_stopping=fastnn.EarlyStopping())

@@ -1,0 +1,55 @@
+"""Per-epoch hooks for ``fit``: early stopping, and any callable ``(epoch, history) -> bool``."""
+from __future__ import annotations
+
+import math
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    Parameters
+    ----------
+    monitor : str
+        A history key: "val_loss" (default), "val_accuracy", "loss" or "accuracy". Losses are
+        minimised, accuracies maximised.
+    patience : int
+        Epochs without improvement before stopping.
+    min_delta : float
+        The smallest change that counts as an improvement.
+    restore_best : bool
+        At the end of ``fit``, put back the parameters of the best epoch.
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
+        if monitor not in ("val_loss", "val_accuracy", "loss", "accuracy"):
+            raise ValueError(f"monitor must be val_loss, val_accuracy, loss or accuracy, got {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, float(min_delta), restore_best
+        self._sign = -1.0 if monitor.endswith("accuracy") else 1.0  # compare as "smaller is better"
+        self.best_epoch, self.best, self.stopped_epoch, self._best_params, self._wait = None, math.inf, None, None, 0
+
+    def start(self):
+        self.best_epoch, self.best, self.stopped_epoch, self._best_params, self._wait = None, math.inf, None, None, 0
+
+    def __call__(self, epoch, history, params=None):
+        if self.monitor not in history:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record "
+                             f"(it has {sorted(history)}); pass validation_data or validation_split")
+        value = self._sign * history[self.monitor][-1]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best and params is not None:
+                self._best_params = params.copy()
+            return False
+        self._wait += 1
+        if self._wait > self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def __repr__(self):
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
+                f"restore_best={self.restore_best})")
