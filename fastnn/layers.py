@@ -60,3 +60,25 @@ class Dense:
     def __repr__(self):
         return (f"Dense(in_features={self.in_features}, out_features={self.out_features}, "
                 f"activation={self.activation!r})")
+
+
+class Dropout:
+    """Inverted dropout on the output of the Dense layer before it, during training only.
+
+    Parameters
+    ----------
+    p_drop : float in [0, 1)
+        The probability that an element is dropped (set to 0); kept elements are scaled by
+        1 / (1 - p_drop), so ``predict`` uses the network as it is.
+
+    Masks come from a counter-based generator keyed on (model seed, optimizer step, layer,
+    element), so they do not depend on the thread count and a resumed run draws the same ones.
+    """
+
+    def __init__(self, p_drop):
+        if isinstance(p_drop, bool) or not isinstance(p_drop, (int, float, np.floating)) or not 0 <= p_drop < 1:
+            raise ValueError(f"p_drop must be a probability in [0, 1), got {p_drop!r}")
+        self.p_drop = float(p_drop)
+
+    def __repr__(self):
+        return f"Dropout(p_drop={self.p_drop})"

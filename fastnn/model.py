@@ -17,7 +17,8 @@ from .kernels._checks import all_finite
 from .kernels.activations import NEEDS_PREACTIVATION
 from .kernels.dense import _dense_backward, _dense_forward
 from .kernels.train import MSE, SOFTMAX_CROSS_ENTROPY, _forward, _forward_backward, _train_epoch, _train_step
-from .layers import Dense
+from .kernels.dropout import _dropout_backward, _dropout_forward
+from .layers import Dense, Dropout
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
 from .callbacks import EarlyStopping
@@ -92,37 +93,51 @@ class Sequential:
             layers = tuple(layers[0])
         if not layers:
             raise ValueError("Sequential needs at least one layer, e.g. Sequential(Dense(784, 10))")
+        dense, drops = [], []
         for i, layer in enumerate(layers):
+            if isinstance(layer, Dropout):
+                if not dense or i == len(layers) - 1 or isinstance(layers[i - 1], Dropout):
+                    raise ValueError(f"layer {i}: a Dropout must come between two Dense layers "
+                                     f"(it drops the outputs of the Dense before it)")
+                drops[-1] = layer.p_drop
+                continue
             if not isinstance(layer, Dense):
-                raise TypeError(f"layer {i} must be a fastnn.Dense, got {type(layer).__name__}")
+                raise TypeError(f"layer {i} must be a fastnn.Dense or fastnn.Dropout, got {type(layer).__name__}")
             if layer.W is not None:
                 raise ValueError(f"layer {i} already belongs to a model; create a new Dense for each model")
-            if i and layer.in_features != layers[i - 1].out_features:
-                raise ValueError(f"layer {i} has in_features={layer.in_features} but layer {i - 1} "
-                                 f"has out_features={layers[i - 1].out_features}; they must match")
+            if dense and layer.in_features != dense[-1].out_features:
+                raise ValueError(f"layer {i} has in_features={layer.in_features} but the Dense before it "
+                                 f"has out_features={dense[-1].out_features}; they must match")
+            dense.append(layer)
+            drops.append(0.0)
         if np.dtype(dtype) not in _DTYPES.values():
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.layers = tuple(layers)
+        self._dense = tuple(dense)  # the layers with numbers; dropout rides on them (self._drops)
+        self._drops = np.array(drops, dtype=np.float64)
         self.dtype = np.dtype(dtype)
         self.seed = seed
-        sizes = [n for layer in layers for n in (layer.in_features * layer.out_features, layer.out_features)]
+        # dropout masks are keyed on this, the optimizer step, the layer and the element
+        self._mask_seed = (int(seed) if isinstance(seed, (int, np.integer)) and seed >= 0
+                           else int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        sizes = [n for layer in dense for n in (layer.in_features * layer.out_features, layer.out_features)]
         self._flat_params = np.zeros(sum(sizes), self.dtype)
         self._flat_grads = np.zeros(sum(sizes), self.dtype)
         self._params = self._views(self._flat_params)
         self._grads = self._views(self._flat_grads)
-        for layer, W, b in zip(layers, self._params[::2], self._params[1::2]):
+        for layer, W, b in zip(dense, self._params[::2], self._params[1::2]):
             layer.W, layer.b = W, b
         self._rng = np.random.default_rng(seed)
-        for layer in layers:
+        for layer in dense:
             layer.init_params(self._rng)
-        self._layout = _layout(self.layers)
+        self._layout = _layout(self._dense)
         self._workspace_ = None
         self._no_labels = np.empty(0, np.int64)
         self._no_targets = np.empty(0, self.dtype)
 
     def _views(self, flat):
         views, start = [], 0
-        for layer in self.layers:
+        for layer in self._dense:
             i, o = layer.in_features, layer.out_features
             views.append(flat[start:start + i * o].reshape(i, o))
             views.append(flat[start + i * o:start + i * o + o])
@@ -131,11 +146,11 @@ class Sequential:
 
     @property
     def in_features(self):
-        return self.layers[0].in_features
+        return self._dense[0].in_features
 
     @property
     def out_features(self):
-        return self.layers[-1].out_features
+        return self._dense[-1].out_features
 
     def parameters(self):
         """``[W0, b0, W1, b1, ...]``: writable views; ``p[...] = v`` changes the model."""
@@ -173,7 +188,7 @@ class Sequential:
     def _workspace(self, n):
         ws = self._workspace_
         if ws is None or ws.capacity < n:
-            ws = self._workspace_ = _Workspace(self.layers, n, self.dtype)
+            ws = self._workspace_ = _Workspace(self._dense, n, self.dtype)
         return ws
 
     def _targets(self, loss, y):
@@ -184,17 +199,21 @@ class Sequential:
 
     # -- the step -------------------------------------------------------------------------
 
-    def _loss_and_grad(self, ws, X, y, loss_kernel):
+    def _loss_and_grad(self, ws, X, y, loss_kernel, step):
         """The compiled step's forward, loss and backward, called kernel by kernel from Python
         (``fastnn profile`` times each); the same kernels in the same order, on the same buffers."""
-        out, z, dout = ws.views(self.layers, self._layout, X.shape[0])
+        out, z, dout = ws.views(self._dense, self._layout, X.shape[0])
         a = X
-        for layer, o, zz in zip(self.layers, out, z):
+        for k, (layer, o, zz) in enumerate(zip(self._dense, out, z)):
             _dense_forward(a, layer.W, layer.b, layer.code, o, zz)
+            if self._drops[k] > 0:
+                _dropout_forward(o, self._drops[k], self._mask_seed, step, k)
             a = o
         loss = loss_kernel(out[-1], y, dout[-1])
-        for k in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[k]
+        for k in range(len(self._dense) - 1, -1, -1):
+            layer = self._dense[k]
+            if self._drops[k] > 0:
+                _dropout_backward(dout[k], self._drops[k], self._mask_seed, step, k, out[k])
             x = X if k == 0 else out[k - 1]
             dx = X[:0] if k == 0 else dout[k - 1]
             _dense_backward(dout[k], x, layer.W, out[k], z[k], layer.code,
@@ -204,7 +223,7 @@ class Sequential:
     def _step_by_kernel(self, X, y, loss, optimizer):
         """``train_step`` with every kernel called from Python, for ``fastnn profile``."""
         X, y = self._data(X, y, loss)
-        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, check_loss(loss))
+        value = self._loss_and_grad(self._workspace(X.shape[0]), X, y, check_loss(loss), optimizer.step_count + 1)
         optimizer.step([self._flat_params], [self._flat_grads])
         return float(value)
 
@@ -221,7 +240,7 @@ class Sequential:
         X, y = self._data(X, y, loss)
         ws = self._workspace(X.shape[0])
         value = _forward_backward(X, *self._targets(loss, y), _LOSS_CODES[loss], self._layout, self._flat_params,
-                                  self._flat_grads, ws.outs, ws.zs, ws.douts)
+                                  self._flat_grads, ws.outs, ws.zs, ws.douts, self._drops, self._mask_seed, 0)
         return float(value), [g.copy() for g in self._grads]
 
     def train_step(self, X, y, loss="softmax_cross_entropy", optimizer=None):
@@ -237,7 +256,7 @@ class Sequential:
         optimizer._prepare((self._flat_params,))
         code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
         value = _train_step(X, labels, targets, loss_code, self._layout, self._flat_params, self._flat_grads,
-                            ws.outs, ws.zs, ws.douts, code, hyper, state1, state2, step)
+                            ws.outs, ws.zs, ws.douts, self._drops, self._mask_seed, code, hyper, state1, state2, step)
         if value != value:  # NaN: the step was refused
             raise DivergenceError(f"the loss or its gradients became NaN or inf at optimizer step {step}; "
                                   f"the parameters were not updated. Lower the learning rate or check the data.",
@@ -364,7 +383,8 @@ class Sequential:
                 code, hyper, state1, state2, step = optimizer._kernel_args(0, self._flat_params)
                 part_loss, part_correct, bad = _train_epoch(
                     X, labels, targets, order, batch_size, first, stop, _LOSS_CODES[loss], self._layout,
-                    self._flat_params, self._flat_grads, ws.outs, ws.zs, ws.douts, x_buf, label_buf, target_buf,
+                    self._flat_params, self._flat_grads, ws.outs, ws.zs, ws.douts, self._drops, self._mask_seed,
+                    x_buf, label_buf, target_buf,
                     code, hyper, state1, state2, step, batch_losses, schedule, epoch * batches + first)
                 if bad >= 0:
                     optimizer.step_count += bad - first
@@ -406,12 +426,12 @@ class Sequential:
 
     def _predict(self, X, batch_size):
         out = np.empty((X.shape[0], self.out_features), self.dtype)
-        ws = _Workspace(self.layers, min(batch_size, X.shape[0]), self.dtype)  # dropped on return
+        ws = _Workspace(self._dense, min(batch_size, X.shape[0]), self.dtype)  # dropped on return
         last = self._layout[-1, 5]
         for start in range(0, X.shape[0], batch_size):
             stop = min(start + batch_size, X.shape[0])
             n = stop - start
-            _forward(X[start:stop], self._layout, self._flat_params, ws.outs, ws.zs)
+            _forward(X[start:stop], self._layout, self._flat_params, ws.outs, ws.zs, self._drops, 0, 0, False)
             out[start:stop] = ws.outs[n * last:n * (last + self.out_features)].reshape(n, self.out_features)
         return out
 
@@ -469,7 +489,8 @@ class Sequential:
     def _architecture(self):
         return {"dtype": self.dtype.name,
                 "layers": [{"in_features": l.in_features, "out_features": l.out_features,
-                            "activation": l.activation} for l in self.layers]}
+                            "activation": l.activation} if isinstance(l, Dense) else {"p_drop": l.p_drop}
+                           for l in self.layers]}
 
     def __repr__(self):
         lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
@@ -493,7 +514,8 @@ def load(path) -> Sequential:
         if arch.get("version") != FORMAT_VERSION:
             raise ValueError(f"format version {arch.get('version')!r}, this fastnn reads {FORMAT_VERSION}")
         dtype = _DTYPES[arch["dtype"]]
-        layers = [Dense(s["in_features"], s["out_features"], s["activation"]) for s in arch["layers"]]
+        layers = [Dropout(s["p_drop"]) if "p_drop" in s else Dense(s["in_features"], s["out_features"], s["activation"])
+                  for s in arch["layers"]]
         model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype)
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a valid fastnn model file: {e}") from None

@@ -30,6 +30,10 @@ def _loss_cost(pred, target, dpred):
     return f"{pred.shape[0]}x{pred.shape[1]}", 0, pred.nbytes + dpred.nbytes
 
 
+def _dropout_cost(y, p_drop, seed, step, layer, *restore):
+    return f"{y.shape[0]}x{y.shape[1]}", 0, y.nbytes * (4 if restore and restore[0].size else 2)
+
+
 def _optimizer_cost(code, p, g, hyper, state1, state2, step):
     streams = 7 if state2.size else (5 if state1.size else 3)  # arrays read or written per element
     return f"{p.size:,}", 0, p.nbytes * streams
@@ -45,6 +49,8 @@ def timed_kernels(records):
 
     sites = [(model, "_dense_forward", "dense_forward", _dense_forward_cost),
              (model, "_dense_backward", "dense_backward", _dense_backward_cost),
+             (model, "_dropout_forward", "dropout_forward", _dropout_cost),
+             (model, "_dropout_backward", "dropout_backward", _dropout_cost),
              (optim, "optimizer_update", "optimizer_update", _optimizer_cost)]
     saved_losses = dict(losses.LOSSES)
 

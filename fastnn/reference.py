@@ -108,3 +108,27 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     v = beta2 * v + (1 - beta2) * g * g
     denom = np.sqrt(v) / math.sqrt(1 - beta2**step) + eps
     return p - (lr / (1 - beta1**step)) * m / denom, m, v
+
+
+def _uniform(seed, step, layer, shape):
+    """The dropout kernels' counter-based uniform numbers, in NumPy (uint64 wraps)."""
+    u64 = np.uint64
+    element = np.arange(int(np.prod(shape)), dtype=u64).reshape(shape)
+    with np.errstate(over="ignore"):
+        x = (u64(seed) * u64(0x9E3779B97F4A7C15)) ^ (u64(step) * u64(0x94D049BB133111EB)) ^ (u64(layer) << u64(40))
+        x = x ^ element
+        x = (x ^ (x >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> u64(27))) * u64(0x94D049BB133111EB)
+        x = x ^ (x >> u64(31))
+    return (x >> u64(11)).astype(np.float64) / 9007199254740992.0
+
+
+def dropout_forward(y, p_drop, seed, step, layer):
+    """Inverted dropout: ``y * keep / (1 - p_drop)``, keep = uniform(seed, step, layer, index) >= p_drop."""
+    keep = _uniform(seed, step, layer, y.shape) >= p_drop
+    return np.where(keep, y * (1 / (1 - p_drop)), y * 0).astype(y.dtype)
+
+
+def dropout_backward(dy, p_drop, seed, step, layer):
+    """The same mask and scale applied to the gradient."""
+    return dropout_forward(dy, p_drop, seed, step, layer)

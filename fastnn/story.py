@@ -105,7 +105,7 @@ def collapse(model):
     """The single linear map ``x @ W + b`` that an all-identity network computes."""
     W, b = None, None
     for layer in model.layers:
-        if layer.activation != "identity":
+        if getattr(layer, "activation", None) != "identity":
             raise ValueError(f"{layer!r} is not linear; only an all-identity network collapses")
         W = layer.W.astype(np.float64) if W is None else W @ layer.W
         b = layer.b.astype(np.float64) if b is None else b @ layer.W + layer.b

@@ -195,6 +195,10 @@ class KernelCase:
             target = rng.integers(0, c, n) if kernel == "softmax_cross_entropy" else r(n, c)
             self.inputs, self.outputs = (r(n, c, s=3.0), target), (np.empty((n, c), self.dtype),)
             self.nbytes = 2 * n * c * self.dtype.itemsize
+        elif kernel in ("dropout_forward", "dropout_backward"):
+            n, o = d["N"], d["O"]
+            self.inputs, self.outputs = (r(n, o), 0.5, 7, 3, 1), ()
+            self.nbytes = 2 * n * o * self.dtype.itemsize
         elif kernel in ("sgd_update", "adam_update"):
             p = d["P"]
             if kernel == "sgd_update":
@@ -217,7 +221,7 @@ class KernelCase:
         outputs = self.outputs if outputs is None else outputs
         if self.kernel.endswith("_update"):
             return fn(*inputs, **self.hyper)
-        return fn(*inputs, *outputs)
+        return fn(*inputs, *outputs)  # dropout works in place: no outputs
 
     def run_numpy(self, inputs=None):
         fn = getattr(R, self.kernel)
@@ -256,6 +260,8 @@ def kernel_case_specs():
             specs += [(kernel, dict(N=128, O=256), a) for a in CODES if a != "relu"]
         elif kernel in ("softmax_cross_entropy", "mse"):
             specs += [(kernel, dict(N=n, C=10), "relu") for n in BATCHES]
+        elif kernel.startswith("dropout"):
+            specs += [(kernel, dict(N=n, O=o), "relu") for n in BATCHES for o in (256, 128)]
         else:
             specs += [(kernel, dict(P=p), "relu") for p in (MNIST_PARAMS, WIDE_PARAMS)]
     return specs

@@ -203,3 +203,20 @@ def test_wrappers_reject_bad_arguments():
         p = np.ones(3)
         p.flags.writeable = False
         K.sgd_update(p, np.ones(3), np.ones(3), 0.1)
+
+
+@pytest.mark.parametrize("p_drop", [0.0, 0.1, 0.5, 0.9])
+def test_dropout_forward_and_dropout_backward(p_drop, dtype, rng):
+    y = randn(rng, (64, 50), dtype)
+    got = K.dropout_forward(y.copy(), p_drop, 11, 5, 2)
+    assert_close(got, R.dropout_forward(y, p_drop, 11, 5, 2))
+    kept = got != 0
+    assert abs(1 - kept.mean() - p_drop) < 0.03  # drops about p_drop of the elements
+    np.testing.assert_allclose(got[kept], y[kept] / (1 - p_drop), rtol=1e-6)  # inverted scaling
+    dy = randn(rng, (64, 50), dtype)
+    back = K.dropout_backward(dy.copy(), p_drop, 11, 5, 2)
+    assert_close(back, R.dropout_backward(dy, p_drop, 11, 5, 2))
+    assert np.array_equal(back != 0, kept)  # the same mask, regenerated
+    # another step or layer draws another mask; the same counters the same one
+    assert p_drop == 0 or not np.array_equal(K.dropout_forward(y.copy(), p_drop, 11, 6, 2) != 0, kept)
+    np.testing.assert_array_equal(K.dropout_forward(y.copy(), p_drop, 11, 5, 2), got)

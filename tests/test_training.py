@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.testing import assert_close, reference_train
+from fastnn.testing import assert_close, finite_difference, reference_train
 
 OPTIMIZERS = {
     "sgd": (lambda: fastnn.SGD(lr=0.1), dict(lr=0.1)),
@@ -195,3 +195,69 @@ def test_early_stopping_restores_the_best_epoch():
     np.testing.assert_array_equal(model._flat_params, snapshots[best])
     with pytest.raises(ValueError, match="which this fit does not record"):
         model.fit(X, y, optimizer=fastnn.Adam(), epochs=2, early_stopping=fastnn.EarlyStopping())
+
+
+def dropout_model(seed=0, dtype=np.float32):
+    return fastnn.Sequential(fastnn.Dense(6, 12, activation="tanh"), fastnn.Dropout(0.3),
+                             fastnn.Dense(12, 8, activation="sigmoid"), fastnn.Dropout(0.5), fastnn.Dense(8, 3),
+                             seed=seed, dtype=dtype)
+
+
+def test_dropout_is_off_in_predict_and_on_in_training(rng):
+    model = dropout_model()
+    X = rng.standard_normal((50, 6)).astype(np.float32)
+    plain = fastnn.Sequential(fastnn.Dense(6, 12, activation="tanh"), fastnn.Dense(12, 8, activation="sigmoid"),
+                              fastnn.Dense(8, 3), seed=0)
+    for p, q in zip(plain.parameters(), model.parameters()):
+        p[...] = q
+    np.testing.assert_array_equal(model.predict(X), plain.predict(X))
+    y = rng.integers(0, 3, 50)
+    assert model.loss_and_grad(X, y)[0] != plain.loss_and_grad(X, y)[0]
+    assert repr(model).splitlines()[2] == "  (1): Dropout(p_drop=0.3)"
+
+
+def test_dropout_gradients_match_finite_differences(rng):
+    # loss_and_grad draws the masks of step 0, so the loss is a fixed function of the parameters
+    model = dropout_model(dtype=np.float64)
+    X, y = rng.standard_normal((10, 6)), rng.integers(0, 3, 10)
+    _, grads = model.loss_and_grad(X, y)
+    for p, g in zip(model.parameters(), grads):
+        original = p.copy()
+
+        def f(v, p=p):
+            p[...] = v
+            return model.loss_and_grad(X, y)[0]
+
+        numeric = finite_difference(f, original)
+        p[...] = original
+        np.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
+    X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    fitted, stepped, by_kernel = dropout_model(), dropout_model(), dropout_model()
+    oa, ob, oc = fastnn.Adam(lr=0.01), fastnn.Adam(lr=0.01), fastnn.Adam(lr=0.01)
+    fitted.fit(X, y, optimizer=oa, epochs=2, batch_size=8, shuffle=False)
+    for t in range(10):
+        stepped.train_step(X[(t % 5) * 8:(t % 5) * 8 + 8], y[(t % 5) * 8:(t % 5) * 8 + 8], optimizer=ob)
+        by_kernel._step_by_kernel(X[(t % 5) * 8:(t % 5) * 8 + 8], y[(t % 5) * 8:(t % 5) * 8 + 8],
+                                  "softmax_cross_entropy", oc)
+    for p, q, r in zip(fitted.parameters(), stepped.parameters(), by_kernel.parameters()):
+        np.testing.assert_array_equal(p, q)
+        np.testing.assert_array_equal(p, r)
+    fitted.save(tmp_path / "d.npz")
+    same = fastnn.load(tmp_path / "d.npz")
+    assert repr(same) == repr(fitted)
+    np.testing.assert_array_equal(same.predict(X), fitted.predict(X))
+
+
+@pytest.mark.parametrize("layers, message", [
+    (lambda: [fastnn.Dropout(0.2), fastnn.Dense(3, 2)], "between two Dense layers"),
+    (lambda: [fastnn.Dense(3, 2), fastnn.Dropout(0.2)], "between two Dense layers"),
+    (lambda: [fastnn.Dense(3, 4), fastnn.Dropout(0.2), fastnn.Dropout(0.1), fastnn.Dense(4, 2)], "between two Dense"),
+])
+def test_dropout_placement_errors(layers, message):
+    with pytest.raises(ValueError, match=message):
+        fastnn.Sequential(*layers())
+    with pytest.raises(ValueError, match=r"p_drop must be a probability in \[0, 1\)"):
+        fastnn.Dropout(1.0)

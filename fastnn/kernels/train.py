@@ -13,6 +13,8 @@ Shapes: N = batch, L = layers, P = parameters, S = sum of the layers' out_featur
     labels (N,) int64      cross-entropy targets (empty for mse)
     targets (N*O_last,)    mse targets (empty for cross-entropy)
     hyper (8,) float64     optimizer hyper-parameters (see ``optimizer_update``)
+    drops (L,) float64     dropout probability applied to each layer's output (0: none);
+                           masks are keyed on (seed, step, layer, element)
     state1, state2 (P,)    optimizer state (momentum / Adam moments), or empty when unused
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from ._jit import helper, kernel
 from .activations import GELU
 from .dense import _dense_backward, _dense_forward
+from .dropout import _dropout_backward, _dropout_forward
 from .losses import _mse, _softmax_cross_entropy
 from .optimizers import _adam_update, _sgd_update
 
@@ -39,8 +42,8 @@ def _view2d(flat, start, rows, cols):
 
 
 @kernel
-def _forward(X, layout, params, outs, zs):
-    """Every layer's forward pass; returns nothing (outputs land in ``outs``)."""
+def _forward(X, layout, params, outs, zs, drops, seed, step, training):
+    """Every layer's forward pass (dropout only when ``training``); outputs land in ``outs``."""
     n = X.shape[0]
     a = X
     for k in range(layout.shape[0]):
@@ -50,15 +53,17 @@ def _forward(X, layout, params, outs, zs):
         out = _view2d(outs, n * layout[k, COL], n, o)
         z = _view2d(zs, n * layout[k, COL], n, o) if layout[k, ACT] == GELU else out
         _dense_forward(a, W, b, layout[k, ACT], out, z)
+        if training and drops[k] > 0.0:
+            _dropout_forward(out, drops[k], seed, step, k)
         a = out
 
 
 @kernel
-def _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts):
-    """Forward, fused loss and backward into ``grads``; returns the mean loss."""
+def _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts, drops, seed, step):
+    """Forward (with dropout), fused loss and backward into ``grads``; returns the mean loss."""
     n = X.shape[0]
     last = layout.shape[0] - 1
-    _forward(X, layout, params, outs, zs)
+    _forward(X, layout, params, outs, zs, drops, seed, step, True)
     o_last = layout[last, O_]
     logits = _view2d(outs, n * layout[last, COL], n, o_last)
     dlogits = _view2d(douts, n * layout[last, COL], n, o_last)
@@ -75,6 +80,8 @@ def _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs
         out = _view2d(outs, n * layout[k, COL], n, o)
         dout = _view2d(douts, n * layout[k, COL], n, o)
         z = _view2d(zs, n * layout[k, COL], n, o) if layout[k, ACT] == GELU else out
+        if drops[k] > 0.0:  # the next layer has used the dropped output; restore it for act'
+            _dropout_backward(dout, drops[k], seed, step, k, out)
         if k == 0:
             _dense_backward(dout, X, W, out, z, layout[k, ACT], dW, db, no_dx, dout)
         else:
@@ -108,14 +115,14 @@ def _bias_grads_finite(layout, grads):
 
 
 @kernel
-def _train_step(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts,
+def _train_step(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts, drops, seed,
                 opt_code, hyper, state1, state2, step):
     """One step: forward, loss, backward, optimizer update. Returns the loss before it.
 
     When the loss or a gradient is NaN or inf, nothing is updated and NaN is returned: the
     parameters stay the last finite ones.
     """
-    loss = _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts)
+    loss = _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts, drops, seed, step)
     if not (math.isfinite(loss) and _bias_grads_finite(layout, grads)):
         return math.nan
     optimizer_update(opt_code, params, grads, hyper, state1, state2, step)
@@ -167,8 +174,8 @@ def lr_factor(schedule, t):
 
 @kernel
 def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch, loss_code, layout, params, grads,
-                 outs, zs, douts, x_buf, label_buf, target_buf, opt_code, hyper, state1, state2, first_step,
-                 batch_losses, schedule, first_t):
+                 outs, zs, douts, drops, seed, x_buf, label_buf, target_buf, opt_code, hyper, state1, state2,
+                 first_step, batch_losses, schedule, first_t):
     """Batches ``first_batch <= b < stop_batch`` of an epoch, each a ``_train_step``.
 
     The learning rate of batch b is ``hyper[0] * lr_factor(schedule, first_t + b - first_batch)``.
@@ -201,8 +208,8 @@ def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch,
             tb = target_buf[:m * o_last] if targets.size else targets
             if targets.size:
                 _gather_rows(targets.reshape((n, o_last)), order, start, stop, tb.reshape((m, o_last)))
-        loss = _train_step(xb, lb, tb, loss_code, layout, params, grads, outs, zs, douts, opt_code, hyper,
-                           state1, state2, first_step + (b - first_batch))
+        loss = _train_step(xb, lb, tb, loss_code, layout, params, grads, outs, zs, douts, drops, seed, opt_code,
+                           hyper, state1, state2, first_step + (b - first_batch))
         batch_losses[b] = loss
         if not math.isfinite(loss):
             hyper[0] = base_lr
