@@ -1,0 +1,106 @@
+"""Data-parallel training over MPI: real ranks started with mpiexec on this machine."""
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+
+from .conftest import require
+
+require("mpi4py")
+MPIEXEC = pathlib.Path(sys.executable).parent / "mpiexec"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, numpy as np, fastnn
+    from fastnn import distributed
+    fastnn.set_num_threads(1)
+    comm, rank, size = distributed.world()
+    out, batch, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((203, 12)), rng.integers(0, 4, 203)
+    width = 10 + (rank if mode == "mismatch" else 0)
+    model = fastnn.Sequential(fastnn.Dense(12, width, activation="tanh"), fastnn.Dense(width, 4), seed=5,
+                              dtype=np.float64)
+
+    def train():
+        if mode == "fail" and rank == size - 1:
+            raise RuntimeError("this rank failed on purpose")
+        if mode == "kill":  # one rank dies in the middle of training; the other would wait forever
+            epochs = 100_000  # minutes of training: the kill after 1 s always lands mid-run
+            if rank == size - 1:
+                import threading, time
+                threading.Thread(target=lambda: (time.sleep(1.0), os.kill(os.getpid(), 9)), daemon=True).start()
+        else:
+            epochs = 3
+        return distributed.fit(model, X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=epochs, batch_size=batch,
+                               shuffle=True, lr_schedule=fastnn.Cosine(warmup_steps=3))
+
+    history = distributed.abort_on_error(train)
+    if rank == 0:
+        np.save(out, np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]))
+""")
+
+
+def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / f"out-{ranks}.npy"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([str(MPIEXEC), "-n", str(ranks), sys.executable, str(script), str(out), str(batch), mode],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, out
+
+
+def one_process(batch):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((203, 12)), rng.integers(0, 4, 203)
+    model = fastnn.Sequential(fastnn.Dense(12, 10, activation="tanh"), fastnn.Dense(10, 4), seed=5, dtype=np.float64)
+    history = model.fit(X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=3, batch_size=batch, shuffle=True,
+                        lr_schedule=fastnn.Cosine(warmup_steps=3))
+    return np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])])
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_equal_one_process_with_the_global_batch(tmp_path, ranks):
+    # 2 ranks x 16 rows = one process with batch 32; 3 ranks split 32 rows 10/11/11, and the
+    # last batch of each epoch (11 rows) 3/4/4: still one process's numbers
+    proc, out = run_ranks(tmp_path, ranks, 32)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(out), one_process(32), rtol=1e-9, atol=1e-12)
+
+
+def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):
+    proc, _ = run_ranks(tmp_path, 2, 32, mode="fail", timeout=60)
+    assert proc.returncode != 0
+    assert "fastnn rank 1: RuntimeError: this rank failed on purpose" in proc.stderr
+
+
+def test_a_killed_rank_ends_the_job_instead_of_hanging(tmp_path):
+    proc, _ = run_ranks(tmp_path, 2, 32, mode="kill", timeout=60)  # a hang would time out
+    assert proc.returncode != 0
+    assert "BAD TERMINATION" in proc.stdout + proc.stderr and "signal 9" in (proc.stdout + proc.stderr).lower()
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    proc, _ = run_ranks(tmp_path, 3, 2, timeout=60)
+    assert proc.returncode != 0 and "batch_size=2 is smaller than the 3 ranks" in proc.stderr
+    proc, _ = run_ranks(tmp_path, 2, 32, mode="mismatch", timeout=60)
+    assert proc.returncode != 0 and "the model differs between ranks" in proc.stderr
+
+
+def test_shards_differ_by_at_most_one_row():
+    from fastnn.distributed import shard
+
+    for size in (1, 2, 3, 7):
+        for start, stop in ((0, 32), (32, 43), (5, 12)):
+            parts = [shard(start, stop, r, size) for r in range(size)]
+            assert parts[0][0] == start and parts[-1][1] == stop
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            lengths = [b - a for a, b in parts]
+            assert max(lengths) - min(lengths) <= 1
