@@ -36,6 +36,17 @@ SCRIPT = textwrap.dedent("""
             if rank == size - 1:
                 import threading, time
                 threading.Thread(target=lambda: (time.sleep(1.0), os.kill(os.getpid(), 9)), daemon=True).start()
+        elif mode.startswith("ckpt"):  # checkpoints every epoch; "ckpt-stop" dies after the second
+            from fastnn import checkpoint
+            save = checkpoint.save
+
+            def save_then_maybe_die(directory, model_, opt_, rng_, epoch, *rest):
+                save(directory, model_, opt_, rng_, epoch, *rest)
+                if mode == "ckpt-stop" and epoch == 2:
+                    raise SystemExit("stopping after the checkpoint of epoch 2")
+            checkpoint.save = save_then_maybe_die
+            return distributed.fit(model, X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=4, batch_size=batch,
+                                   checkpoint_dir=os.path.dirname(out) + "/ck-" + sys.argv[4], resume=True)
         else:
             epochs = 3
         return distributed.fit(model, X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=epochs, batch_size=batch,
@@ -47,12 +58,13 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120):
+def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120, tag="a"):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    out = tmp_path / f"out-{ranks}.npy"
+    out = tmp_path / f"out-{ranks}-{tag}.npy"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([str(MPIEXEC), "-n", str(ranks), sys.executable, str(script), str(out), str(batch), mode],
+    proc = subprocess.run([str(MPIEXEC), "-n", str(ranks), sys.executable, str(script), str(out), str(batch), mode,
+                           tag],
                           capture_output=True, text=True, timeout=timeout, env=env)
     return proc, out
 
@@ -104,3 +116,14 @@ def test_shards_differ_by_at_most_one_row():
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
             lengths = [b - a for a, b in parts]
             assert max(lengths) - min(lengths) <= 1
+
+
+def test_checkpoint_and_resume_across_ranks(tmp_path):
+    proc, plain = run_ranks(tmp_path, 2, 32, mode="ckpt", tag="plain")
+    assert proc.returncode == 0, proc.stderr
+    proc, _ = run_ranks(tmp_path, 2, 32, mode="ckpt-stop", tag="resumed")
+    assert proc.returncode != 0 and "stopping after the checkpoint of epoch 2" in proc.stderr
+    assert not (tmp_path / "out-2-resumed.npy").exists()
+    proc, resumed = run_ranks(tmp_path, 2, 32, mode="ckpt", tag="resumed")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(resumed), np.load(plain))
