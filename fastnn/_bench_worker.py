@@ -23,23 +23,6 @@ def _pin(threads: int):
         os.sched_setaffinity(0, cores[:threads])
 
 
-def _peak_gflops(repeats: int) -> float:
-    import numpy as np
-
-    from .bench import PEAK_N
-
-    rng = np.random.default_rng(0)
-    a = rng.random((PEAK_N, PEAK_N), dtype=np.float32)
-    b = rng.random((PEAK_N, PEAK_N), dtype=np.float32)
-    out = a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.matmul(a, b, out=out)
-        times.append(time.perf_counter() - t)
-    return 2 * PEAK_N**3 / float(np.median(times)) / 1e9
-
-
 def main(argv):
     name, case_name, threads = argv[0], argv[1], int(argv[2])
     out = _protocol_stream()
@@ -76,7 +59,10 @@ def main(argv):
         if msg["cmd"] == "stop":
             break
         if msg["cmd"] == "peak":
-            out.write(json.dumps({"gflops": _peak_gflops(msg["repeats"])}) + "\n")
+            from .bench import PEAK_N
+            from .profile import measure_peak
+
+            out.write(json.dumps({"gflops": measure_peak(msg["repeats"], PEAK_N)}) + "\n")
         elif msg["cmd"] == "run":
             times = []
             for _ in range(msg["steps"]):

@@ -71,6 +71,21 @@ def _plot(draw, *args):
         return 1
 
 
+def _setup(args, kind):
+    """The model, optimizer, schedule and recipe that ``fastnn train`` uses for ``args``."""
+    import fastnn
+
+    recipe = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in RECIPES[kind].items()}
+    sizes = [784, *args.hidden, 10]
+    layers = [fastnn.Dense(a, b, activation=args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
+    model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], 10), seed=args.seed)
+    lr = recipe["lr"]
+    optimizer = {"adam": lambda: fastnn.Adam(lr=lr), "adamw": lambda: fastnn.AdamW(lr=lr),
+                 "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[recipe["optimizer"]]()
+    schedule = fastnn.Cosine() if recipe["schedule"] == "cosine" else fastnn.Constant()
+    return model, optimizer, schedule, recipe, sizes
+
+
 def cmd_train(args) -> int:
     import fastnn
     from . import plots
@@ -84,14 +99,7 @@ def cmd_train(args) -> int:
     if args.threads:
         fastnn.set_num_threads(args.threads)
     ((X, y), (Xt, yt)), what, kind = _load_data(args.data)
-    recipe = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in RECIPES[kind].items()}
-    sizes = [784, *args.hidden, 10]
-    layers = [fastnn.Dense(a, b, activation=args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
-    model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], 10), seed=args.seed)
-    lr = recipe["lr"]
-    optimizer = {"adam": lambda: fastnn.Adam(lr=lr), "adamw": lambda: fastnn.AdamW(lr=lr),
-                 "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[recipe["optimizer"]]()
-    schedule = fastnn.Cosine() if recipe["schedule"] == "cosine" else fastnn.Constant()
+    model, optimizer, schedule, recipe, sizes = _setup(args, kind)
     print(f"training {'-'.join(map(str, sizes))} {args.activation} with {optimizer}, {schedule}, "
           f"batch {recipe['batch_size']}, {recipe['epochs']} epochs on {what}")
     # compile first (cached after the first run), so the time below is training alone
@@ -121,14 +129,7 @@ def _train_distributed(args) -> int:
     comm, rank, size = distributed.world()
     fastnn.set_num_threads(args.threads or 1)  # one thread per rank: ranks must not oversubscribe cores
     ((X, y), (Xt, yt)), what, kind = _load_data(args.data)
-    recipe = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in RECIPES[kind].items()}
-    sizes = [784, *args.hidden, 10]
-    layers = [fastnn.Dense(a, b, activation=args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
-    model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], 10), seed=args.seed)
-    lr = recipe["lr"]
-    optimizer = {"adam": lambda: fastnn.Adam(lr=lr), "adamw": lambda: fastnn.AdamW(lr=lr),
-                 "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[recipe["optimizer"]]()
-    schedule = fastnn.Cosine() if recipe["schedule"] == "cosine" else fastnn.Constant()
+    model, optimizer, schedule, recipe, sizes = _setup(args, kind)
     if rank == 0:
         print(f"training {'-'.join(map(str, sizes))} {args.activation} on {size} ranks, global batch "
               f"{recipe['batch_size']}, {recipe['epochs']} epochs, {optimizer}, {schedule}, on {what}")

@@ -118,14 +118,14 @@ def loop_helper(fn):
     return numba.njit(fastmath=set(FASTMATH), error_model="numpy", inline="always")(fn)
 
 
-def typed_helper(stub):
-    """Decorator: give the Python function ``stub`` a compiled implementation per argument type.
+def typed_helper(python_fn):
+    """Decorator: give the Python function ``python_fn`` a compiled implementation per argument type.
 
     The decorated function receives Numba types and returns the implementation to compile
     (``numba.extending.overload``), so float32 code can use float32 constants and float32
-    approximations while float64 keeps full precision. ``stub`` stays a plain function
-    whose signature the implementations share.
+    approximations while float64 keeps full precision. ``python_fn`` stays a plain function
+    (what runs under NUMBA_DISABLE_JIT=1) whose signature the implementations share.
     """
     from numba.extending import overload
 
-    return overload(stub, jit_options=dict(fastmath=set(FASTMATH), error_model="numpy"))
+    return overload(python_fn, jit_options=dict(fastmath=set(FASTMATH), error_model="numpy"))
