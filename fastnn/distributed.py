@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -55,6 +56,9 @@ def abort_on_error(fn):
     except BaseException as e:
         rank = MPI.COMM_WORLD.Get_rank()
         print(f"fastnn rank {rank}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        # Abort tears every rank down at once; with MPICH 4.3 the launcher sometimes had not yet
+        # forwarded this rank's stderr, and the message was lost. Give it a moment first.
+        time.sleep(0.5)
         MPI.COMM_WORLD.Abort(1)
         raise
 
@@ -79,8 +83,6 @@ def fit(model, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, bat
     cross-entropy, per epoch, over all ranks' rows. A dict passed as ``timings`` receives
     ``steps`` and ``allreduce_s`` (this rank's seconds inside the gradient Allreduce).
     """
-    import time
-
     from . import checkpoint
 
     MPI = _mpi()
