@@ -11,6 +11,8 @@ Every rank holds the whole model and the whole data set:
 - losses and accuracies are reduced the same way; only rank 0 prints and writes files.
 
 Run with ``mpiexec -n 2 python script.py`` or ``mpiexec -n 2 fastnn train --distributed``.
+Dropout masks are keyed on each rank's row within its shard, so with Dropout a distributed run
+draws other (equally valid) masks than one process would; without Dropout the two agree.
 An exception on any rank aborts the whole job (``MPI.Abort``), so no rank is left waiting in
 a collective; a rank killed from outside is detected by ``mpiexec``, which ends the others.
 """
