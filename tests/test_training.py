@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.testing import assert_close, finite_difference, reference_train
+from fastnn.testing import finite_difference, reference_train
 
 OPTIMIZERS = {
     "sgd": (lambda: fastnn.SGD(lr=0.1), dict(lr=0.1)),
