@@ -25,9 +25,8 @@ import time
 
 import numpy as np
 
-from .kernels.train import _count_correct, _forward_backward, lr_factor, optimizer_update
-from .model import _LOSS_CODES, DivergenceError, _check_optimizer, _positive_count
-from .schedules import Constant
+from .kernels.train import lr_factor
+from .model import DivergenceError
 
 
 def _mpi():
@@ -85,95 +84,94 @@ def fit(model, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, bat
     cross-entropy, per epoch, over all ranks' rows. A dict passed as ``timings`` receives
     ``steps`` and ``allreduce_s`` (this rank's seconds inside the gradient Allreduce).
     """
-    from . import checkpoint
+    from . import training
 
     MPI = _mpi()
     comm = comm or MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    _check_optimizer(optimizer)
-    epochs = _positive_count("epochs", epochs)
-    batch_size = _positive_count("batch_size", batch_size)
-    if batch_size < size:
+    size = comm.Get_size()
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and 0 < batch_size < size:
         raise ValueError(f"batch_size={batch_size} is smaller than the {size} ranks: every rank needs rows; "
                          f"use a global batch of at least {size}")
-    X, y = model._data(X, y, loss)
-    n = X.shape[0]
-    lr_schedule = lr_schedule or Constant()
-    settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "samples": n, "shuffle": bool(shuffle),
-                "schedule": repr(lr_schedule), "validation": False, "ranks": size}
     _agree(comm, "the model", model._architecture())
-    _agree(comm, "the training settings", {**settings, "optimizer": repr(optimizer)})
+    plan = training.plan(model, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                         shuffle=shuffle, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=False,
+                         settings={"ranks": size})
+    _agree(comm, "the training settings", {**plan.settings, "optimizer": repr(optimizer)})
     comm.Bcast(model._flat_params, root=0)  # one starting point for every replica
-    history = {"loss": []}
-    classify = loss == "softmax_cross_entropy"
-    if classify:
-        history["accuracy"] = []
-    first_epoch = 0
     if resume and checkpoint_dir is not None:
-        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, settings)
+        from . import checkpoint
+        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, plan.settings)
         if restored is not None:
-            first_epoch, history = restored
-    loss_code = _LOSS_CODES[loss]
-    local_capacity = -(-batch_size // size)
-    ws = model._workspace(local_capacity)
-    labels, targets = model._targets(loss, y)
-    o_last = model.out_features
-    x_buf = np.empty((local_capacity, X.shape[1]), model.dtype)
-    batches = -(-n // batch_size)
-    schedule = lr_schedule.as_array(epochs * batches)
-    grads = model._flat_grads
-    stats = np.zeros(2)  # (loss * rows, correct rows) of this rank, reduced each step
-    bias_rows = np.concatenate([np.arange(row[3], row[3] + row[1]) for row in model._layout])
-    optimizer._prepare((model._flat_params,))
-    base_lr = optimizer._hyper_values[0]
-    for epoch in range(first_epoch, epochs):
-        order = model._rng.permutation(n) if shuffle else np.arange(n)
+            plan.first_epoch, plan.history = restored
+    rank = comm.Get_rank()
+    plan.verbose = 0  # rank 0 prints a line per epoch instead of a bar
+    runner = _Epochs(model, plan, comm, MPI, timings, verbose=verbose and rank == 0)
+    if rank != 0:
+        plan.checkpoint_dir = None  # only rank 0 writes files
+    history = training.run(model, plan, runner)
+    return history
+
+
+class _Epochs:
+    """Runs an epoch's batches across ranks: each rank's shard through the compiled
+    ``loss_and_grad``, a sum-Allreduce of the gradients, then the compiled ``apply_update``
+    (finite guard and optimizer) on every rank."""
+
+    def __init__(self, model, plan, comm, MPI, timings, verbose):
+        self.model, self.plan, self.comm, self.MPI = model, plan, comm, MPI
+        self.timings, self.verbose = timings, verbose
+        size = comm.Get_size()
+        engine = model._engine
+        self.local = -(-plan.batch_size // size)
+        self.ws = engine.workspace(self.local)
+        self.grads_fn, self.objective, self.drivers = engine.gradients_entry(plan.loss)
+        self.update_fn, self.drivers = engine.update_entry(plan.loss, plan.optimizer)
+        self.x_buf = np.empty((self.local, plan.X.shape[1]), model.dtype)
+        self.stats = np.zeros(3)  # this rank's (loss * rows, correct rows, rows) of a batch
+
+    def epoch(self, epoch, bar):
+        p, model, comm, MPI = self.plan, self.model, self.comm, self.MPI
+        rank, size = comm.Get_rank(), comm.Get_size()
+        comm.Barrier()  # the previous epoch's checkpoint is complete before anyone runs ahead
+        engine, optimizer = model._engine, p.optimizer
+        n, batches = p.X.shape[0], p.batches
+        order = model._rng.permutation(n) if p.shuffle else np.arange(n)
         comm.Bcast(order, root=0)
-        total = np.zeros(2)
+        grads, stats, total = model._flat_grads, self.stats, np.zeros(3)
+        opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))
         for b in range(batches):
-            start, stop = b * batch_size, min((b + 1) * batch_size, n)
+            start, stop = b * p.batch_size, min((b + 1) * p.batch_size, n)
             lo, hi = shard(start, stop, rank, size)
             m = hi - lo
-            code, hyper, state1, state2, step = optimizer._kernel_args(0, model._flat_params)
-            hyper[0] = base_lr * lr_factor(schedule, epoch * batches + b)
+            step = optimizer.step_count + 1
             stats[:] = 0.0
             if m:
                 rows = order[lo:hi]
-                xb = x_buf[:m]
-                np.take(X, rows, axis=0, out=xb)
-                lb = labels[rows] if labels.size else labels
-                tb = targets.reshape(n, o_last)[rows].reshape(-1) if targets.size else targets
-                value = _forward_backward(xb, lb, tb, loss_code, model._layout, model._flat_params, grads,
-                                          ws.outs, ws.zs, ws.douts, model._drops, model._mask_seed, step)
+                xb = self.x_buf[:m]
+                np.take(p.X, rows, axis=0, out=xb)
+                value = self.grads_fn(engine.net, self.ws, self.objective, self.drivers, xb, p.y[rows],
+                                      engine.ones[:m], step)
                 grads *= m / (stop - start)  # weight by shard size: the sum over ranks is the batch mean
-                stats[0] = value * m
-                if classify:
-                    logits = ws.views(model._dense, model._layout, m)[0][-1]
-                    stats[1] = _count_correct(logits, lb)
+                stats[0], stats[2] = value * m, m
+                if p.classify:
+                    stats[1] = np.count_nonzero(engine.output(self.ws, m).argmax(axis=1) == p.y[rows])
             else:
                 grads[...] = 0.0
             t = time.perf_counter()
             comm.Allreduce(MPI.IN_PLACE, grads, op=MPI.SUM)
-            if timings is not None:
-                timings["allreduce_s"] = timings.get("allreduce_s", 0.0) + time.perf_counter() - t
-                timings["steps"] = timings.get("steps", 0) + 1
+            if self.timings is not None:
+                self.timings["allreduce_s"] = self.timings.get("allreduce_s", 0.0) + time.perf_counter() - t
+                self.timings["steps"] = self.timings.get("steps", 0) + 1
             comm.Allreduce(MPI.IN_PLACE, stats, op=MPI.SUM)
-            if not (np.isfinite(stats[0]) and np.isfinite(grads[bias_rows]).all()):  # as _train_step checks
-                hyper[0] = base_lr
+            lr = p.optimizer.lr * lr_factor(p.schedule, epoch * batches + b)
+            # the same finite guard and update as one process: every rank sees the same sums
+            if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, self.drivers, lr, step) == 1.0):
                 raise DivergenceError(f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step "
                                       f"{b + 1} of {batches}; the parameters were not updated",
                                       epoch=epoch + 1, step=b + 1)
-            optimizer_update(code, model._flat_params, grads, hyper, state1, state2, step)
             optimizer.step_count = step
             total += stats
-        hyper[0] = base_lr
-        history["loss"].append(float(total[0] / n))
-        if classify:
-            history["accuracy"].append(float(total[1] / n))
-        if verbose and rank == 0:
-            print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()),
-                  flush=True)
-        if checkpoint_dir is not None and rank == 0:
-            checkpoint.save(checkpoint_dir, model, optimizer, model._rng, epoch + 1, history, settings)
-        comm.Barrier()  # the checkpoint is complete before anyone runs ahead
-    return history
+        if self.verbose:
+            parts = [f"loss {total[0] / total[2]:.4f}"] + ([f"accuracy {total[1] / total[2]:.4f}"] if p.classify else [])
+            print(f"epoch {epoch + 1}/{p.epochs}: " + ", ".join(parts), flush=True)
+        return total[0], total[1], total[2]

@@ -3,32 +3,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import losses as _kernels
+from .engine import LOSS_KERNELS
 from .kernels._checks import all_finite, labels_in_range
 
-LOSSES = {
-    "softmax_cross_entropy": _kernels._softmax_cross_entropy,
-    "mse": _kernels._mse,
-}
+LOSSES = tuple(LOSS_KERNELS)
 
 
 def check_loss(loss):
-    """Return the fused loss kernel for a loss name."""
-    if not isinstance(loss, str) or loss not in LOSSES:
+    """Check a loss name and return it."""
+    if not isinstance(loss, str) or loss not in LOSS_KERNELS:
         raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[loss]
+    return loss
 
 
-def prepare_targets(loss: str, y, n: int, outputs: int, dtype) -> np.ndarray:
+def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = True) -> np.ndarray:
     """Check ``y`` for ``loss`` and convert it once to what the kernel reads.
 
     softmax_cross_entropy: integer labels (n,) in [0, outputs) -> int64.
     mse: float targets (n, outputs) -> the model's dtype (a 1-D y is taken as one output).
+    ``check=False`` leaves the values (labels in range, finite targets) to the kernels, which
+    check them as they read them: the per-step fast path, which then copies nothing.
     """
+    if type(y) is np.ndarray and y.flags.c_contiguous and y.flags.aligned and y.shape[0] == n:
+        if loss == "softmax_cross_entropy":
+            if y.dtype == np.int64 and y.ndim == 1 and (not check or labels_in_range(y, outputs)):
+                return y  # already what the kernel reads
+        elif y.dtype == dtype and (y.shape == (n, outputs) or (outputs == 1 and y.shape == (n,))) and (
+                not check or all_finite(y)):
+            return y.reshape(n, outputs)
     check_loss(loss)
-    if (loss == "softmax_cross_entropy" and type(y) is np.ndarray and y.dtype == np.int64 and y.ndim == 1
-            and y.shape[0] == n and y.flags.c_contiguous and y.flags.writeable and labels_in_range(y, outputs)):
-        return y  # the per-step fast path: already what the kernel reads
     y = np.asarray(y)
     if loss == "softmax_cross_entropy":
         if y.dtype.kind not in "iu":

@@ -1,52 +1,71 @@
 """Optimizers with PyTorch's names, defaults and formulas (see ``fastnn.kernels.optimizers``).
 
 An optimizer's state is created on its first step and belongs to the parameters it was
-first given; ``lr`` is a plain attribute that may be changed between steps.
+first given; ``lr`` and the other hyper-parameters are plain attributes that may be changed
+between steps.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .kernels import _checks
-from .kernels.train import ADAM, SGD as SGD_CODE, optimizer_update
+from .kernels._jit import run
+from .kernels import optimizers as _kernels
+from .kernels.train import Optimizer as _Compiled
 
 
 class Optimizer:
     """Base class: state buffers shaped like the parameters, and a step counter."""
 
-    _buffers: tuple = ()
-    _hyper: tuple = ()
-    _code = None
+    _kind = None  # which update kernel: "sgd" or "adam"
+    _hyper: tuple = ()  # constructor arguments, for repr and state_dict
+    _kernel_hyper: tuple = ()  # the kernel's constants, in its order
 
     def __init__(self):
         self.step_count = 0
-        self.state = None  # {buffer name: [flat array per parameter]}, created on the first step
-        self._hyper_values = np.zeros(8)  # what the kernel reads; refilled each step
+        self._state = None  # per parameter array: an (S, P) array, one row per buffer
+        self._tuple = None  # what the compiled step reads, for self._owner (a model's flat parameters)
+        self._owner = None
 
-    def _fill_hyper(self):
-        raise NotImplementedError
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name in self._hyper and name != "lr":  # a constant the kernel reads changed; lr goes per step
+            object.__setattr__(self, "_tuple", None)
+
+    @property
+    def _buffers(self) -> tuple:
+        """Names of the state buffers (rows of each state array)."""
+        return ()
+
+    @property
+    def state(self):
+        """``{buffer name: [flat array per parameter array]}``, or None before the first step."""
+        if self._state is None:
+            return None
+        return {name: [s[k] for s in self._state] for k, name in enumerate(self._buffers)}
+
+    def _hyper_array(self):
+        return np.array([float(getattr(self, name)) for name in self._kernel_hyper], dtype=np.float64)
 
     def _prepare(self, params):
         """Create the state on the first step; check it fits ``params`` afterwards."""
         _checks.positive("lr", self.lr)
-        if self.state is None:
-            self.state = {}
-        for bufs in self.state.values():
-            if [(b.size, b.dtype) for b in bufs] != [(p.size, p.dtype) for p in params]:
-                raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes; "
-                                 "use one optimizer per model")
-        for name in self._buffers:  # created on the first step that needs them
-            if name not in self.state:
-                self.state[name] = [np.zeros(p.size, p.dtype) for p in params]
-        self._fill_hyper()
+        rows = len(self._buffers)
+        if self._state is None:
+            self._state = [np.zeros((rows, p.size), p.dtype) for p in params]
+        elif ([(s.shape, s.dtype) for s in self._state] != [((rows, p.size), p.dtype) for p in params]):
+            raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes (or its "
+                             "momentum was switched on or off); use one optimizer per model")
 
-    def _kernel_args(self, i, p):
-        """(code, hyper, state1, state2, step) for parameter array ``i``, as the kernels take them;
-        step is the number of the step about to be taken (callers count it afterwards)."""
-        bufs = [self.state[name][i] for name in self._buffers]
-        empty = p[:0]
-        bufs += [empty] * (2 - len(bufs))
-        return self._code, self._hyper_values, bufs[0], bufs[1], self.step_count + 1
+    def _compiled(self, flat_params, update):
+        """The tuple the compiled step reads, for a model's flat parameter buffer (the address of
+        the update kernel, the constants, the state); rebuilt only when a constant changed."""
+        t = self._tuple
+        if t is None or self._owner is not flat_params or t.update != update:
+            self._prepare((flat_params,))
+            t = self._tuple = _Compiled(update, self._hyper_array(), self._state[0])
+            self._owner = flat_params
+        return t
 
     def step(self, params, grads):
         """Update each array of ``params`` in place from the matching array of ``grads``."""
@@ -58,11 +77,13 @@ class Optimizer:
                                  f"{getattr(p, 'shape', p)} and {getattr(g, 'shape', g)}")
             _checks.float_array(f"params[{i}]", p)
             _checks.writable(f"params[{i}]", p)
+            _checks.no_overlap(f"params[{i}]", p, (f"grads[{i}]", g))
         self._prepare(params)
-        for i, (p, g) in enumerate(zip(params, grads)):
-            flat = p.reshape(-1)
-            code, hyper, state1, state2, t = self._kernel_args(i, flat)
-            optimizer_update(code, flat, np.ascontiguousarray(g, p.dtype).reshape(-1), hyper, state1, state2, t)
+        kernel = _KERNELS[self._kind]
+        hyper = self._hyper_array()
+        for p, g, state in zip(params, grads, self._state):
+            run(kernel, _kernels.signature(p.dtype), p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1),
+                state, hyper, float(self.lr), self.step_count + 1)
         self.step_count += 1
 
     def state_dict(self) -> dict:
@@ -79,16 +100,24 @@ class Optimizer:
         for name in self._hyper:
             setattr(self, name, d[name])
         self.step_count = int(d["step_count"])
-        state = {}
+        found = {}
         for key in d:
             name, _, index = key.rpartition(".")
             if name and index.isdigit():
-                state.setdefault(name, {})[int(index)] = np.array(d[key])
-        self.state = {name: [bufs[i] for i in range(len(bufs))] for name, bufs in state.items()} or None
+                found.setdefault(name, {})[int(index)] = np.asarray(d[key])
+        if not found or not self._buffers:
+            self._state = None  # created (with no buffers) on the next step
+        else:
+            count = len(found[self._buffers[0]])
+            self._state = [np.stack([found[name][i] for name in self._buffers]) for i in range(count)]
+        self._tuple = None
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._hyper)
         return f"{type(self).__name__}({args})"
+
+
+_KERNELS = {"sgd": _kernels._sgd_update, "adam": _kernels._adam_update}
 
 
 class SGD(Optimizer):
@@ -98,7 +127,9 @@ class SGD(Optimizer):
     ``p <- p - lr*(g + momentum*v)``), as ``torch.optim.SGD`` with dampening 0.
     """
 
+    _kind = "sgd"
     _hyper = ("lr", "momentum", "weight_decay", "nesterov")
+    _kernel_hyper = _kernels.SGD_HYPER
 
     def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__()
@@ -109,25 +140,20 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
 
-    _code = SGD_CODE
-
     @property
     def _buffers(self):
         return ("momentum_buffer",) if self.momentum else ()
-
-    def _fill_hyper(self):
-        h = self._hyper_values
-        h[0], h[1], h[2], h[3] = self.lr, self.momentum, self.weight_decay, self.nesterov
 
 
 class Adam(Optimizer):
     """Adam (``torch.optim.Adam``): bias-corrected moments, eps added after the square root;
     ``weight_decay`` is added to the gradient (L2), unlike ``AdamW``."""
 
+    _kind = "adam"
     _hyper = ("lr", "betas", "eps", "weight_decay")
+    _kernel_hyper = _kernels.ADAM_HYPER
     _buffers = ("exp_avg", "exp_avg_sq")
-    _decoupled = False
-    _code = ADAM
+    decoupled = False
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
@@ -140,20 +166,23 @@ class Adam(Optimizer):
         self.eps = _checks.positive("eps", eps, allow_zero=True)
         self.weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
 
+    @property
+    def beta1(self):
+        return self.betas[0]
+
+    @property
+    def beta2(self):
+        return self.betas[1]
+
     def load_state_dict(self, d):
         super().load_state_dict(d)
         self.betas = tuple(float(b) for b in self.betas)
-
-    def _fill_hyper(self):
-        h = self._hyper_values
-        h[0], h[1], h[2], h[3], h[4], h[5] = (self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                                              self._decoupled)
 
 
 class AdamW(Adam):
     """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay ``p <- p*(1 - lr*wd)``."""
 
-    _decoupled = True
+    decoupled = True
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(lr, betas, eps, weight_decay)

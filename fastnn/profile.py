@@ -1,97 +1,93 @@
 """``fastnn profile``: where the time of a training step goes, kernel by kernel.
 
-``train_step`` runs the whole step as one compiled call, which cannot be timed inside. The
-profile runs the same kernels in the same order on the same buffers from Python
-(``Sequential._step_by_kernel``; a test checks both give identical parameters), with each
-kernel call site wrapped in a timer (``timed_kernels``). A separate run of ``train_step``
-without timers gives the step's true speed.
+``train_step`` runs the whole step as compiled code, which cannot be timed inside. The
+profile runs the *same driver source* (``fastnn.kernels.train``) as plain Python
+(``as_python``), on the model's own buffers, with each kernel it calls (the model's dense
+kernels, loss, finite guard and optimizer update) held as a timed callable that calls the
+compiled kernel (a test checks that profiled steps leave exactly the parameters plain steps
+do). A separate run of ``train_step`` without timers gives the step's true speed.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 
+import numba
 import numpy as np
 
+from . import engine as _engine
+from .kernels import _jit, dense, dropout, optimizers, train
+from .kernels import losses as loss_kernels
 
-def _dense_forward_cost(x, W, b, act, out, z):
+
+def _timed(records, name, kernel, signature, cost):
+    def timed(*args):
+        t = time.perf_counter()
+        result = _jit.run(kernel, signature, *args)
+        dt = time.perf_counter() - t
+        shape, flops, nbytes = cost(*args)
+        rec = records[(name, shape)]
+        rec[0] += 1
+        rec[1] += dt
+        rec[2] += flops
+        rec[3] += nbytes
+        return result
+    return timed
+
+
+def _dense_forward_cost(x, W, b, out, z):
     n, (i, o) = x.shape[0], W.shape
     return f"{i}x{o}", 2 * n * i * o, x.nbytes + W.nbytes + out.nbytes
 
 
-def _dense_backward_cost(dout, x, W, out, z, act, dW, db, dx, dz):
+def _dense_backward_cost(dout, x, W, out, z, dW, db, dx, dz):
     n, (i, o) = x.shape[0], W.shape
     products = 2 if dx.shape[0] else 1  # dW, and dx except for the first layer
     return f"{i}x{o}", 2 * n * i * o * products, x.nbytes + dout.nbytes + dW.nbytes + W.nbytes + dx.nbytes
 
 
-def _loss_cost(pred, target, dpred):
+def _loss_cost(pred, target, weights, dpred):
     return f"{pred.shape[0]}x{pred.shape[1]}", 0, pred.nbytes + dpred.nbytes
 
 
 def _dropout_cost(y, p_drop, seed, step, layer, *restore):
-    return f"{y.shape[0]}x{y.shape[1]}", 0, y.nbytes * (4 if restore and restore[0].size else 2)
+    return f"{y.shape[0]}x{y.shape[1]}", 0, y.nbytes * (4 if restore else 2)
 
 
-def _optimizer_cost(code, p, g, hyper, state1, state2, step):
-    streams = 7 if state2.size else (5 if state1.size else 3)  # arrays read or written per element
+def _optimizer_cost(p, g, state, hyper, lr, step):
+    streams = 3 + 2 * state.shape[0]  # arrays read or written per element
     return f"{p.size:,}", 0, p.nbytes * streams
 
 
-@contextlib.contextmanager
-def timed_kernels(records):
-    """Wrap every kernel the training step calls in a timer, recording into ``records``.
-
-    ``records[(kernel, shape)]`` becomes ``[calls, seconds, flops, bytes]``.
-    """
-    from . import losses, model, optim
-
-    sites = [(model, "_dense_forward", "dense_forward", _dense_forward_cost),
-             (model, "_dense_backward", "dense_backward", _dense_backward_cost),
-             (model, "_dropout_forward", "dropout_forward", _dropout_cost),
-             (model, "_dropout_backward", "dropout_backward", _dropout_cost),
-             (optim, "optimizer_update", "optimizer_update", _optimizer_cost)]
-    saved_losses = dict(losses.LOSSES)
-
-    def timed(name, fn, cost):
-        def call(*args):
-            t = time.perf_counter()
-            result = fn(*args)
-            dt = time.perf_counter() - t
-            shape, flops, nbytes = cost(*args)
-            rec = records[(name, shape)]
-            rec[0] += 1
-            rec[1] += dt
-            rec[2] += flops
-            rec[3] += nbytes
-            return result
-        return call
-
-    saved = [(module, attr, getattr(module, attr)) for module, attr, _, _ in sites]
-    try:
-        for (module, attr, name, cost), (_, _, fn) in zip(sites, saved):
-            setattr(module, attr, timed(name, fn, cost))
-        for name, fn in saved_losses.items():
-            losses.LOSSES[name] = timed(name, fn, _loss_cost)
-        yield records
-    finally:
-        for module, attr, fn in saved:
-            setattr(module, attr, fn)
-        losses.LOSSES.update(saved_losses)
+def _guard_cost(g):
+    return f"{g.size:,}", 0, g.nbytes
 
 
-def measure_peak(repeats=5, n=2048) -> float:
-    """GFLOP/s of a NumPy float32 n^3 matrix product with the current threads (median)."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    out = a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.matmul(a, b, out=out)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / float(np.median(times)) / 1e9
+def timed_step(model, loss, optimizer, records):
+    """``(step, args)``: ``step(*args, X, y, w, lr, step)`` is the model's training step run as
+    Python with every kernel timed into ``records[(kernel, shape)] = [calls, seconds, flops, bytes]``."""
+    engine, dtype = model._engine, model.dtype
+    fsig, bsig = dense.signatures(dtype)
+    pairs = engine.kernels()
+    net = engine.net._replace(
+        forward=[_timed(records, "dense_forward", f, fsig, _dense_forward_cost) for f, _ in pairs],
+        backward=[_timed(records, "dense_backward", b, bsig, _dense_backward_cost) for _, b in pairs])
+    if (engine.p_drop > 0).any():
+        dsig_f, dsig_b = dropout.signatures(dtype)
+        net = net._replace(
+            dropout_forward=_timed(records, "dropout_forward", dropout._dropout_forward, dsig_f, _dropout_cost),
+            dropout_backward=_timed(records, "dropout_backward", dropout._dropout_backward, dsig_b, _dropout_cost))
+    loss_kernel, _, labels = _engine.LOSS_KERNELS[loss]
+    objective = train.Objective(_timed(records, loss, loss_kernel, loss_kernels.signatures(dtype, labels)[0],
+                                       _loss_cost), train.NO_KERNEL)
+    update = _timed(records, "optimizer_update", _engine.OPTIMIZER_KERNELS[optimizer._kind],
+                    optimizers.signature(dtype), _optimizer_cost)
+    guard = _timed(records, "finite_guard", train.gradients_finite, numba.float64(_jit.array_type(dtype, 1)),
+                   _guard_cost)
+    drivers = train.Drivers(_jit.as_python(train.forward_pass), _jit.as_python(train.gradients),
+                            _jit.as_python(train.update, {"gradients_finite": guard}), train.NO_KERNEL)
+    opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))._replace(update=update)
+    return _jit.as_python(train.train_step), (net, objective, opt, drivers)
 
 
 def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
@@ -109,16 +105,36 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
         model.train_step(X, y, loss=loss, optimizer=optimizer)
         times.append(time.perf_counter() - t)
     records = defaultdict(lambda: [0, 0.0, 0, 0])
-    with timed_kernels(records):
-        t = time.perf_counter()
-        for _ in range(steps):
-            model._step_by_kernel(X, y, loss, optimizer)
-        profiled = time.perf_counter() - t
-    step = float(np.median(times))
+    step, (net, objective, opt, drivers) = timed_step(model, loss, optimizer, records)
+    X, y = model._data(X, y, loss)
+    engine = model._engine
+    ws = engine.workspace(X.shape[0])
+    w = engine.ones[:X.shape[0]]
+    t = time.perf_counter()
+    for _ in range(steps):
+        value = step(net, ws, objective, opt, drivers, X, y, w, float(optimizer.lr), optimizer.step_count + 1)
+        if not value >= 0.0:
+            raise model._refused(X, y, loss, optimizer.step_count + 1)
+        optimizer.step_count += 1
+    profiled = time.perf_counter() - t
+    step_s = float(np.median(times))
     rows = [{"kernel": k, "shape": s, "calls": c, "seconds": sec, "flops": f, "bytes": b}
             for (k, s), (c, sec, f, b) in records.items()]
-    return {"steps": steps, "step_s": step, "samples_per_s": X.shape[0] / step, "profiled_s": profiled,
+    return {"steps": steps, "step_s": step_s, "samples_per_s": X.shape[0] / step_s, "profiled_s": profiled,
             "kernels": rows}
+
+
+def measure_peak(repeats=5, n=2048) -> float:
+    """GFLOP/s of a NumPy float32 n^3 matrix product with the current threads (median)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    out = a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times)) / 1e9
 
 
 def format_profile(result, peak_gflops, title) -> str:

@@ -1,4 +1,6 @@
 """Whole training steps: kernels vs reference, a hand-worked example, and real learning."""
+from collections import defaultdict
+
 import numpy as np
 import pytest
 
@@ -235,13 +237,19 @@ def test_dropout_gradients_match_finite_differences(rng):
 
 def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
     X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    from fastnn.profile import timed_step
+
     fitted, stepped, by_kernel = dropout_model(), dropout_model(), dropout_model()
     oa, ob, oc = fastnn.Adam(lr=0.01), fastnn.Adam(lr=0.01), fastnn.Adam(lr=0.01)
     fitted.fit(X, y, optimizer=oa, epochs=2, batch_size=8, shuffle=False)
+    step, groups = timed_step(by_kernel, "softmax_cross_entropy", oc, defaultdict(lambda: [0, 0.0, 0, 0]))
+    ws = by_kernel._engine.workspace(8)
     for t in range(10):
-        stepped.train_step(X[(t % 5) * 8:(t % 5) * 8 + 8], y[(t % 5) * 8:(t % 5) * 8 + 8], optimizer=ob)
-        by_kernel._step_by_kernel(X[(t % 5) * 8:(t % 5) * 8 + 8], y[(t % 5) * 8:(t % 5) * 8 + 8],
-                                  "softmax_cross_entropy", oc)
+        rows = slice((t % 5) * 8, (t % 5) * 8 + 8)
+        stepped.train_step(X[rows], y[rows], optimizer=ob)
+        # the same step run as Python, kernel by kernel (what fastnn profile times)
+        net, objective, opt, drivers = groups
+        step(net, ws, objective, opt, drivers, X[rows], y[rows], by_kernel._engine.ones[:8], 0.01, t + 1)
     for p, q, r in zip(fitted.parameters(), stepped.parameters(), by_kernel.parameters()):
         np.testing.assert_array_equal(p, q)
         np.testing.assert_array_equal(p, r)

@@ -42,6 +42,24 @@ def writable(name: str, a: np.ndarray) -> None:
         raise ValueError(f"{name} is an output and must be writable")
 
 
+def same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` are the same elements in the same order (one buffer, aliased)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides)
+
+
+def no_overlap(name: str, out: np.ndarray, *inputs, allow_same: bool = False) -> None:
+    """Refuse an output that shares memory with any ``(name, array)`` in ``inputs``; with
+    ``allow_same``, exactly the same array (an in-place call the kernel documents) is fine."""
+    for other, a in inputs:
+        if a is None or not np.may_share_memory(out, a):  # contiguous arrays: bounds overlap = overlap
+            continue
+        if allow_same and same_array(out, a):
+            continue
+        allowed = f" (it may be {other} itself, but not part of it)" if allow_same else ""
+        raise ValueError(f"{name} overlaps {other} in memory{allowed}; pass a separate array")
+
+
 def label_array(name: str, labels, n: int, classes: int) -> np.ndarray:
     """Integer labels (n,) in [0, classes), int64 and contiguous."""
     if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or not labels.flags.c_contiguous:

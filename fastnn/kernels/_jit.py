@@ -1,4 +1,4 @@
-"""The one place that decides Numba options for every fastnn kernel.
+"""The one place that decides how fastnn kernels are compiled, cached and composed.
 
 - fastmath: the LLVM flags that allow vectorised reductions and contraction, but *not*
   ``nnan``/``ninf``: with those, LLVM may delete NaN checks and relu(NaN) stops being NaN
@@ -7,18 +7,33 @@
   exception check that also blocks vectorisation.
 - Caching: Numba stamps a cached kernel with its own file only, so an edit to a helper in
   another file would leave a stale kernel in use. fastnn's kernels are cached under a key
-  made of *all* kernel sources plus the Numba version (see ``_KernelCacheLocator``).
-  ``FASTNN_CACHE=0`` turns caching off; ``FASTNN_CACHE_DIR`` moves the cache.
+  made of *all* kernel sources, the Numba, llvmlite and NumPy versions and every setting
+  that changes generated code (``_KernelCacheLocator``). ``FASTNN_CACHE=0`` turns caching
+  off; ``FASTNN_CACHE_DIR`` moves the cache.
+- Composition: a training step is one small compiled driver (``kernels/train.py``) that
+  calls each layer's kernels through their addresses (``call``). Each kernel is compiled
+  once per dtype and shared by every model; the driver is compiled once per dtype and never
+  links, re-optimises or inlines the kernels it calls. Kernels for one activation come from
+  a cached factory (``specialize``), so a model compiles only the activations it uses.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import pathlib
+import sys
 import tempfile
+import threading
+import time
 
+import llvmlite
 import numba
-from numba.core import caching
+import numpy as np
+from numba import types
+from numba.core import caching, cgutils, config
+from numba.extending import intrinsic, overload, register_jitable
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
 # Reassociation only for plain reductions whose order cannot matter (all_finite): elsewhere it
@@ -28,12 +43,20 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
 # element-wise loops vectorise without it.
 REDUCTION = FASTMATH | {"reassoc"}
 
+JIT = not config.DISABLE_JIT  # NUMBA_DISABLE_JIT=1: every kernel runs as plain Python
 KERNEL_DIR = pathlib.Path(__file__).resolve().parent
 
 
+def _settings() -> str:
+    """Everything besides the sources that changes the code Numba generates."""
+    return repr((numba.__version__, llvmlite.__version__, np.__version__, sys.version_info[:2],
+                 config.BOUNDSCHECK, config.OPT, config.DEBUGINFO_DEFAULT, config.CPU_NAME, config.CPU_FEATURES,
+                 sorted(FASTMATH), sorted(REDUCTION)))
+
+
 def sources_digest(directory: pathlib.Path = KERNEL_DIR) -> str:
-    """SHA-256 over every kernel source file and the Numba version: the cache key."""
-    h = hashlib.sha256(numba.__version__.encode())
+    """SHA-256 over every kernel source file and the code-generation settings: the cache key."""
+    h = hashlib.sha256(_settings().encode())
     for path in sorted(directory.glob("*.py")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
@@ -65,7 +88,7 @@ def _choose_cache_dir(digest: str) -> pathlib.Path | None:
 
 
 DIGEST = sources_digest()
-CACHE_DIR = _choose_cache_dir(DIGEST) if os.environ.get("FASTNN_CACHE", "1") != "0" else None
+CACHE_DIR = _choose_cache_dir(DIGEST) if os.environ.get("FASTNN_CACHE", "1") != "0" and JIT else None
 CACHE = CACHE_DIR is not None
 
 
@@ -95,27 +118,68 @@ if _KernelCacheLocator not in caching.CacheImpl._locator_classes:
     caching.CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
 
 
-def kernel(fn=None, *, parallel: bool = False, fastmath=FASTMATH):
-    """Decorator for every fastnn kernel: one set of Numba options for all of them
-    (``fastmath=REDUCTION`` for plain reductions that may reorder their sums)."""
-    options = dict(fastmath=set(fastmath), error_model="numpy", nogil=True, cache=CACHE, parallel=parallel)
-    if fn is None:
-        return lambda f: numba.njit(**options)(f)
-    return numba.njit(**options)(fn)
+_TWINS = {}  # id(intrinsic) -> (intrinsic, the Python function that stands in for it)
+
+
+def as_python(fn, overrides=None):
+    """``fn``'s source as plain Python: every intrinsic it names replaced by its Python twin,
+    every kernel without a Python entry called through ``run``, and any name in ``overrides``
+    replaced as given. This is how kernels run under NUMBA_DISABLE_JIT and how ``fastnn
+    profile`` runs a driver."""
+    fn = getattr(fn, "py_func", fn)
+    names = fn.__code__.co_names
+    scope = dict(fn.__globals__)
+    changed = False
+    for name in names:
+        value = scope.get(name)
+        twin = _TWINS.get(id(value))
+        if overrides and name in overrides:
+            scope[name] = overrides[name]
+        elif twin is not None:
+            scope[name] = twin[1]
+        elif JIT and isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get(
+                "no_cpython_wrapper"):
+            scope[name] = functools.partial(_run_by_types, value)
+        else:
+            continue
+        changed = True
+    if not changed:
+        return fn
+    python = type(fn)(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    python.__doc__, python.__qualname__ = fn.__doc__, fn.__qualname__
+    return python
+
+
+def intrinsic_with_twin(python_fn):
+    """Decorator for an intrinsic's typing function: compiled code gets the intrinsic (inline
+    LLVM, no compiled function of its own), Python (``as_python``) gets ``python_fn``."""
+    def wrap(typer):
+        obj = intrinsic(typer)
+        _TWINS[id(obj)] = (obj, python_fn)
+        return obj
+    return wrap
+
+
+def kernel(fn=None, *, fastmath=FASTMATH, python_entry=True):
+    """Decorator for every fastnn kernel and driver: one set of Numba options for all of them
+    (``fastmath=REDUCTION`` for plain reductions that may reorder their sums). Compiled
+    lazily, per argument types, and cached. ``python_entry=False`` for functions only ever
+    called through their address from compiled code (``call``; from Python: ``run``): Numba
+    then builds no wrapper for calls from Python, which costs 0.04-0.12 s of a cold start per
+    function."""
+    options = dict(fastmath=set(fastmath), error_model="numpy", nogil=True, cache=CACHE, no_cfunc_wrapper=True,
+                   no_cpython_wrapper=not python_entry)
+
+    def decorate(f):
+        return numba.njit(**options)(f) if JIT else as_python(f)
+    return decorate if fn is None else decorate(fn)
 
 
 def helper(fn):
-    """Decorator for scalar helpers called only from kernels; LLVM inlines them there."""
-    return numba.njit(fastmath=set(FASTMATH), error_model="numpy")(fn)
-
-
-def loop_helper(fn):
-    """Decorator for a loop called from an if-chain once per constant activation code.
-
-    Inlined by Numba itself, so each call site gets its own copy with the code fixed and
-    LLVM vectorises it (left to LLVM, the bigger loops were not inlined, so not specialised).
-    """
-    return numba.njit(fastmath=set(FASTMATH), error_model="numpy", inline="always")(fn)
+    """Decorator for small functions called from kernels: plain Python when called from Python
+    (and under NUMBA_DISABLE_JIT), compiled per argument types inside kernels, where LLVM
+    inlines them. Never used for loops over arrays that a caller would re-optimise."""
+    return register_jitable(fastmath=set(FASTMATH), error_model="numpy")(fn)
 
 
 def typed_helper(python_fn):
@@ -123,9 +187,165 @@ def typed_helper(python_fn):
 
     The decorated function receives Numba types and returns the implementation to compile
     (``numba.extending.overload``), so float32 code can use float32 constants and float32
-    approximations while float64 keeps full precision. ``python_fn`` stays a plain function
-    (what runs under NUMBA_DISABLE_JIT=1) whose signature the implementations share.
+    approximations while float64 keeps full precision, and a constant activation code
+    (``types.IntegerLiteral``) selects one activation's code. ``python_fn`` stays a plain
+    function (what runs under NUMBA_DISABLE_JIT=1) whose signature the implementations share.
     """
-    from numba.extending import overload
-
     return overload(python_fn, jit_options=dict(fastmath=set(FASTMATH), error_model="numpy"))
+
+
+def specialize(factory):
+    """Decorator for a kernel factory ``factory(*constants) -> kernel``, called once per set of
+    constants (an activation code, say) and kept: each kernel it returns closes over its
+    constants, which Numba compiles in as literals and keys the disk cache on."""
+    return functools.cache(factory)
+
+
+# -- composing compiled kernels ---------------------------------------------------------
+
+def array_type(dtype, ndim):
+    """The Numba type of a C-contiguous, writable, aligned ndarray: what every kernel takes."""
+    return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+def address(dispatcher, signature):
+    """Compile ``dispatcher`` for ``signature`` (or load it from the cache) and return the
+    address of its native function, which ``call`` invokes from a driver. Under
+    NUMBA_DISABLE_JIT the function itself stands in for its address."""
+    if not JIT:
+        return dispatcher
+    dispatcher.compile(signature)
+    cres = dispatcher.overloads[tuple(signature.args)]
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+
+
+def _call_python(kernel, args):
+    return kernel(*args)
+
+
+def _through_address(restype):
+    # Numba's own calling convention, as a call between two jitted functions: the status it
+    # returns carries any exception on to the driver's caller.
+    def codegen(context, builder, signature, llargs):
+        addr, packed = llargs
+        given = list(signature.args[1].types)
+        argtys = [types.unliteral(t) for t in given]  # the callee was compiled for plain types
+        values = [context.cast(builder, builder.extract_value(packed, i), t, u)
+                  for i, (t, u) in enumerate(zip(given, argtys))]
+        fnty = context.call_conv.get_function_type(restype, argtys)
+        fn = builder.inttoptr(addr, fnty.as_pointer())
+        status, result = context.call_conv.call_function(builder, fn, restype, argtys, values)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value() if restype == types.none else result
+    return codegen
+
+
+@intrinsic_with_twin(_call_python)
+def call(typingctx, kernel, args):
+    """call(kernel, args): run the compiled kernel at address ``kernel`` on the tuple ``args``;
+    it returns nothing. (In Python, ``kernel`` is a callable.)"""
+    if isinstance(kernel, types.Integer) and isinstance(args, types.BaseTuple):
+        return types.none(kernel, args), _through_address(types.none)
+
+
+@intrinsic_with_twin(_call_python)
+def call_value(typingctx, kernel, args):
+    """As ``call``, for a kernel that returns a float64."""
+    if isinstance(kernel, types.Integer) and isinstance(args, types.BaseTuple):
+        return types.float64(kernel, args), _through_address(types.float64)
+
+
+@kernel
+def invoke(kernel, args):
+    """Python's way into a kernel that has no entry from Python: ``call`` it by address."""
+    call(kernel, args)
+
+
+@kernel
+def invoke_value(kernel, args):
+    """As ``invoke``, for a kernel that returns a float64."""
+    return call_value(kernel, args)
+
+
+def _run_by_types(dispatcher, *args):
+    argtypes = tuple(numba.typeof(a) for a in args)
+    dispatcher.compile(argtypes)
+    return run(dispatcher, dispatcher.overloads[argtypes].signature, *args)
+
+
+def run(dispatcher, signature, *args):
+    """Call the kernel ``dispatcher`` compiled for ``signature`` from Python (public wrappers,
+    ``fastnn profile``): through ``invoke``, since kernels have no Python entry of their own.
+    Kernels return nothing or a float64."""
+    fn = address(dispatcher, signature)
+    if not JIT:
+        return fn(*args)
+    if signature.return_type == types.none:
+        invoke(fn, args)
+        return None
+    if signature.return_type != types.float64:
+        raise TypeError(f"kernels called from Python return nothing or a float64, not {signature.return_type}")
+    return invoke_value(fn, args)
+
+
+def build_view(context, builder, flat_type, flat, start, shape):
+    """Codegen: a C-contiguous view of ``shape`` (intp values) into the 1-D array ``flat`` from
+    element ``start``. No checks and no reference: the caller keeps ``flat`` alive."""
+    from numba.np.arrayobj import make_array, populate_array
+
+    src = make_array(flat_type)(context, builder, flat)
+    view_type = types.Array(flat_type.dtype, len(shape), "C")
+    view = make_array(view_type)(context, builder)
+    itemsize = src.itemsize
+    strides, stride = [], itemsize
+    for size in reversed(shape[1:]):
+        strides.insert(0, stride)
+        stride = builder.mul(stride, size)
+    strides.insert(0, stride)
+    populate_array(view, data=builder.gep(src.data, [start]), shape=list(shape), strides=strides,
+                   itemsize=itemsize, meminfo=None)
+    return view._getvalue()
+
+
+# -- saying when something compiles -----------------------------------------------------
+
+class _CompileWatch(numba.core.event.Listener):
+    """Counts Numba compilations (cache misses only) while a fastnn step is being built."""
+
+    def __init__(self, announce):
+        self.announce, self.compiled, self.depth = announce, 0, 0
+
+    def on_start(self, event):
+        if self.compiled == 0 and self.announce is not None:
+            self.announce()
+        self.compiled += 1
+
+    def on_end(self, event):
+        pass
+
+
+_watch_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def compiling(what, *, quiet=False, announce=None):
+    """Build something from kernels; if anything must compile, say so once on stderr first.
+
+    ``what`` completes "compiling ..." (say "the float32 training step: relu, identity;
+    Adam"). Yields a dict that receives ``compiled`` (how many functions compiled) and
+    ``seconds``. ``announce`` is called as well, for a progress bar.
+    """
+    def say():
+        if not quiet:
+            print(f"fastnn: compiling {what} (once; cached for later runs)", file=sys.stderr, flush=True)
+        if announce is not None:
+            announce()
+
+    report = {"compiled": 0, "seconds": 0.0}
+    watch = _CompileWatch(say)
+    start = time.perf_counter()
+    with _watch_lock, numba.core.event.install_listener("numba:compile", watch):
+        yield report
+    report["compiled"] = watch.compiled
+    report["seconds"] = time.perf_counter() - start

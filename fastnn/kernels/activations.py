@@ -1,8 +1,11 @@
 """Element-wise activations, forward and backward.
 
 Shapes: N = batch, O = features. z (pre-activation) and y = act(z) are (N, O), float32 or
-float64, C-contiguous. An activation is chosen by a small integer code (jitted functions
-passed as arguments would defeat caching, pynndescent#226).
+float64, C-contiguous. An activation is named by a small integer code. Kernels are built per
+code (``specialize``): the code is a compile-time constant there, so ``activate`` and
+``derivative`` compile only that activation's few lines, and a model never compiles an
+activation it does not use (jitted functions passed as arguments would defeat caching,
+pynndescent#226).
 
 Derivatives come from the forward output y where the maths allows, so the fused dense
 kernel needs no extra buffer:
@@ -26,7 +29,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from . import _checks
-from ._jit import kernel, loop_helper, typed_helper
+from ._jit import array_type, kernel, run, specialize, typed_helper
 
 IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU = range(6)
 CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
@@ -83,11 +86,11 @@ def _exp_impl(x):
     i127, i23, f127 = np.int32(127), np.int32(23), f(127.0)
 
     def impl(x):
-        c = min(max(x, lo), hi)
+        c = lo if x < lo else (hi if x > hi else x)  # (not min/max: each would compile a function)
         k = math.floor(c * log2e + half)
         r = (c - k * ln2_hi) - k * ln2_lo
         p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
-        kk = min(k, f127)  # 2^128 has no float32; near the top scale by 2^127 and then by 2
+        kk = k if k < f127 else f127  # 2^128 has no float32; near the top scale by 2^127 and then by 2
         y = p * _float32_from_bits((np.int32(kk) + i127) << i23) * (one + (k - kk))
         if x != x:
             return x  # NaN stays NaN
@@ -112,133 +115,146 @@ def _tanh_impl(x):
     q1, q2, q3, q4 = (f(c) for c in TANH_Q[1:])
 
     def impl(x):
-        c = min(max(x, -clamp), clamp)
+        c = -clamp if x < -clamp else (clamp if x > clamp else x)
         t = c * c
         y = c * ((((p4 * t + p3) * t + p2) * t + p1) * t + p0) / ((((q4 * t + q3) * t + q2) * t + q1) * t + one)
-        y = min(max(y, -one), one)
+        y = -one if y < -one else (one if y > one else y)
         return x if x != x else y  # min/max would turn NaN into a bound
     return impl
 
 
 def activate(z, act):
-    """act(z) for one element. NaN propagates as in the reference. Kernels get the compiled
-    implementation below; plain Python (NUMBA_DISABLE_JIT=1) runs its float64 version."""
-    return _activate_impl(types.float64, types.int64)(z, act)
+    """act(z) for one element; ``act`` is a constant code in kernels. NaN propagates as in the
+    reference. Plain Python (NUMBA_DISABLE_JIT=1) runs this float64 version."""
+    if act == RELU:
+        return 0.0 if z < 0 else z
+    if act == LEAKY_RELU:
+        return z * LEAKY_SLOPE if z < 0 else z
+    if act == SIGMOID:
+        e = math.exp(-abs(z)) if z == z else z
+        return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+    if act == TANH:
+        return math.tanh(z)
+    if act == GELU:
+        u2 = 2 * GELU_C * (z + GELU_A * z * z * z)
+        e = math.exp(-abs(u2)) if u2 == u2 else u2
+        return z * (1.0 / (1.0 + e) if u2 >= 0 else e / (1.0 + e))
+    return z
+
+
+def _literal_code(act):
+    # Kernels pass constant codes only: a run-time code would compile every activation.
+    return act.literal_value if isinstance(act, types.IntegerLiteral) else None
 
 
 @typed_helper(activate)
 def _activate_impl(z, act):
+    code = _literal_code(act)
+    if code is None:
+        return None
     f = np.float32 if z == types.float32 else np.float64
     zero, one, slope = f(0.0), f(1.0), f(LEAKY_SLOPE)
     two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
-
-    def impl(z, act):
-        if act == RELU:
-            return zero if z < zero else z
-        if act == LEAKY_RELU:
-            return z * slope if z < zero else z
-        if act == SIGMOID:
+    if code == RELU:
+        return lambda z, act: zero if z < zero else z
+    if code == LEAKY_RELU:
+        return lambda z, act: z * slope if z < zero else z
+    if code == SIGMOID:
+        def sigmoid(z, act):
             e = exp_(-abs(z))  # never overflows
             r = one / (one + e)
             return r if z >= zero else e * r
-        if act == TANH:
-            return tanh_(z)
-        if act == GELU:
+        return sigmoid
+    if code == TANH:
+        return lambda z, act: tanh_(z)
+    if code == GELU:
+        def gelu(z, act):
             # 0.5 z (1 + tanh u) = z sigmoid(2u): no 1 + tanh cancellation for z << 0
             u2 = two_c * (z + gelu_a * z * z * z)
             e = exp_(-abs(u2))
             r = one / (one + e)
             return z * (r if u2 >= zero else e * r)
-        return z
-    return impl
+        return gelu
+    return lambda z, act: z
 
 
 # Differentiates `activate`: the derivative of y = act(z), from y (and z for gelu).
 def derivative(y, z, act):
-    """act'(z) for one element, from y = act(z) (and z for gelu); compiled in kernels, float64
-    in plain Python."""
-    return _derivative_impl(types.float64, types.float64, types.int64)(y, z, act)
+    """act'(z) for one element, from y = act(z) (and z for gelu); float64 in plain Python."""
+    if act == RELU:
+        return 1.0 if y > 0 else 0.0
+    if act == LEAKY_RELU:
+        return 1.0 if y > 0 else LEAKY_SLOPE
+    if act == SIGMOID:
+        return y * (1.0 - y)
+    if act == TANH:
+        return 1.0 - y * y
+    if act == GELU:
+        u2 = 2 * GELU_C * (z + GELU_A * z * z * z)
+        e = math.exp(-abs(u2)) if u2 == u2 else u2
+        s_pos, s_neg = (1 / (1 + e), e / (1 + e)) if u2 >= 0 else (e / (1 + e), 1 / (1 + e))
+        return s_pos + z * s_pos * s_neg * 2 * GELU_C * (1 + 3 * GELU_A * z * z)
+    return 1.0
 
 
 @typed_helper(derivative)
 def _derivative_impl(y, z, act):
+    code = _literal_code(act)
+    if code is None:
+        return None
     f = np.float32 if y == types.float32 else np.float64
     zero, one, three, slope = f(0.0), f(1.0), f(3.0), f(LEAKY_SLOPE)
     two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
-
-    def impl(y, z, act):
-        if act == RELU:
-            return one if y > zero else zero
-        if act == LEAKY_RELU:
-            return one if y > zero else slope
-        if act == SIGMOID:
-            return y * (one - y)
-        if act == TANH:
-            return one - y * y
-        if act == GELU:
+    if code == RELU:
+        return lambda y, z, act: one if y > zero else zero
+    if code == LEAKY_RELU:
+        return lambda y, z, act: one if y > zero else slope
+    if code == SIGMOID:
+        return lambda y, z, act: y * (one - y)
+    if code == TANH:
+        return lambda y, z, act: one - y * y
+    if code == GELU:
+        def gelu(y, z, act):
             # d/dz z s(2u) = s + z s (1 - s) 2u', s = sigmoid(2u), 1 - s = sigmoid(-2u), both exact
             u2 = two_c * (z + gelu_a * z * z * z)
             e = exp_(-abs(u2))
             r = one / (one + e)
             s_pos, s_neg = (r, e * r) if u2 >= zero else (e * r, r)
             return s_pos + z * s_pos * s_neg * two_c * (one + three * gelu_a * z * z)
-        return one
-    return impl
+        return gelu
+    return lambda y, z, act: one
 
 
-# Every element-wise loop comes as a helper taking the activation code, called once per code
-# from an if-chain: with the code constant, LLVM drops the other branches and vectorises the
-# loop. A loop branching on a run-time code per element did not vectorise: 64x64 identity
-# 7.0 us -> 0.53 us, tanh 17 us -> 1.4 us, sigmoid 44 us -> 5.0 us (float32, 1 thread).
-
-@loop_helper
-def _forward_loop(z, code, y):
-    n, m = z.shape
-    for i in range(n):
-        for j in range(m):
-            y[i, j] = activate(z[i, j], code)
+def signatures(dtype):
+    """(forward, backward) Numba signatures of the element-wise kernels."""
+    m = array_type(dtype, 2)
+    return types.none(m, m), types.none(m, m, m, m)
 
 
-@kernel
-def _activation_forward(z, act, y):
-    # z, y: (N, O); y may be z (in place).
-    if act == RELU:
-        _forward_loop(z, RELU, y)
-    elif act == LEAKY_RELU:
-        _forward_loop(z, LEAKY_RELU, y)
-    elif act == SIGMOID:
-        _forward_loop(z, SIGMOID, y)
-    elif act == TANH:
-        _forward_loop(z, TANH, y)
-    elif act == GELU:
-        _forward_loop(z, GELU, y)
-    else:
-        _forward_loop(z, IDENTITY, y)
+@specialize
+def forward_kernel(act: int):
+    """The element-wise forward kernel of one activation code."""
+    @kernel(python_entry=False)
+    def activation_forward(z, y):
+        # z, y: (N, O); y may be z (in place).
+        n, m = z.shape
+        for i in range(n):
+            for j in range(m):
+                y[i, j] = activate(z[i, j], act)
+    return activation_forward
 
 
 # Differentiates y = act(z) above: dz = dy * act'(y, z). dz may be dy (then dy is overwritten).
-@loop_helper
-def _backward_loop(dy, y, z, code, dz):
-    n, m = dy.shape
-    for i in range(n):
-        for j in range(m):
-            dz[i, j] = dy[i, j] * derivative(y[i, j], z[i, j], code)
-
-
-@kernel
-def _activation_backward(dy, y, z, act, dz):
-    if act == RELU:
-        _backward_loop(dy, y, z, RELU, dz)
-    elif act == LEAKY_RELU:
-        _backward_loop(dy, y, z, LEAKY_RELU, dz)
-    elif act == SIGMOID:
-        _backward_loop(dy, y, z, SIGMOID, dz)
-    elif act == TANH:
-        _backward_loop(dy, y, z, TANH, dz)
-    elif act == GELU:
-        _backward_loop(dy, y, z, GELU, dz)
-    else:
-        _backward_loop(dy, y, z, IDENTITY, dz)
+@specialize
+def backward_kernel(act: int):
+    """The element-wise backward kernel of one activation code."""
+    @kernel(python_entry=False)
+    def activation_backward(dy, y, z, dz):
+        n, m = dy.shape
+        for i in range(n):
+            for j in range(m):
+                dz[i, j] = dy[i, j] * derivative(y[i, j], z[i, j], act)
+    return activation_backward
 
 
 def activation_forward(z, act, y=None):
@@ -250,7 +266,7 @@ def activation_forward(z, act, y=None):
     act : str or None
         One of ``None``/"identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu".
     y : ndarray (N, O) of z's dtype, optional
-        Output; allocated when omitted. May be ``z`` itself.
+        Output; allocated when omitted. May be ``z`` itself, but no other overlap.
     """
     code = code_of(act)
     _checks.float_array("z", z, ndim=2)
@@ -259,7 +275,8 @@ def activation_forward(z, act, y=None):
     _checks.float_array("y", y, ndim=2, dtype=z.dtype)
     _checks.shape("y", y, z.shape)
     _checks.writable("y", y)
-    _activation_forward(z, code, y)
+    _checks.no_overlap("y", y, ("z", z), allow_same=True)
+    run(forward_kernel(code), signatures(z.dtype)[0], z, y)
     return y
 
 
@@ -267,7 +284,8 @@ def activation_backward(dy, y, z, act, dz=None):
     """Write ``dL/dz = dy * act'(z)`` into ``dz`` (overwritten) and return it.
 
     ``y`` is the forward output; ``z`` the pre-activation, read only for gelu (pass ``y``
-    again for the other activations). ``dz`` may be ``dy``, which is then overwritten.
+    again for the other activations). ``dz`` may be ``dy``, which is then overwritten; it
+    may not overlap ``y`` or ``z``.
     """
     code = code_of(act)
     _checks.float_array("dy", dy, ndim=2)
@@ -279,5 +297,7 @@ def activation_backward(dy, y, z, act, dz=None):
     _checks.float_array("dz", dz, ndim=2, dtype=dy.dtype)
     _checks.shape("dz", dz, dy.shape)
     _checks.writable("dz", dz)
-    _activation_backward(dy, y, z, code, dz)
+    _checks.no_overlap("dz", dz, ("dy", dy), allow_same=True)
+    _checks.no_overlap("dz", dz, ("y", y), ("z", z))
+    run(backward_kernel(code), signatures(dy.dtype)[1], dy, y, z, dz)
     return dz

@@ -13,7 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._jit import helper, kernel
+from ._jit import array_type, helper, kernel, run
+
+
+def signatures(dtype):
+    """(forward, backward) Numba signatures: what a driver calls."""
+    from numba import types
+    m, i = array_type(dtype, 2), types.int64
+    return types.none(m, types.float64, i, i, i), types.none(m, types.float64, i, i, i, m)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -34,7 +41,7 @@ def uniform(seed, step, layer, element):
     return (x >> _S11) * _TO_UNIT
 
 
-@kernel
+@kernel(python_entry=False)
 def _dropout_forward(y, p_drop, seed, step, layer):
     # y (N, O) in place: y <- y * keep / (1 - p_drop)
     n, m = y.shape
@@ -48,7 +55,7 @@ def _dropout_forward(y, p_drop, seed, step, layer):
 # Differentiates `y <- y * keep / (1 - p_drop)` above: dy <- dy * keep / (1 - p_drop), in place.
 # ``y``, when not empty, is also given back its value before dropout (y * (1 - p_drop) where
 # kept), so that activation derivatives taken from the output see the undropped output.
-@kernel
+@kernel(python_entry=False)
 def _dropout_backward(dy, p_drop, seed, step, layer, y):
     n, m = dy.shape
     scale = 1.0 / (1.0 - p_drop)
@@ -77,12 +84,12 @@ def dropout_forward(y, p_drop, seed, step, layer):
     The mask of element (i, j) is ``uniform(seed, step, layer, i*O + j) >= p_drop``.
     """
     _check("y", y, p_drop, seed, step, layer)
-    _dropout_forward(y, float(p_drop), int(seed), int(step), int(layer))
+    run(_dropout_forward, signatures(y.dtype)[0], y, float(p_drop), int(seed), int(step), int(layer))
     return y
 
 
 def dropout_backward(dy, p_drop, seed, step, layer):
     """Apply the same mask and scale to the gradient ``dy`` (N, O) in place and return it."""
     _check("dy", dy, p_drop, seed, step, layer)
-    _dropout_backward(dy, float(p_drop), int(seed), int(step), int(layer), dy[:0])
+    run(_dropout_backward, signatures(dy.dtype)[1], dy, float(p_drop), int(seed), int(step), int(layer), dy[:0])
     return dy

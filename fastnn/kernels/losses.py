@@ -1,28 +1,50 @@
-"""Losses, each fused with its gradient: one call returns the mean loss and writes d(loss).
+"""Losses, each fused with its gradient: one call returns the loss and writes d(loss).
 
 Shapes: N = batch, C = classes / outputs.
     logits (N, C) float, labels (N,) int64 in [0, C), dlogits (N, C)
     pred (N, C) float, target (N, C) float, dpred (N, C)
-Means are over rows for cross-entropy and over all elements for MSE (PyTorch's defaults).
-The loss is accumulated in float64 whatever the array dtype.
+    weights (N,) float: each row's weight (ones for a plain mean)
+The loss is the weighted mean over rows, sum_i w_i l_i / sum_i w_i, of each row's loss l_i:
+cross-entropy for softmax_cross_entropy, the mean over the row's C elements for mse; with
+unit weights these are PyTorch's defaults (mean over rows; mean over all elements). Rows of
+weight 0 contribute nothing; if every weight is 0 the loss and its gradient are 0. Sums are
+accumulated in float64 whatever the array dtype.
+
+A kernel that indexes with its targets checks them first: an out-of-range label makes it
+return ``BAD_TARGET`` (no loss is negative) and write nothing.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numba import types
 
 from . import _checks
-from ._jit import kernel
+from ._jit import array_type, kernel, run
 from .activations import exp_
+
+BAD_TARGET = -1.0
+
+
+def signatures(dtype, labels: bool):
+    """(loss, metric) Numba signatures for integer labels or float targets: what a driver calls."""
+    m, v = array_type(dtype, 2), array_type(dtype, 1)
+    y = types.Array(types.int64, 1, "C") if labels else m
+    return types.float64(m, y, v, m), types.float64(m, y, v)
 
 
 # loss_i = logsumexp(logits_i) - logits_i[label_i], with the max subtracted first so logits
-# of +-1e4 neither overflow nor give NaN. d(mean loss)/d(logits) = (softmax - onehot) / N.
-@kernel
-def _softmax_cross_entropy(logits, labels, dlogits):
+# of +-1e4 neither overflow nor give NaN. d(loss)/d(logits_i) = w_i / sum(w) (softmax_i - onehot_i).
+@kernel(python_entry=False)
+def _softmax_cross_entropy(logits, labels, weights, dlogits):
     n, c = logits.shape
-    inv_n = 1.0 / n
+    total_weight = 0.0
+    for i in range(n):
+        if labels[i] < 0 or labels[i] >= c:
+            return BAD_TARGET
+        total_weight += weights[i]
+    inv_w = 1.0 / total_weight if total_weight != 0.0 else 0.0
     total = 0.0
     for i in range(n):
         m = logits[i, 0]
@@ -34,26 +56,50 @@ def _softmax_cross_entropy(logits, labels, dlogits):
             e = exp_(logits[i, j] - m)
             dlogits[i, j] = e
             s += e
-        total += math.log(s) - (logits[i, labels[i]] - m)  # not m + log(s) - logit: log(s) vanishes next to 1e30
-        scale = inv_n / s
+        w = weights[i]
+        if w != 0.0:  # a row of weight 0 adds nothing, even if its loss is inf
+            total += w * (math.log(s) - (logits[i, labels[i]] - m))  # not m + log(s) - logit: log(s) vanishes next to 1e30
+        scale = w * inv_w / s
         for j in range(c):
             dlogits[i, j] *= scale
-        dlogits[i, labels[i]] -= inv_n
-    return total * inv_n
+        dlogits[i, labels[i]] -= w * inv_w
+    return total * inv_w
 
 
-# loss = mean((pred - target)^2) over all N*C elements; d/d(pred) = 2 (pred - target) / (N*C).
-@kernel
-def _mse(pred, target, dpred):
+@kernel(python_entry=False)
+def _count_correct(logits, labels, weights):
+    """sum of w_i over rows whose largest logit is at label_i (the first largest on ties)."""
+    correct = 0.0
+    for i in range(logits.shape[0]):
+        best = 0
+        for j in range(1, logits.shape[1]):
+            if logits[i, j] > logits[i, best]:
+                best = j
+        if best == labels[i]:
+            correct += weights[i]
+    return correct
+
+
+# loss_i = mean_j (pred_ij - target_ij)^2; d(loss)/d(pred_ij) = w_i / sum(w) * 2 (pred_ij - target_ij) / C.
+@kernel(python_entry=False)
+def _mse(pred, target, weights, dpred):
     n, c = pred.shape
-    scale = 2.0 / (n * c)
+    total_weight = 0.0
+    for i in range(n):
+        total_weight += weights[i]
+    inv_w = 1.0 / total_weight if total_weight != 0.0 else 0.0
     total = 0.0
     for i in range(n):
+        w = weights[i]
+        row = 0.0
+        scale = 2.0 * w * inv_w / c
         for j in range(c):
             d = pred[i, j] - target[i, j]
-            total += d * d
+            row += d * d
             dpred[i, j] = d * scale
-    return total / (n * c)
+        if w != 0.0:
+            total += w * row
+    return total * inv_w / c
 
 
 def _grad_output(name, g, like):
@@ -65,7 +111,17 @@ def _grad_output(name, g, like):
     return g
 
 
-def softmax_cross_entropy(logits, labels, dlogits=None):
+def _weights(weights, n, dtype):
+    if weights is None:
+        return np.ones(n, dtype)
+    _checks.float_array("weights", weights, ndim=1, dtype=dtype)
+    _checks.shape("weights", weights, (n,))
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
+        raise ValueError("weights must be finite and >= 0")
+    return weights
+
+
+def softmax_cross_entropy(logits, labels, dlogits=None, weights=None):
     """Mean softmax cross-entropy over rows, and its gradient.
 
     Parameters
@@ -73,7 +129,11 @@ def softmax_cross_entropy(logits, labels, dlogits=None):
     logits : ndarray (N, C), float32 or float64, C-contiguous
     labels : ndarray (N,), int64, values in [0, C)
     dlogits : ndarray (N, C), optional
-        Receives d(mean loss)/d(logits) (overwritten); allocated when omitted.
+        Receives d(loss)/d(logits) (overwritten); allocated when omitted. It may not overlap
+        logits or labels.
+    weights : ndarray (N,) of logits' dtype, optional
+        Row weights >= 0; the loss is then sum(w_i l_i) / sum(w_i) (PyTorch's ``weight=``
+        convention; Keras divides by N instead).
 
     Returns
     -------
@@ -84,17 +144,23 @@ def softmax_cross_entropy(logits, labels, dlogits=None):
     _checks.nonempty("logits", logits)
     _checks.label_array("labels", labels, logits.shape[0], logits.shape[1])
     dlogits = _grad_output("dlogits", dlogits, logits)
-    return float(_softmax_cross_entropy(logits, labels, dlogits)), dlogits
+    weights = _weights(weights, logits.shape[0], logits.dtype)
+    _checks.no_overlap("dlogits", dlogits, ("logits", logits), ("labels", labels), ("weights", weights))
+    return float(run(_softmax_cross_entropy, signatures(logits.dtype, True)[0], logits, labels, weights,
+                     dlogits)), dlogits
 
 
-def mse(pred, target, dpred=None):
+def mse(pred, target, dpred=None, weights=None):
     """Mean squared error over all elements (PyTorch's ``MSELoss``), and its gradient.
 
     Parameters
     ----------
     pred, target : ndarray (N, C), same float dtype, C-contiguous
     dpred : ndarray (N, C), optional
-        Receives d(loss)/d(pred) (overwritten); allocated when omitted.
+        Receives d(loss)/d(pred) (overwritten); allocated when omitted. It may be ``pred``
+        itself (then pred is overwritten) but may not overlap target.
+    weights : ndarray (N,) of pred's dtype, optional
+        Row weights >= 0: the loss is sum_i w_i mean_j(d_ij^2) / sum_i w_i.
 
     Returns
     -------
@@ -106,4 +172,7 @@ def mse(pred, target, dpred=None):
     _checks.float_array("target", target, ndim=2, dtype=pred.dtype)
     _checks.shape("target", target, pred.shape)
     dpred = _grad_output("dpred", dpred, pred)
-    return float(_mse(pred, target, dpred)), dpred
+    weights = _weights(weights, pred.shape[0], pred.dtype)
+    _checks.no_overlap("dpred", dpred, ("pred", pred), allow_same=True)
+    _checks.no_overlap("dpred", dpred, ("target", target), ("weights", weights))
+    return float(run(_mse, signatures(pred.dtype, False)[0], pred, target, weights, dpred)), dpred

@@ -22,7 +22,7 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._jit import kernel, typed_helper
+from ._jit import array_type, kernel, run, typed_helper
 
 
 def like(x, a):
@@ -38,13 +38,30 @@ def _like_impl(x, a):
     return lambda x, a: np.float64(x)
 
 
-@kernel
-def _sgd_update(p, g, v, lr, momentum, weight_decay, nesterov):
-    lr, momentum, weight_decay = like(lr, p), like(momentum, p), like(weight_decay, p)
-    if momentum == 0.0:
+def signature(dtype):
+    """The Numba signature every optimizer kernel shares: what a driver calls.
+
+    update(p (P,), g (P,), state (S, P), hyper (H,) float64, lr float64, step int64):
+    ``state`` holds the optimizer's S buffers (momentum; Adam's two moments), ``hyper`` its
+    constants in the order its ``HYPER`` names them; ``lr`` is passed apart because a
+    schedule changes it every step.
+    """
+    m, v = array_type(dtype, 2), array_type(dtype, 1)
+    return types.none(v, v, m, types.Array(types.float64, 1, "C"), types.float64, types.int64)
+
+
+SGD_HYPER = ("momentum", "weight_decay", "nesterov")
+
+
+@kernel(python_entry=False)
+def _sgd_update(p, g, state, hyper, lr, step):
+    momentum, weight_decay, nesterov = like(hyper[0], p), like(hyper[1], p), hyper[2] != 0.0
+    lr = like(lr, p)
+    if state.shape[0] == 0:  # no momentum, no buffer
         for i in range(p.size):
             p[i] -= lr * (g[i] + weight_decay * p[i])
         return
+    v = state[0]
     for i in range(p.size):
         gi = g[i] + weight_decay * p[i]
         vi = momentum * v[i] + gi
@@ -52,13 +69,18 @@ def _sgd_update(p, g, v, lr, momentum, weight_decay, nesterov):
         p[i] -= lr * (gi + momentum * vi if nesterov else vi)
 
 
-@kernel
-def _adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+ADAM_HYPER = ("beta1", "beta2", "eps", "weight_decay", "decoupled")
+
+
+@kernel(python_entry=False)
+def _adam_update(p, g, state, hyper, lr, step):
+    beta1, beta2, eps, weight_decay, decoupled = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4] != 0.0
     step_size = like(lr / (1.0 - beta1 ** step), p)
     inv_sqrt_bc2 = like(1.0 / math.sqrt(1.0 - beta2 ** step), p)
     shrink = like(1.0 - lr * weight_decay, p)
     b1, b2, one = like(beta1, p), like(beta2, p), like(1.0, p)
     eps, weight_decay = like(eps, p), like(weight_decay, p)
+    m, v = state[0], state[1]
     for i in range(p.size):
         gi = g[i]
         if decoupled:
@@ -77,17 +99,21 @@ def _check_flat(p, g, *state):
     _checks.writable("p", p)
     _checks.float_array("g", g, ndim=1, dtype=p.dtype)
     _checks.shape("g", g, p.shape)
+    _checks.no_overlap("p", p, ("g", g))
     for name, s in state:
         _checks.float_array(name, s, ndim=1, dtype=p.dtype)
         _checks.shape(name, s, p.shape)
         _checks.writable(name, s)
+        _checks.no_overlap(name, s, ("p", p), ("g", g))
+    for k, (name, s) in enumerate(state):
+        _checks.no_overlap(name, s, *state[k + 1:])
 
 
 def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     """One SGD step in place on flat ``p`` (P,) and momentum buffer ``v`` (P,).
 
     ``v`` is read and written only when ``momentum != 0`` (pass any (P,) array otherwise).
-    Returns ``(p, v)``.
+    No two arrays may overlap. Returns ``(p, v)``.
     """
     _check_flat(p, g, ("v", v))
     lr = _checks.positive("lr", lr)
@@ -95,7 +121,9 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
     if nesterov and momentum == 0.0:
         raise ValueError("nesterov=True needs momentum > 0")
-    _sgd_update(p, g, v, lr, momentum, weight_decay, bool(nesterov))
+    state = v.reshape(1, -1) if momentum else v[:0].reshape(0, p.size)
+    run(_sgd_update, signature(p.dtype), p, g, state, np.array([momentum, weight_decay, float(bool(nesterov))]),
+        lr, 1)
     return p, v
 
 
@@ -104,7 +132,8 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) step in place.
 
     ``m`` and ``v`` are the first and second moment buffers (P,); ``step`` is the 1-based
-    number of this step, used for bias correction. Returns ``(p, m, v)``.
+    number of this step, used for bias correction. No two arrays may overlap. Returns
+    ``(p, m, v)``.
     """
     _check_flat(p, g, ("m", m), ("v", v))
     if int(step) != step or step < 1:
@@ -115,5 +144,9 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
             raise ValueError(f"{name} must lie in [0, 1), got {beta!r}")
     eps = _checks.positive("eps", eps, allow_zero=True)
     weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
-    _adam_update(p, g, m, v, int(step), lr, float(beta1), float(beta2), eps, weight_decay, bool(decoupled))
+    state = np.empty((2, p.size), p.dtype)  # the kernel takes both moments as rows of one array
+    state[0], state[1] = m, v
+    run(_adam_update, signature(p.dtype), p, g, state,
+        np.array([beta1, beta2, eps, weight_decay, float(bool(decoupled))]), lr, int(step))
+    m[...], v[...] = state
     return p, m, v

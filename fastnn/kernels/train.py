@@ -1,152 +1,261 @@
-"""The whole training step, and a whole epoch of steps, as compiled loops over flat buffers.
+"""The training step and the epoch loop: small compiled drivers over named buffers.
 
-One step function serves every path: ``Sequential.train_step`` calls ``_train_step`` once
-per batch, and ``_train_epoch`` calls the same ``_train_step`` for every batch of an epoch
-without returning to Python. Both run the same kernels as the public wrappers.
+A driver never contains a layer's loops: it calls each layer's kernels through their
+addresses (``call``), so it is compiled once per dtype and serves every model, whatever its
+activations, loss and optimizer. Drivers call each other through addresses too, so no code is
+compiled or optimised twice:
+    forward_pass  every layer's forward pass (dropout when training)       predict
+    gradients     forward_pass, the fused loss, every layer's backward     loss_and_grad, MPI
+    update        the finite guard over every gradient, the optimizer       MPI (after the allreduce)
+    train_step    gradients, then update                                   train_step
+    train_epoch   a range of (shuffled) batches, each a train_step         fit
+Their addresses travel in ``Drivers``. The first three are only ever called through their
+addresses, so Numba builds no wrapper for calls from Python for them; ``infer``,
+``loss_and_grad`` and ``apply_update`` are their thin entry points from Python, compiled when
+first needed. Run as plain Python (``as_python``) with kernels held as callables, the same
+code is what ``fastnn profile`` times kernel by kernel.
 
-Shapes: N = batch, L = layers, P = parameters, S = sum of the layers' out_features.
-    layout  (L, 6) int64   per layer: I, O, W offset, b offset (into params), act code,
-                           column offset of its output (into the (N, S) activation buffers)
-    params, grads (P,)     flat W0, b0, W1, b1, ... (W row-major (I, O))
-    outs, douts (N*S,)     each layer's output and dL/d(output), layer k at N*offset
-    zs (N*S,) or (0,)      pre-activations, used only by layers whose activation needs them
-    labels (N,) int64      cross-entropy targets (empty for mse)
-    targets (N*O_last,)    mse targets (empty for cross-entropy)
-    hyper (8,) float64     optimizer hyper-parameters (see ``optimizer_update``)
-    drops (L,) float64     dropout probability applied to each layer's output (0: none);
-                           masks are keyed on (seed, step, layer, element)
-    state1, state2 (P,)    optimizer state (momentum / Adam moments), or empty when unused
+Shapes: N = rows of this batch, L = layers, P = parameters, S = sum of out_features,
+Z = sum of out_features of the layers that keep a pre-activation (gelu), C = capacity.
+
+Net: one per model.
+    params, grads (P,)        flat W0, b0, W1, b1, ... (each W row-major (I, O))
+    fan_in, fan_out (L,)      int64: each layer's I and O
+    param_at (L,)             int64: where W_k starts in params and grads (b_k follows it)
+    act_at (L,)               int64: where layer k's columns start among the S columns
+    z_at (L,)                 int64: where its columns start among the Z columns; -1: z is out
+    forward, backward (L,)    int64: addresses of each layer's dense kernels
+    p_drop (L,)               float64: dropout probability on each layer's output (0: none)
+    dropout_forward, dropout_backward   addresses of the dropout kernels (0 when unused)
+    seed                      int64: keys the dropout masks (with the step, layer and element)
+Workspace: one per model and capacity.
+    out, dout (C*S,)          layer k's output / d(loss)/d(output): the (N, O_k) block at N*act_at[k]
+    z (C*Z,)                  pre-activations, the (N, O_k) block at N*z_at[k]
+Objective: loss, metric       addresses: the fused loss; a weighted count of correct rows (0: none)
+Optimizer: update, hyper, state   address; (H,) float64 constants; (S_opt, P) buffers
+Drivers: forward, gradients, update, step   addresses of the drivers above (0: not built)
+Epoch: one per epoch of ``fit``.
+    X (N_all, I), y (N_all,) labels or (N_all, O_last) targets, w (N_all,) row weights
+    order (N_all,) int64      the epoch's row order (read when ``shuffled``)
+    batch_size, schedule (5,) float64 (``lr_factor``), base_lr
+    x, yb, wb                 where a shuffled batch is gathered: (C, I), (C, ...), (C,)
+    losses (B,) float64       each batch's loss
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import numpy as np
 
-from ._jit import helper, kernel
-from .activations import GELU
-from .dense import _dense_backward, _dense_forward
-from .dropout import _dropout_backward, _dropout_forward
-from .losses import _mse, _softmax_cross_entropy
-from .optimizers import _adam_update, _sgd_update
+from numba import types
 
-SOFTMAX_CROSS_ENTROPY, MSE = 0, 1
-SGD, ADAM = 0, 1
+from ._jit import REDUCTION, build_view, call, call_value, helper, intrinsic_with_twin, kernel
+from .losses import BAD_TARGET
+
 CONSTANT, STEP_DECAY, COSINE = 0, 1, 2  # learning-rate schedules: schedule[0]
-I_, O_, W_OFF, B_OFF, ACT, COL = range(6)
+OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
+NO_KERNEL = 0  # the address of a kernel a model does not use
 
 
-@kernel
-def _view2d(flat, start, rows, cols):
-    return flat[start:start + rows * cols].reshape((rows, cols))
+class Net(NamedTuple):
+    params: np.ndarray
+    grads: np.ndarray
+    fan_in: np.ndarray
+    fan_out: np.ndarray
+    param_at: np.ndarray
+    act_at: np.ndarray
+    z_at: np.ndarray
+    forward: np.ndarray
+    backward: np.ndarray
+    p_drop: np.ndarray
+    dropout_forward: int
+    dropout_backward: int
+    seed: int
 
 
-@kernel
-def _forward(X, layout, params, outs, zs, drops, seed, step, training):
-    """Every layer's forward pass (dropout only when ``training``); outputs land in ``outs``."""
+class Workspace(NamedTuple):
+    out: np.ndarray
+    dout: np.ndarray
+    z: np.ndarray
+
+
+class Objective(NamedTuple):
+    loss: int
+    metric: int
+
+
+class Optimizer(NamedTuple):
+    update: int
+    hyper: np.ndarray
+    state: np.ndarray
+
+
+class Drivers(NamedTuple):
+    forward: int
+    gradients: int
+    update: int
+    step: int
+
+
+class Epoch(NamedTuple):
+    X: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    order: np.ndarray
+    shuffled: bool
+    batch_size: int
+    schedule: np.ndarray
+    base_lr: float
+    x: np.ndarray
+    yb: np.ndarray
+    wb: np.ndarray
+    losses: np.ndarray
+
+
+class Layer(NamedTuple):
+    """Views of one layer's numbers for a batch of N rows."""
+    W: np.ndarray
+    b: np.ndarray
+    dW: np.ndarray
+    db: np.ndarray
+    out: np.ndarray
+    dout: np.ndarray
+    z: np.ndarray
+
+
+def _layer_python(net, ws, k, n):
+    i, o, at = net.fan_in[k], net.fan_out[k], net.param_at[k]
+    col, zcol = n * net.act_at[k], n * net.z_at[k]
+    out = ws.out[col:col + n * o].reshape(n, o)
+    return Layer(net.params[at:at + i * o].reshape(i, o), net.params[at + i * o:at + i * o + o],
+                 net.grads[at:at + i * o].reshape(i, o), net.grads[at + i * o:at + i * o + o], out,
+                 ws.dout[col:col + n * o].reshape(n, o), out if zcol < 0 else ws.z[zcol:zcol + n * o].reshape(n, o))
+
+
+@intrinsic_with_twin(_layer_python)
+def layer(typingctx, net, ws, k, n):
+    """layer(net, ws, k, n): the Layer views of layer k for a batch of n rows. Built in place
+    (no compiled function, no bounds checks, no reference counting): the model keeps the
+    flat buffers alive while a driver runs."""
+    f1 = net.types[net.fields.index("params")]
+    f2 = types.Array(f1.dtype, 2, "C")
+    result = types.NamedTuple([f2, f1, f2, f1, f2, f2, f2], Layer)
+
+    def codegen(context, builder, signature, args):
+        net_v, ws_v, k_v, n_v = args
+        intp = types.intp
+        k_v = context.cast(builder, k_v, signature.args[2], intp)
+        n_v = context.cast(builder, n_v, signature.args[3], intp)
+
+        def field(tuple_type, value, name):
+            index = tuple_type.fields.index(name)
+            return tuple_type.types[index], builder.extract_value(value, index)
+
+        def element(tuple_type, value, name):  # net.<name>[k], an int64 array
+            from numba.np.arrayobj import make_array
+            array_type, array = field(tuple_type, value, name)
+            return builder.load(builder.gep(make_array(array_type)(context, builder, array).data, [k_v]))
+
+        i, o, at = (element(net, net_v, name) for name in ("fan_in", "fan_out", "param_at"))
+        col, zcol = builder.mul(n_v, element(net, net_v, "act_at")), builder.mul(n_v, element(net, net_v, "z_at"))
+        params, grads = field(net, net_v, "params"), field(net, net_v, "grads")
+        bias_at = builder.add(at, builder.mul(i, o))
+        out = build_view(context, builder, *field(ws, ws_v, "out"), col, (n_v, o))
+        z = build_view(context, builder, *field(ws, ws_v, "z"), zcol, (n_v, o))
+        negative = builder.icmp_signed("<", zcol, context.get_constant(intp, 0))
+        views = [build_view(context, builder, *params, at, (i, o)), build_view(context, builder, *params, bias_at, (o,)),
+                 build_view(context, builder, *grads, at, (i, o)), build_view(context, builder, *grads, bias_at, (o,)),
+                 out, build_view(context, builder, *field(ws, ws_v, "dout"), col, (n_v, o)),
+                 builder.select(negative, out, z)]
+        return context.make_tuple(builder, result, views)
+    return result(net, ws, k, n), codegen
+
+
+@kernel(python_entry=False)
+def forward_pass(net, ws, X, training, step):
+    """Every layer's forward pass, dropout included when ``training``; outputs land in ws.out."""
     n = X.shape[0]
-    a = X
-    for k in range(layout.shape[0]):
-        i, o = layout[k, I_], layout[k, O_]
-        W = _view2d(params, layout[k, W_OFF], i, o)
-        b = params[layout[k, B_OFF]:layout[k, B_OFF] + o]
-        out = _view2d(outs, n * layout[k, COL], n, o)
-        z = _view2d(zs, n * layout[k, COL], n, o) if layout[k, ACT] == GELU else out
-        _dense_forward(a, W, b, layout[k, ACT], out, z)
-        if training and drops[k] > 0.0:
-            _dropout_forward(out, drops[k], seed, step, k)
-        a = out
+    x = X
+    for k in range(net.fan_in.size):
+        this = layer(net, ws, k, n)
+        call(net.forward[k], (x, this.W, this.b, this.out, this.z))
+        if training and net.p_drop[k] > 0.0:
+            call(net.dropout_forward, (this.out, net.p_drop[k], net.seed, step, k))
+        x = this.out
 
 
-@kernel
-def _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts, drops, seed, step):
-    """Forward (with dropout), fused loss and backward into ``grads``; returns the mean loss."""
+@kernel(python_entry=False)
+def gradients(net, ws, objective, drivers, X, y, w, step):
+    """Forward (with dropout), the fused loss, and backward into net.grads. Returns the loss,
+    or BAD_TARGET (no gradient computed) when a label is out of range."""
     n = X.shape[0]
-    last = layout.shape[0] - 1
-    _forward(X, layout, params, outs, zs, drops, seed, step, True)
-    o_last = layout[last, O_]
-    logits = _view2d(outs, n * layout[last, COL], n, o_last)
-    dlogits = _view2d(douts, n * layout[last, COL], n, o_last)
-    if loss_code == SOFTMAX_CROSS_ENTROPY:
-        loss = _softmax_cross_entropy(logits, labels, dlogits)
-    else:
-        loss = _mse(logits, targets.reshape((n, o_last)), dlogits)
-    no_dx = outs[:0].reshape((0, layout[0, I_]))
+    last = net.fan_in.size - 1
+    call(drivers.forward, (net, ws, X, True, step))
+    top = layer(net, ws, last, n)
+    loss = call_value(objective.loss, (top.out, y, w, top.dout))
+    if loss == BAD_TARGET:
+        return loss
     for k in range(last, -1, -1):
-        i, o = layout[k, I_], layout[k, O_]
-        W = _view2d(params, layout[k, W_OFF], i, o)
-        dW = _view2d(grads, layout[k, W_OFF], i, o)
-        db = grads[layout[k, B_OFF]:layout[k, B_OFF] + o]
-        out = _view2d(outs, n * layout[k, COL], n, o)
-        dout = _view2d(douts, n * layout[k, COL], n, o)
-        z = _view2d(zs, n * layout[k, COL], n, o) if layout[k, ACT] == GELU else out
-        if drops[k] > 0.0:  # the next layer has used the dropped output; restore it for act'
-            _dropout_backward(dout, drops[k], seed, step, k, out)
+        this = layer(net, ws, k, n)
+        if net.p_drop[k] > 0.0:  # the next layer has used the dropped output; restore it for act'
+            call(net.dropout_backward, (this.dout, net.p_drop[k], net.seed, step, k, this.out))
         if k == 0:
-            _dense_backward(dout, X, W, out, z, layout[k, ACT], dW, db, no_dx, dout)
+            x, dx = X, X[:0]  # no input gradient to pass on
         else:
-            x = _view2d(outs, n * layout[k - 1, COL], n, i)
-            dx = _view2d(douts, n * layout[k - 1, COL], n, i)
-            _dense_backward(dout, x, W, out, z, layout[k, ACT], dW, db, dx, dout)
+            below = layer(net, ws, k - 1, n)
+            x, dx = below.out, below.dout
+        call(net.backward[k], (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx, this.dout))
     return loss
 
 
-@kernel
-def optimizer_update(opt_code, params, grads, hyper, state1, state2, step):
-    """SGD: hyper = lr, momentum, weight_decay, nesterov; Adam/AdamW: hyper = lr, beta1,
-    beta2, eps, weight_decay, decoupled. ``step`` is the 1-based step number (Adam)."""
-    if opt_code == SGD:
-        _sgd_update(params, grads, state1, hyper[0], hyper[1], hyper[2], hyper[3] != 0.0)
-    else:
-        _adam_update(params, grads, state1, state2, step, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
-                     hyper[5] != 0.0)
+@kernel(python_entry=False, fastmath=REDUCTION)
+def gradients_finite(g):
+    """The finite guard: 1.0 when no element of the flat g is NaN or +-inf, else 0.0."""
+    acc = 0.0
+    for i in range(g.size):
+        acc += g[i] * 0.0  # NaN*0 and inf*0 are NaN; finite*0 is 0
+    return 1.0 if acc == 0.0 else 0.0
+
+
+@kernel(python_entry=False)
+def update(net, opt, lr, step):
+    """The finite guard, then the optimizer update. Returns 1.0, or 0.0 when a gradient is NaN
+    or inf: then nothing is written and the parameters stay the last finite ones."""
+    if gradients_finite(net.grads) == 0.0:
+        return 0.0
+    call(opt.update, (net.params, net.grads, opt.state, opt.hyper, lr, step))
+    return 1.0
 
 
 @kernel
-def _bias_grads_finite(layout, grads):
-    # A NaN or inf anywhere in a layer's dz reaches its column sums, the bias gradient: checking
-    # those (sum of out_features elements) costs nothing, where checking every gradient would
-    # cost 17 us per step at 784-256-128-10 (2-4% of the step).
-    ok = True
-    for k in range(layout.shape[0]):
-        for j in range(layout[k, B_OFF], layout[k, B_OFF] + layout[k, O_]):
-            ok &= math.isfinite(grads[j])
-    return ok
-
-
-@kernel
-def _train_step(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts, drops, seed,
-                opt_code, hyper, state1, state2, step):
-    """One step: forward, loss, backward, optimizer update. Returns the loss before it.
-
-    When the loss or a gradient is NaN or inf, nothing is updated and NaN is returned: the
-    parameters stay the last finite ones.
-    """
-    loss = _forward_backward(X, labels, targets, loss_code, layout, params, grads, outs, zs, douts, drops, seed, step)
-    if not (math.isfinite(loss) and _bias_grads_finite(layout, grads)):
+def train_step(net, ws, objective, opt, drivers, X, y, w, lr, step):
+    """One step: gradients, then update. Returns the loss before the update, NaN when the step
+    was refused (a NaN or inf loss or gradient; nothing written), or BAD_TARGET."""
+    loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, step))
+    if loss == BAD_TARGET:
+        return loss
+    if not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, step)) == 1.0):
         return math.nan
-    optimizer_update(opt_code, params, grads, hyper, state1, state2, step)
     return loss
 
 
 @kernel
-def _gather_rows(src, order, start, stop, dst):
-    """dst[r] = src[order[start + r]] for the rows of one shuffled batch."""
-    for r in range(stop - start):
-        row = order[start + r]
-        for j in range(src.shape[1]):
-            dst[r, j] = src[row, j]
+def infer(net, ws, drivers, X):
+    """forward_pass without dropout, from Python (predict)."""
+    call(drivers.forward, (net, ws, X, False, 0))
 
 
 @kernel
-def _count_correct(logits, labels):
-    correct = 0
-    for i in range(logits.shape[0]):
-        best = 0
-        for j in range(1, logits.shape[1]):
-            if logits[i, j] > logits[i, best]:
-                best = j
-        correct += best == labels[i]
-    return correct
+def loss_and_grad(net, ws, objective, drivers, X, y, w, step):
+    """gradients, from Python (``Sequential.loss_and_grad``, the distributed path)."""
+    return call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, step))
+
+
+@kernel
+def apply_update(net, opt, drivers, lr, step):
+    """update, from Python (the distributed path, after the allreduce)."""
+    return call_value(drivers.update, (net, opt, lr, step))
 
 
 @helper
@@ -171,50 +280,52 @@ def lr_factor(schedule, t):
     return 1.0
 
 
+@helper
+def gather(src, order, start, dst):
+    """dst[r] = src[order[start + r]] for every row r of dst (1-D or 2-D arrays)."""
+    rows = dst.shape[0]
+    s = src.reshape((src.shape[0], -1))
+    d = dst.reshape((rows, -1))
+    for r in range(rows):
+        row = order[start + r]
+        for j in range(s.shape[1]):
+            d[r, j] = s[row, j]
+
+
 @kernel
-def _train_epoch(X, labels, targets, order, batch_size, first_batch, stop_batch, loss_code, layout, params, grads,
-                 outs, zs, douts, drops, seed, x_buf, label_buf, target_buf, opt_code, hyper, state1, state2,
-                 first_step, batch_losses, schedule, first_t):
-    """Batches ``first_batch <= b < stop_batch`` of an epoch, each a ``_train_step``.
+def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch, first_t, first_step):
+    """Batches first_batch <= b < stop_batch of an epoch, each a train_step.
 
-    The learning rate of batch b is ``hyper[0] * lr_factor(schedule, first_t + b - first_batch)``.
-
-    order (N,) int64: the epoch's row order, or empty for the rows as they are (no copy).
-    x_buf (batch_size, I), label_buf (batch_size,), target_buf (batch_size * O_last,): where a
-    shuffled batch is gathered. batch_losses (number of batches,): each batch's loss.
-    Returns (sum over batches of loss * rows, correctly classified rows, -1), or, when a step's
-    loss or gradients were NaN or inf, stops there and returns that batch instead of -1.
+    Batch b runs at lr = base_lr * lr_factor(schedule, first_t + b - first_batch) as optimizer
+    step first_step + b - first_batch. Returns (sum of loss * weight, sum of weight over
+    correctly classified rows, batches done, status): a step that diverges or meets a bad
+    label stops the loop there, with the parameters of the last good step.
     """
-    n = X.shape[0]
-    o_last = layout[layout.shape[0] - 1, O_]
-    total, correct = 0.0, 0
-    base_lr = hyper[0]
+    n = epoch.X.shape[0]
+    size = epoch.batch_size
+    total, correct = 0.0, 0.0
+    last = net.fan_in.size - 1
     for b in range(first_batch, stop_batch):
-        hyper[0] = base_lr * lr_factor(schedule, first_t + b - first_batch)
-        start = b * batch_size
-        stop = min(start + batch_size, n)
-        m = stop - start
-        if order.size == 0:
-            xb = X[start:stop]
-            lb = labels[start:stop] if labels.size else labels
-            tb = targets[start * o_last:stop * o_last] if targets.size else targets
+        start = b * size
+        m = min(start + size, n) - start
+        if epoch.shuffled:
+            X, y, w = epoch.x[:m], epoch.yb[:m], epoch.wb[:m]
+            gather(epoch.X, epoch.order, start, X)
+            gather(epoch.y, epoch.order, start, y)
+            gather(epoch.w, epoch.order, start, w)
         else:
-            xb = x_buf[:m]
-            _gather_rows(X, order, start, stop, xb)
-            lb = label_buf[:m] if labels.size else labels
-            for r in range(labels.size and m):
-                lb[r] = labels[order[start + r]]
-            tb = target_buf[:m * o_last] if targets.size else targets
-            if targets.size:
-                _gather_rows(targets.reshape((n, o_last)), order, start, stop, tb.reshape((m, o_last)))
-        loss = _train_step(xb, lb, tb, loss_code, layout, params, grads, outs, zs, douts, drops, seed, opt_code,
-                           hyper, state1, state2, first_step + (b - first_batch))
-        batch_losses[b] = loss
-        if not math.isfinite(loss):
-            hyper[0] = base_lr
-            return total, correct, b  # diverged: stop with the parameters of the last good step
-        total += loss * m
-        if loss_code == SOFTMAX_CROSS_ENTROPY:
-            correct += _count_correct(_view2d(outs, m * layout[layout.shape[0] - 1, COL], m, o_last), lb)
-    hyper[0] = base_lr
-    return total, correct, -1
+            X, y, w = epoch.X[start:start + m], epoch.y[start:start + m], epoch.w[start:start + m]
+        lr = epoch.base_lr * lr_factor(epoch.schedule, first_t + b - first_batch)
+        loss = call_value(drivers.step, (net, ws, objective, opt, drivers, X, y, w, lr, first_step + b - first_batch))
+        epoch.losses[b] = loss
+        if loss == BAD_TARGET:
+            return total, correct, b - first_batch, BAD_TARGETS
+        if not loss >= 0.0:  # NaN: the step was refused
+            return total, correct, b - first_batch, DIVERGED
+        weight = 0.0
+        for i in range(m):
+            weight += w[i]
+        total += loss * weight
+        if objective.metric != NO_KERNEL:
+            correct += call_value(objective.metric, (layer(net, ws, last, m).out, y, w))
+    return total, correct, stop_batch - first_batch, OK

@@ -1,0 +1,256 @@
+"""A model's compiled training path: the kernels it uses, the buffers they share, the calls
+into the compiled drivers (``fastnn.kernels.train``).
+
+Each model owns an ``Engine``. On first use it picks every layer's forward and backward
+kernels for the layer's activation and the model's dtype, compiles those that are neither
+compiled in this process nor in the disk cache (saying so once, on stderr), and keeps their
+addresses in the model's ``Net``. Kernels and drivers are shared by every model: a second
+model with the same activations and dtype compiles nothing.
+
+Hot calls (``train_step``) go straight to the drivers' compiled entry points; the caller
+(``Sequential``) has checked the arguments' types, shapes and layout before.
+"""
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+
+from .kernels import _jit, dense, dropout, optimizers
+from .kernels import losses as loss_kernels
+from .kernels import train
+from .kernels.activations import NAMES, NEEDS_PREACTIVATION
+
+# Every loss the kernels have: (loss kernel, metric kernel or None, takes integer labels)
+LOSS_KERNELS = {
+    "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
+    "mse": (loss_kernels._mse, None, False),
+}
+OPTIMIZER_KERNELS = {"sgd": optimizers._sgd_update, "adam": optimizers._adam_update}
+
+
+
+@functools.cache
+def group_types(dtype):
+    """The Numba types of the named groups for one dtype (what every driver is compiled for)."""
+    f = np.dtype(dtype)
+    v, m, i = np.zeros(0, f), np.zeros((0, 0), f), np.zeros(0, np.int64)
+    return {"net": numba.typeof(train.Net(v, v, i, i, i, i, i, i, i, np.zeros(0), 0, 0, 0)),
+            "ws": numba.typeof(train.Workspace(v, v, v)),
+            "objective": numba.typeof(train.Objective(0, 0)),
+            "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m)),
+            "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
+            "X": _jit.array_type(f, 2), "w": _jit.array_type(f, 1),
+            "labels": numba.types.Array(numba.int64, 1, "C"), "targets": _jit.array_type(f, 2)}
+
+
+def driver_signature(name, dtype, labels):
+    """The signature each driver is compiled for (``labels``: integer labels, else float targets)."""
+    t = group_types(dtype)
+    y = t["labels"] if labels else t["targets"]
+    f8, i8, none = numba.float64, numba.int64, numba.types.none
+    return {"forward_pass": none(t["net"], t["ws"], t["X"], numba.boolean, i8),
+            "gradients": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], y, t["w"], i8),
+            "update": f8(t["net"], t["opt"], f8, i8),
+            "train_step": f8(t["net"], t["ws"], t["objective"], t["opt"], t["drivers"], t["X"], y, t["w"], f8, i8),
+            "infer": none(t["net"], t["ws"], t["drivers"], t["X"]),
+            "loss_and_grad": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], y, t["w"], i8),
+            "apply_update": f8(t["net"], t["opt"], t["drivers"], f8, i8),
+            }[name]
+
+
+def driver_address(name, dtype, labels=True):
+    """Compile (or load) a driver and return its address, for other drivers to call."""
+    return _jit.address(getattr(train, name), driver_signature(name, dtype, labels))
+
+
+def _addresses(kernels, signature):
+    addrs = [_jit.address(k, signature) for k in kernels]
+    return np.array(addrs, dtype=np.int64) if _jit.JIT else addrs
+
+
+def entry(dispatcher, types_):
+    """The compiled entry point of ``dispatcher`` for argument types ``types_``, callable from
+    Python without Numba's type dispatch (the caller has checked the arguments' types)."""
+    if not _jit.JIT:
+        return dispatcher
+    dispatcher.compile(types_)
+    return dispatcher.overloads[tuple(types_)].entry_point
+
+
+class Engine:
+    """The compiled path of one model: see the module docstring.
+
+    Parameters
+    ----------
+    dense_layers : sequence of Dense
+    p_drop : (L,) float64, the dropout probability after each layer
+    params, grads : the model's flat (P,) buffers, of its dtype
+    seed : int, keys the dropout masks
+    """
+
+    def __init__(self, dense_layers, p_drop, params, grads, seed):
+        self.dtype = params.dtype
+        self.codes = [layer.code for layer in dense_layers]
+        self.fan_in = np.array([layer.in_features for layer in dense_layers], np.int64)
+        self.fan_out = np.array([layer.out_features for layer in dense_layers], np.int64)
+        self.param_at = np.cumsum([0] + [i * o + o for i, o in zip(self.fan_in, self.fan_out)])[:-1].astype(np.int64)
+        self.act_at = np.cumsum([0, *self.fan_out])[:-1].astype(np.int64)
+        keep_z = [code in NEEDS_PREACTIVATION for code in self.codes]
+        widths = [o if k else 0 for o, k in zip(self.fan_out, keep_z)]
+        self.z_at = np.where(keep_z, np.cumsum([0, *widths])[:-1], -1).astype(np.int64)
+        self.z_width = int(sum(widths))
+        self.p_drop = p_drop
+        self.params, self.grads, self.seed = params, grads, seed
+        self._net = None
+        self._ws = None
+        self.capacity = 0
+        self._objectives = {}
+        self._step_entries = {}
+
+    # -- building ---------------------------------------------------------------------------
+
+    def describe(self):
+        return ", ".join(NAMES[c] for c in self.codes)
+
+    def kernels(self):
+        """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses."""
+        return [(dense.forward_kernel(c), dense.backward_kernel(c)) for c in self.codes]
+
+    @property
+    def net(self):
+        if self._net is None:
+            fsig, bsig = dense.signatures(self.dtype)
+            pairs = self.kernels()
+            drops = self.p_drop > 0
+            if drops.any():
+                dsig_f, dsig_b = dropout.signatures(self.dtype)
+                drop_f = _jit.address(dropout._dropout_forward, dsig_f)
+                drop_b = _jit.address(dropout._dropout_backward, dsig_b)
+            else:
+                drop_f = drop_b = train.NO_KERNEL
+            self._net = train.Net(self.params, self.grads, self.fan_in, self.fan_out, self.param_at, self.act_at,
+                                  self.z_at, _addresses([f for f, _ in pairs], fsig),
+                                  _addresses([b for _, b in pairs], bsig), self.p_drop, drop_f, drop_b,
+                                  int(self.seed))
+        return self._net
+
+    def workspace(self, n):
+        """Activation buffers for batches of up to n rows (grown, never shrunk)."""
+        if n > self.capacity:
+            width = int(self.fan_out.sum())
+            self._ws = train.Workspace(np.empty(n * width, self.dtype), np.empty(n * width, self.dtype),
+                                       np.empty(n * self.z_width, self.dtype))
+            self.ones = np.ones(n, self.dtype)  # unit row weights
+            self.capacity = n
+        return self._ws
+
+    def objective(self, loss, metric=True):
+        """The Objective tuple (loss and metric kernel addresses) for a loss name; without
+        ``metric`` (a single step needs none) the metric stays uncompiled (0)."""
+        obj = self._objectives.get((loss, metric))
+        if obj is None:
+            loss_kernel, metric_kernel, labels = LOSS_KERNELS[loss]
+            lsig, msig = loss_kernels.signatures(self.dtype, labels)
+            metric_addr = (_jit.address(metric_kernel, msig) if metric and metric_kernel is not None
+                           else train.NO_KERNEL)
+            obj = self._objectives[(loss, metric)] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr)
+        return obj
+
+    def loss(self, loss, out, y, w):
+        """The mean loss of outputs ``out`` against ``y`` with row weights ``w``, from Python."""
+        loss_kernel, _, labels = LOSS_KERNELS[loss]
+        return _jit.run(loss_kernel, loss_kernels.signatures(self.dtype, labels)[0], out, y, w, np.empty_like(out))
+
+    def update_address(self, optimizer):
+        """The address of ``optimizer``'s update kernel for this dtype."""
+        return _jit.address(OPTIMIZER_KERNELS[optimizer._kind], optimizers.signature(self.dtype))
+
+    def optimizer(self, optimizer):
+        """The Optimizer tuple for ``optimizer`` on this model's flat parameters."""
+        return optimizer._compiled(self.params, self.update_address(optimizer))
+
+    def labels(self, loss):
+        return LOSS_KERNELS[loss][2]
+
+    def drivers(self, loss, upto):
+        """The Drivers tuple with the addresses of the drivers up to ``upto`` ("gradients",
+        "update" or "step"; the rest 0), compiling what is missing."""
+        labels, dtype = self.labels(loss), self.dtype
+        names = ("forward_pass", "gradients", "update", "train_step")
+        stop = {"gradients": 2, "update": 3, "step": 4}[upto]
+        addrs = [driver_address(n, dtype, labels) if k < stop else train.NO_KERNEL for k, n in enumerate(names)]
+        return train.Drivers(*addrs)
+
+    def _what(self, piece, loss=None, optimizer=None):
+        parts = [self.describe()] + [x for x in (loss, optimizer and type(optimizer).__name__) if x]
+        return f"the {self.dtype.name} {piece}: " + "; ".join(parts)
+
+    def _entry(self, name, loss=None):
+        return entry(getattr(train, name), driver_signature(name, self.dtype, self.labels(loss) if loss else True).args)
+
+    def step_entry(self, loss, optimizer, announce=None, quiet=False):
+        """Build (compiling what is missing) and return ``(train_step entry, objective, drivers)``."""
+        with _jit.compiling(self._what("training step", loss, optimizer), quiet=quiet, announce=announce) as report:
+            net, obj = self.net, self.objective(loss, metric=False)
+            self.update_address(optimizer)
+            drivers = self.drivers(loss, "step")
+            fn = self._entry("train_step", loss)
+        self.last_build = report
+        return fn, obj, drivers
+
+    def epoch_entry(self, loss, optimizer, epoch, announce=None, quiet=False):
+        """Build (compiling what is missing) and return ``(train_epoch entry, objective, drivers)``."""
+        with _jit.compiling(self._what("training epoch", loss, optimizer), quiet=quiet, announce=announce) as report:
+            net, obj = self.net, self.objective(loss)
+            self.update_address(optimizer)
+            drivers = self.drivers(loss, "step")
+            t = group_types(self.dtype)
+            i8 = numba.int64
+            fn = entry(train.train_epoch, (t["net"], t["ws"], t["objective"], t["opt"], t["drivers"],
+                                           numba.typeof(epoch), i8, i8, i8, i8))
+        self.last_build = report
+        return fn, obj, drivers
+
+    def gradients_entry(self, loss):
+        """``(loss_and_grad entry, objective, drivers)``, compiling what is missing."""
+        with _jit.compiling(self._what("gradient", loss)):
+            obj, drivers = self.objective(loss, metric=False), self.drivers(loss, "gradients")
+            return self._entry("loss_and_grad", loss), obj, drivers
+
+    def update_entry(self, loss, optimizer):
+        """``(apply_update entry, drivers)``, compiling what is missing."""
+        with _jit.compiling(self._what("update", None, optimizer)):
+            self.update_address(optimizer)
+            return self._entry("apply_update"), self.drivers(loss, "update")
+
+    def infer_entry(self):
+        """``(infer entry, drivers)``, compiling what is missing."""
+        with _jit.compiling(self._what("forward pass")):
+            self.net
+            drivers = train.Drivers(driver_address("forward_pass", self.dtype), train.NO_KERNEL, train.NO_KERNEL,
+                                    train.NO_KERNEL)
+            return self._entry("infer"), drivers
+
+    # -- running ----------------------------------------------------------------------------
+
+    def output(self, ws, n):
+        """The last layer's (n, O) output block in ``ws`` (a view)."""
+        o = int(self.fan_out[-1])
+        start = n * int(self.act_at[-1])
+        return ws.out[start:start + n * o].reshape(n, o)
+
+    def predict(self, X, batch_size):
+        """Outputs of the last layer for every row of X (a new array), in batches."""
+        n = X.shape[0]
+        out = np.empty((n, int(self.fan_out[-1])), self.dtype)
+        ws = self.workspace(min(batch_size, n))
+        infer, drivers = self.infer_entry()
+        net = self.net
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            infer(net, ws, drivers, X[start:stop])
+            out[start:stop] = self.output(ws, stop - start)
+        return out
+

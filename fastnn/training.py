@@ -1,0 +1,222 @@
+"""``fit`` in pieces, shared by ``Sequential.fit`` and ``fastnn.distributed.fit``:
+
+- ``plan``: check the arguments, convert the data once, split off validation rows, restore a
+  checkpoint; returns a ``Plan``;
+- ``run``: the epoch loop. Each epoch's batches are run by a *runner*: ``CompiledEpochs``
+  (one process: the compiled epoch loop, returning to Python about ten times a second for
+  the progress bar) or the distributed runner (an allreduce per batch);
+- ``end_of_epoch``: history, validation, progress bar, checkpoint, early stopping, callbacks.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .callbacks import EarlyStopping
+from .kernels.train import OK, Epoch
+from .losses import check_loss
+from .schedules import Constant, Schedule
+
+CHUNK_SECONDS = 0.1  # the compiled epoch returns to Python this often (progress bar, Ctrl-C)
+
+
+@dataclass
+class Plan:
+    X: np.ndarray
+    y: np.ndarray
+    w: np.ndarray  # row weights
+    loss: str
+    optimizer: object
+    epochs: int
+    batch_size: int
+    shuffle: bool
+    verbose: int
+    lr_schedule: Schedule
+    schedule: np.ndarray  # what the compiled loop reads (lr_factor)
+    validation: tuple | None
+    checkpoint_dir: object
+    settings: dict
+    early_stopping: EarlyStopping | None
+    callbacks: tuple
+    history: dict = field(default_factory=dict)
+    first_epoch: int = 0
+
+    @property
+    def batches(self):
+        return -(-self.X.shape[0] // self.batch_size)
+
+    @property
+    def classify(self):
+        return self.loss == "softmax_cross_entropy"
+
+
+def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None, shuffle=True, verbose=0,
+         lr_schedule=None, checkpoint_dir=None, resume=False, validation_split=0.0, early_stopping=None,
+         callbacks=(), settings=None):
+    """Check every argument of ``fit`` and prepare the run; raises before anything is trained."""
+    from .model import _check_optimizer, _positive_count
+
+    check_loss(loss)
+    _check_optimizer(optimizer)
+    epochs = _positive_count("epochs", epochs)
+    batch_size = _positive_count("batch_size", batch_size)
+    X, y = model._data(X, y, loss)
+    if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+        raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
+    if validation_split and validation_data is not None:
+        raise ValueError("pass validation_data or validation_split, not both")
+    if validation_split:
+        held = int(round(validation_split * X.shape[0]))
+        if held < 1 or held >= X.shape[0]:
+            raise ValueError(f"validation_split={validation_split} of {X.shape[0]} rows leaves an empty "
+                             f"training or validation set")
+        rows = model._rng.permutation(X.shape[0])  # a random hold-out, not the last rows
+        held_rows, kept_rows = np.sort(rows[:held]), np.sort(rows[held:])
+        validation_data = (X[held_rows], y[held_rows])
+        X, y = np.ascontiguousarray(X[kept_rows]), np.ascontiguousarray(y[kept_rows])
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables (epoch, history) -> bool, got {cb!r}")
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got {type(early_stopping).__name__}")
+        early_stopping.start()
+    validation = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        validation = model._data(*validation_data, loss)
+    if lr_schedule is None:
+        lr_schedule = Constant()
+    elif not isinstance(lr_schedule, Schedule):
+        raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
+                        f"got {type(lr_schedule).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    run_settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "samples": X.shape[0],
+                    "shuffle": bool(shuffle), "schedule": repr(lr_schedule), "validation": validation is not None,
+                    **(settings or {})}
+    p = Plan(X, y, np.ones(X.shape[0], model.dtype), loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
+             lr_schedule, lr_schedule.as_array(epochs * -(-X.shape[0] // batch_size)), validation, checkpoint_dir,
+             run_settings, early_stopping, tuple(callbacks))
+    p.history = {"loss": []}
+    if p.classify:
+        p.history["accuracy"] = []
+    if validation is not None:
+        p.history["val_loss"] = []
+        if p.classify:
+            p.history["val_accuracy"] = []
+    if resume:
+        from . import checkpoint
+        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, run_settings)
+        if restored is not None:
+            p.first_epoch, p.history = restored
+    return p
+
+
+def run(model, p, runner):
+    """Train epochs ``p.first_epoch .. p.epochs - 1`` with ``runner``; returns the history."""
+    for epoch in range(p.first_epoch, p.epochs):
+        bar = _progress(p, epoch) if p.verbose else None
+        try:
+            loss_sum, correct, weight = runner.epoch(epoch, bar)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        if end_of_epoch(model, p, epoch, loss_sum / weight, correct / weight, bar):
+            break
+    stopper = p.early_stopping
+    if stopper is not None and stopper.restore_best and stopper._best_params is not None:
+        model._flat_params[...] = stopper._best_params
+    return p.history
+
+
+def end_of_epoch(model, p, epoch, loss, accuracy, bar):
+    """Record the epoch, evaluate, checkpoint; True when training should stop."""
+    history = p.history
+    history["loss"].append(loss)
+    if p.classify:
+        history["accuracy"].append(accuracy)
+    if p.validation is not None:
+        scores = model._evaluate(*p.validation, p.loss)
+        history["val_loss"].append(scores["loss"])
+        if p.classify:
+            history["val_accuracy"].append(scores["accuracy"])
+    if bar is not None:
+        bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.items()})
+        bar.close()
+    if p.checkpoint_dir is not None:
+        from . import checkpoint
+        checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, epoch + 1, history, p.settings)
+    stop = p.early_stopping is not None and p.early_stopping(epoch + 1, history, model._flat_params)
+    for cb in p.callbacks:
+        stop |= bool(cb(epoch + 1, history))
+    return stop
+
+
+class CompiledEpochs:
+    """Runs an epoch's batches in the compiled loop (``kernels.train.train_epoch``)."""
+
+    def __init__(self, model, p):
+        self.model, self.p = model, p
+        rows = min(p.batch_size, p.X.shape[0])
+        engine = model._engine
+        self.ws = engine.workspace(rows)
+        y_shape = (rows,) + p.y.shape[1:]
+        self.epoch_args = Epoch(p.X, p.y, p.w, np.empty(0, np.int64), p.shuffle, p.batch_size, p.schedule,
+                                float(p.optimizer.lr), np.empty((rows, p.X.shape[1]), model.dtype),
+                                np.empty(y_shape, p.y.dtype), np.empty(rows, model.dtype), np.empty(p.batches))
+        self.fn = None
+
+    def _build(self, bar, epoch):
+        engine = self.model._engine
+        announce = None
+        if bar is not None:
+            announce = lambda: bar.set_description(f"epoch {epoch + 1}/{self.p.epochs} (compiling)")  # noqa: E731
+        self.fn, self.objective, self.drivers = engine.epoch_entry(self.p.loss, self.p.optimizer, self.epoch_args,
+                                                                   announce=announce)
+        self.compile_seconds = engine.last_build["seconds"] if engine.last_build["compiled"] else 0.0
+        if bar is not None and engine.last_build["compiled"]:
+            bar.set_description(f"epoch {epoch + 1}/{self.p.epochs}")
+            bar.reset(total=self.p.X.shape[0])  # the rate should not count the compilation
+
+    def epoch(self, epoch, bar):
+        p, model = self.p, self.model
+        if self.fn is None:
+            self._build(bar, epoch)
+        engine, optimizer = model._engine, p.optimizer
+        n, batches = p.X.shape[0], p.batches
+        order = model._rng.permutation(n) if p.shuffle else self.epoch_args.order
+        args = self.epoch_args._replace(order=order)
+        loss_sum, correct, first, chunk = 0.0, 0.0, 0, 1
+        while first < batches:
+            stop = min(first + chunk, batches)
+            start = time.perf_counter()
+            opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))
+            part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt, self.drivers,
+                                                            args, first, stop, epoch * batches + first,
+                                                            optimizer.step_count + 1)
+            optimizer.step_count += done
+            if status != OK:
+                from .model import DivergenceError
+                raise DivergenceError(
+                    f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step {first + done + 1} "
+                    f"of {batches}; the model keeps the parameters of the last finite step. Lower the learning "
+                    f"rate or check the data.", epoch=epoch + 1, step=first + done + 1)
+            loss_sum += part_loss
+            correct += part_correct
+            if bar is not None:
+                bar.update(min(stop * p.batch_size, n) - min(first * p.batch_size, n))
+                bar.set_postfix(loss=f"{args.losses[stop - 1]:.4f}", refresh=False)
+            per_batch = (time.perf_counter() - start) / (stop - first)
+            chunk = max(1, int(CHUNK_SECONDS / max(per_batch, 1e-9)))
+            first = stop
+        return loss_sum, correct, float(n)
+
+
+def _progress(p, epoch):
+    from tqdm.auto import tqdm
+    return tqdm(total=p.X.shape[0], desc=f"epoch {epoch + 1}/{p.epochs}", unit="sample", leave=True)
