@@ -107,7 +107,8 @@ class Engine:
         self._ws = None
         self.capacity = 0
         self._objectives = {}
-        self._step_entries = {}
+        self._built = {}  # what _build made, by key
+        self.last_build = {"compiled": 0, "seconds": 0.0}
 
     # -- building ---------------------------------------------------------------------------
 
@@ -165,7 +166,12 @@ class Engine:
 
     def update_address(self, optimizer):
         """The address of ``optimizer``'s update kernel for this dtype."""
-        return _jit.address(OPTIMIZER_KERNELS[optimizer._kind], optimizers.signature(self.dtype))
+        key = ("update kernel", optimizer._kind)
+        addr = self._built.get(key)
+        if addr is None:
+            addr = self._built[key] = _jit.address(OPTIMIZER_KERNELS[optimizer._kind],
+                                                   optimizers.signature(self.dtype))
+        return addr
 
     def optimizer(self, optimizer):
         """The Optimizer tuple for ``optimizer`` on this model's flat parameters."""
@@ -175,63 +181,71 @@ class Engine:
         return LOSS_KERNELS[loss][2]
 
     def drivers(self, loss, upto):
-        """The Drivers tuple with the addresses of the drivers up to ``upto`` ("gradients",
-        "update" or "step"; the rest 0), compiling what is missing."""
+        """The Drivers tuple with the addresses of the drivers up to ``upto`` ("forward",
+        "gradients", "update" or "step"; the rest 0), compiling what is missing."""
         labels, dtype = self.labels(loss), self.dtype
         names = ("forward_pass", "gradients", "update", "train_step")
-        stop = {"gradients": 2, "update": 3, "step": 4}[upto]
+        stop = {"forward": 1, "gradients": 2, "update": 3, "step": 4}[upto]
         addrs = [driver_address(n, dtype, labels) if k < stop else train.NO_KERNEL for k, n in enumerate(names)]
         return train.Drivers(*addrs)
 
-    def _what(self, piece, loss=None, optimizer=None):
-        parts = [self.describe()] + [x for x in (loss, optimizer and type(optimizer).__name__) if x]
-        return f"the {self.dtype.name} {piece}: " + "; ".join(parts)
+    def _build(self, key, what, build, announce=None, quiet=False):
+        """``build()``, once per key and model; a build that compiles says so (``_jit.compiling``)."""
+        built = self._built.get(key)
+        if built is None:
+            with _jit.compiling(f"the {self.dtype.name} {what}", quiet=quiet, announce=announce) as report:
+                built = build()
+            self._built[key] = built
+            self.last_build = report
+        else:
+            self.last_build = {"compiled": 0, "seconds": 0.0}
+        return built
 
     def _entry(self, name, loss=None):
         return entry(getattr(train, name), driver_signature(name, self.dtype, self.labels(loss) if loss else True).args)
 
+    def _describe(self, *parts):
+        return "; ".join([self.describe(), *parts])
+
     def step_entry(self, loss, optimizer, announce=None, quiet=False):
-        """Build (compiling what is missing) and return ``(train_step entry, objective, drivers)``."""
-        with _jit.compiling(self._what("training step", loss, optimizer), quiet=quiet, announce=announce) as report:
-            net, obj = self.net, self.objective(loss, metric=False)
-            self.update_address(optimizer)
-            drivers = self.drivers(loss, "step")
-            fn = self._entry("train_step", loss)
-        self.last_build = report
-        return fn, obj, drivers
+        """``(train_step entry, objective, drivers)``, building and compiling what is missing."""
+        def build():
+            self.net, self.update_address(optimizer)
+            return self._entry("train_step", loss), self.objective(loss, metric=False), self.drivers(loss, "step")
+        what = "training step: " + self._describe(loss, type(optimizer).__name__)
+        return self._build(("step", loss, optimizer._kind), what, build, announce, quiet)
 
     def epoch_entry(self, loss, optimizer, epoch, announce=None, quiet=False):
-        """Build (compiling what is missing) and return ``(train_epoch entry, objective, drivers)``."""
-        with _jit.compiling(self._what("training epoch", loss, optimizer), quiet=quiet, announce=announce) as report:
-            net, obj = self.net, self.objective(loss)
-            self.update_address(optimizer)
-            drivers = self.drivers(loss, "step")
-            t = group_types(self.dtype)
-            i8 = numba.int64
+        """``(train_epoch entry, objective, drivers)``, building and compiling what is missing."""
+        def build():
+            self.net, self.update_address(optimizer)
+            t, i8 = group_types(self.dtype), numba.int64
             fn = entry(train.train_epoch, (t["net"], t["ws"], t["objective"], t["opt"], t["drivers"],
                                            numba.typeof(epoch), i8, i8, i8, i8))
-        self.last_build = report
-        return fn, obj, drivers
+            return fn, self.objective(loss), self.drivers(loss, "step")
+        what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
+        return self._build(("epoch", loss, optimizer._kind), what, build, announce, quiet)
 
     def gradients_entry(self, loss):
-        """``(loss_and_grad entry, objective, drivers)``, compiling what is missing."""
-        with _jit.compiling(self._what("gradient", loss)):
-            obj, drivers = self.objective(loss, metric=False), self.drivers(loss, "gradients")
-            return self._entry("loss_and_grad", loss), obj, drivers
+        """``(loss_and_grad entry, objective, drivers)``, building and compiling what is missing."""
+        def build():
+            return (self._entry("loss_and_grad", loss), self.objective(loss, metric=False),
+                    self.drivers(loss, "gradients"))
+        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build)
 
     def update_entry(self, loss, optimizer):
-        """``(apply_update entry, drivers)``, compiling what is missing."""
-        with _jit.compiling(self._what("update", None, optimizer)):
+        """``(apply_update entry, drivers)``, building and compiling what is missing."""
+        def build():
             self.update_address(optimizer)
             return self._entry("apply_update"), self.drivers(loss, "update")
+        return self._build(("update", loss, optimizer._kind), f"{type(optimizer).__name__} update", build)
 
     def infer_entry(self):
-        """``(infer entry, drivers)``, compiling what is missing."""
-        with _jit.compiling(self._what("forward pass")):
+        """``(infer entry, drivers)``, building and compiling what is missing."""
+        def build():
             self.net
-            drivers = train.Drivers(driver_address("forward_pass", self.dtype), train.NO_KERNEL, train.NO_KERNEL,
-                                    train.NO_KERNEL)
-            return self._entry("infer"), drivers
+            return self._entry("infer"), self.drivers("softmax_cross_entropy", "forward")
+        return self._build(("infer",), "forward pass: " + self.describe(), build)
 
     # -- running ----------------------------------------------------------------------------
 
