@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 
-from .kernels.train import lr_factor
 from .model import DivergenceError
 
 
@@ -139,6 +138,7 @@ class _Epochs:
         comm.Bcast(order, root=0)
         grads, stats, total = model._flat_grads, self.stats, np.zeros(3)
         opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))
+        learning_rates = p.learning_rates(epoch)
         for b in range(batches):
             start, stop = b * p.batch_size, min((b + 1) * p.batch_size, n)
             lo, hi = shard(start, stop, rank, size)
@@ -163,7 +163,7 @@ class _Epochs:
                 self.timings["allreduce_s"] = self.timings.get("allreduce_s", 0.0) + time.perf_counter() - t
                 self.timings["steps"] = self.timings.get("steps", 0) + 1
             comm.Allreduce(MPI.IN_PLACE, stats, op=MPI.SUM)
-            lr = p.optimizer.lr * lr_factor(p.schedule, epoch * batches + b)
+            lr = learning_rates[b]
             # the same finite guard and update as one process: every rank sees the same sums
             if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, self.drivers, lr, step) == 1.0):
                 raise DivergenceError(f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step "

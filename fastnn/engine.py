@@ -42,17 +42,20 @@ def group_types(dtype):
             "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m)),
             "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
             "X": _jit.array_type(f, 2), "w": _jit.array_type(f, 1),
-            "labels": numba.types.Array(numba.int64, 1, "C"), "targets": _jit.array_type(f, 2)}
+            "labels": numba.types.Array(numba.int64, 1, "C"), "targets": _jit.array_type(f, 2),
+            "raw": numba.types.Array(numba.uint8, 2, "C")}
 
 
-def driver_signature(name, dtype, labels):
-    """The signature each driver is compiled for (``labels``: integer labels, else float targets)."""
+def driver_signature(name, dtype, labels=True):
+    """The signature each driver is compiled for. Internal drivers take raw targets; the
+    entries from Python (train_step, loss_and_grad) take integer ``labels`` or float targets."""
     t = group_types(dtype)
     y = t["labels"] if labels else t["targets"]
     f8, i8, none = numba.float64, numba.int64, numba.types.none
     return {"forward_pass": none(t["net"], t["ws"], t["X"], numba.boolean, i8),
-            "gradients": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], y, t["w"], i8),
+            "gradients": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], t["raw"], t["w"], i8),
             "update": f8(t["net"], t["opt"], f8, i8),
+            "step": f8(t["net"], t["ws"], t["objective"], t["opt"], t["drivers"], t["X"], t["raw"], t["w"], f8, i8),
             "train_step": f8(t["net"], t["ws"], t["objective"], t["opt"], t["drivers"], t["X"], y, t["w"], f8, i8),
             "infer": none(t["net"], t["ws"], t["drivers"], t["X"]),
             "loss_and_grad": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], y, t["w"], i8),
@@ -60,9 +63,9 @@ def driver_signature(name, dtype, labels):
             }[name]
 
 
-def driver_address(name, dtype, labels=True):
-    """Compile (or load) a driver and return its address, for other drivers to call."""
-    return _jit.address(getattr(train, name), driver_signature(name, dtype, labels))
+def driver_address(name, dtype):
+    """Compile (or load) an internal driver and return its address, for other drivers to call."""
+    return _jit.address(getattr(train, name), driver_signature(name, dtype))
 
 
 def _addresses(kernels, signature):
@@ -153,7 +156,7 @@ class Engine:
         obj = self._objectives.get((loss, metric))
         if obj is None:
             loss_kernel, metric_kernel, labels = LOSS_KERNELS[loss]
-            lsig, msig = loss_kernels.signatures(self.dtype, labels)
+            lsig, msig = loss_kernels.signatures(self.dtype)
             metric_addr = (_jit.address(metric_kernel, msig) if metric and metric_kernel is not None
                            else train.NO_KERNEL)
             obj = self._objectives[(loss, metric)] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr)
@@ -161,8 +164,8 @@ class Engine:
 
     def loss(self, loss, out, y, w):
         """The mean loss of outputs ``out`` against ``y`` with row weights ``w``, from Python."""
-        loss_kernel, _, labels = LOSS_KERNELS[loss]
-        return _jit.run(loss_kernel, loss_kernels.signatures(self.dtype, labels)[0], out, y, w, np.empty_like(out))
+        return _jit.run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, _jit.raw_rows_of(y), w,
+                        np.empty_like(out))
 
     def update_address(self, optimizer):
         """The address of ``optimizer``'s update kernel for this dtype."""
@@ -183,10 +186,9 @@ class Engine:
     def drivers(self, loss, upto):
         """The Drivers tuple with the addresses of the drivers up to ``upto`` ("forward",
         "gradients", "update" or "step"; the rest 0), compiling what is missing."""
-        labels, dtype = self.labels(loss), self.dtype
-        names = ("forward_pass", "gradients", "update", "train_step")
+        names = ("forward_pass", "gradients", "update", "step")
         stop = {"forward": 1, "gradients": 2, "update": 3, "step": 4}[upto]
-        addrs = [driver_address(n, dtype, labels) if k < stop else train.NO_KERNEL for k, n in enumerate(names)]
+        addrs = [driver_address(n, self.dtype) if k < stop else train.NO_KERNEL for k, n in enumerate(names)]
         return train.Drivers(*addrs)
 
     def _build(self, key, what, build, announce=None, quiet=False):
@@ -221,7 +223,7 @@ class Engine:
             self.net, self.update_address(optimizer)
             t, i8 = group_types(self.dtype), numba.int64
             fn = entry(train.train_epoch, (t["net"], t["ws"], t["objective"], t["opt"], t["drivers"],
-                                           numba.typeof(epoch), i8, i8, i8, i8))
+                                           numba.typeof(epoch), i8, i8, i8))  # the same for every loss
             return fn, self.objective(loss), self.drivers(loss, "step")
         what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
         return self._build(("epoch", loss, optimizer._kind), what, build, announce, quiet)
@@ -244,7 +246,7 @@ class Engine:
         """``(infer entry, drivers)``, building and compiling what is missing."""
         def build():
             self.net
-            return self._entry("infer"), self.drivers("softmax_cross_entropy", "forward")
+            return self._entry("infer"), self.drivers(None, "forward")
         return self._build(("infer",), "forward pass: " + self.describe(), build)
 
     # -- running ----------------------------------------------------------------------------

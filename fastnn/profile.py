@@ -77,15 +77,14 @@ def timed_step(model, loss, optimizer, records):
         net = net._replace(
             dropout_forward=_timed(records, "dropout_forward", dropout._dropout_forward, dsig_f, _dropout_cost),
             dropout_backward=_timed(records, "dropout_backward", dropout._dropout_backward, dsig_b, _dropout_cost))
-    loss_kernel, _, labels = _engine.LOSS_KERNELS[loss]
-    objective = train.Objective(_timed(records, loss, loss_kernel, loss_kernels.signatures(dtype, labels)[0],
-                                       _loss_cost), train.NO_KERNEL)
+    objective = train.Objective(_timed(records, loss, _engine.LOSS_KERNELS[loss][0],
+                                       loss_kernels.signatures(dtype)[0], _loss_cost), train.NO_KERNEL)
     update = _timed(records, "optimizer_update", _engine.OPTIMIZER_KERNELS[optimizer._kind],
                     optimizers.signature(dtype), _optimizer_cost)
     guard = _timed(records, "finite_guard", train.gradients_finite, numba.float64(_jit.array_type(dtype, 1)),
                    _guard_cost)
     drivers = train.Drivers(_jit.as_python(train.forward_pass), _jit.as_python(train.gradients),
-                            _jit.as_python(train.update, {"gradients_finite": guard}), train.NO_KERNEL)
+                            _jit.as_python(train.update, {"gradients_finite": guard}), _jit.as_python(train.step))
     opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))._replace(update=update)
     return _jit.as_python(train.train_step), (net, objective, opt, drivers)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .callbacks import EarlyStopping
+from .kernels._jit import raw_rows_of
 from .kernels.train import OK, Epoch
 from .losses import check_loss
 from .schedules import Constant, Schedule
@@ -34,7 +35,6 @@ class Plan:
     shuffle: bool
     verbose: int
     lr_schedule: Schedule
-    schedule: np.ndarray  # what the compiled loop reads (lr_factor)
     validation: tuple | None
     checkpoint_dir: object
     settings: dict
@@ -50,6 +50,11 @@ class Plan:
     @property
     def classify(self):
         return self.loss == "softmax_cross_entropy"
+
+    def learning_rates(self, epoch):
+        """Each batch's learning rate in ``epoch``: the optimizer's lr times the schedule."""
+        t = epoch * self.batches + np.arange(self.batches)
+        return float(self.optimizer.lr) * self.lr_schedule.factors(t, self.epochs * self.batches)
 
 
 def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None, shuffle=True, verbose=0,
@@ -99,8 +104,7 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
                     "shuffle": bool(shuffle), "schedule": repr(lr_schedule), "validation": validation is not None,
                     **(settings or {})}
     p = Plan(X, y, np.ones(X.shape[0], model.dtype), loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
-             lr_schedule, lr_schedule.as_array(epochs * -(-X.shape[0] // batch_size)), validation, checkpoint_dir,
-             run_settings, early_stopping, tuple(callbacks))
+             lr_schedule, validation, checkpoint_dir, run_settings, early_stopping, tuple(callbacks))
     p.history = {"loss": []}
     if p.classify:
         p.history["accuracy"] = []
@@ -165,10 +169,10 @@ class CompiledEpochs:
         rows = min(p.batch_size, p.X.shape[0])
         engine = model._engine
         self.ws = engine.workspace(rows)
-        y_shape = (rows,) + p.y.shape[1:]
-        self.epoch_args = Epoch(p.X, p.y, p.w, np.empty(0, np.int64), p.shuffle, p.batch_size, p.schedule,
-                                float(p.optimizer.lr), np.empty((rows, p.X.shape[1]), model.dtype),
-                                np.empty(y_shape, p.y.dtype), np.empty(rows, model.dtype), np.empty(p.batches))
+        X, y = raw_rows_of(p.X), raw_rows_of(p.y)  # the compiled loop moves rows as bytes
+        self.epoch_args = Epoch(X, y, p.w, np.empty(0, np.int64), p.shuffle, p.batch_size, np.empty(p.batches),
+                                np.empty((rows, X.shape[1]), np.uint8), np.empty((rows, y.shape[1]), np.uint8),
+                                np.empty(rows, model.dtype), np.empty(p.batches))
         self.fn = None
 
     def _build(self, bar, epoch):
@@ -190,15 +194,14 @@ class CompiledEpochs:
         engine, optimizer = model._engine, p.optimizer
         n, batches = p.X.shape[0], p.batches
         order = model._rng.permutation(n) if p.shuffle else self.epoch_args.order
-        args = self.epoch_args._replace(order=order)
+        args = self.epoch_args._replace(order=order, lr=p.learning_rates(epoch))
         loss_sum, correct, first, chunk = 0.0, 0.0, 0, 1
         while first < batches:
             stop = min(first + chunk, batches)
             start = time.perf_counter()
             opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))
             part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt, self.drivers,
-                                                            args, first, stop, epoch * batches + first,
-                                                            optimizer.step_count + 1)
+                                                            args, first, stop, optimizer.step_count + 1)
             optimizer.step_count += done
             if status != OK:
                 from .model import DivergenceError

@@ -4,6 +4,9 @@ Shapes: N = batch, C = classes / outputs.
     logits (N, C) float, labels (N,) int64 in [0, C), dlogits (N, C)
     pred (N, C) float, target (N, C) float, dpred (N, C)
     weights (N,) float: each row's weight (ones for a plain mean)
+Kernels take the targets as raw bytes, ``y`` (N, row bytes) uint8 (``_jit.raw_rows``), and
+read them back as their own dtype (``typed_rows``): then every loss has one signature and
+one compiled driver serves them all.
 The loss is the weighted mean over rows, sum_i w_i l_i / sum_i w_i, of each row's loss l_i:
 cross-entropy for softmax_cross_entropy, the mean over the row's C elements for mse; with
 unit weights these are PyTorch's defaults (mean over rows; mean over all elements). Rows of
@@ -21,24 +24,24 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._jit import array_type, kernel, run
+from ._jit import array_type, kernel, raw_rows_of, run, typed_rows
 from .activations import exp_
 
 BAD_TARGET = -1.0
 
 
-def signatures(dtype, labels: bool):
-    """(loss, metric) Numba signatures for integer labels or float targets: what a driver calls."""
-    m, v = array_type(dtype, 2), array_type(dtype, 1)
-    y = types.Array(types.int64, 1, "C") if labels else m
-    return types.float64(m, y, v, m), types.float64(m, y, v)
+def signatures(dtype):
+    """(loss, metric) Numba signatures, the same for every loss: what a driver calls."""
+    m, v, raw = array_type(dtype, 2), array_type(dtype, 1), types.Array(types.uint8, 2, "C")
+    return types.float64(m, raw, v, m), types.float64(m, raw, v)
 
 
 # loss_i = logsumexp(logits_i) - logits_i[label_i], with the max subtracted first so logits
 # of +-1e4 neither overflow nor give NaN. d(loss)/d(logits_i) = w_i / sum(w) (softmax_i - onehot_i).
 @kernel(python_entry=False)
-def _softmax_cross_entropy(logits, labels, weights, dlogits):
+def _softmax_cross_entropy(logits, y, weights, dlogits):
     n, c = logits.shape
+    labels = typed_rows(y, np.int64)[:, 0]
     total_weight = 0.0
     for i in range(n):
         if labels[i] < 0 or labels[i] >= c:
@@ -67,8 +70,9 @@ def _softmax_cross_entropy(logits, labels, weights, dlogits):
 
 
 @kernel(python_entry=False)
-def _count_correct(logits, labels, weights):
+def _count_correct(logits, y, weights):
     """sum of w_i over rows whose largest logit is at label_i (the first largest on ties)."""
+    labels = typed_rows(y, np.int64)[:, 0]
     correct = 0.0
     for i in range(logits.shape[0]):
         best = 0
@@ -82,8 +86,9 @@ def _count_correct(logits, labels, weights):
 
 # loss_i = mean_j (pred_ij - target_ij)^2; d(loss)/d(pred_ij) = w_i / sum(w) * 2 (pred_ij - target_ij) / C.
 @kernel(python_entry=False)
-def _mse(pred, target, weights, dpred):
+def _mse(pred, y, weights, dpred):
     n, c = pred.shape
+    target = typed_rows(y, pred)
     total_weight = 0.0
     for i in range(n):
         total_weight += weights[i]
@@ -146,7 +151,7 @@ def softmax_cross_entropy(logits, labels, dlogits=None, weights=None):
     dlogits = _grad_output("dlogits", dlogits, logits)
     weights = _weights(weights, logits.shape[0], logits.dtype)
     _checks.no_overlap("dlogits", dlogits, ("logits", logits), ("labels", labels), ("weights", weights))
-    return float(run(_softmax_cross_entropy, signatures(logits.dtype, True)[0], logits, labels, weights,
+    return float(run(_softmax_cross_entropy, signatures(logits.dtype)[0], logits, raw_rows_of(labels), weights,
                      dlogits)), dlogits
 
 
@@ -175,4 +180,4 @@ def mse(pred, target, dpred=None, weights=None):
     weights = _weights(weights, pred.shape[0], pred.dtype)
     _checks.no_overlap("dpred", dpred, ("pred", pred), allow_same=True)
     _checks.no_overlap("dpred", dpred, ("target", target), ("weights", weights))
-    return float(run(_mse, signatures(pred.dtype, False)[0], pred, target, weights, dpred)), dpred
+    return float(run(_mse, signatures(pred.dtype)[0], pred, raw_rows_of(target), weights, dpred)), dpred

@@ -7,12 +7,14 @@ compiled or optimised twice:
     forward_pass  every layer's forward pass (dropout when training)       predict
     gradients     forward_pass, the fused loss, every layer's backward     loss_and_grad, MPI
     update        the finite guard over every gradient, the optimizer       MPI (after the allreduce)
-    train_step    gradients, then update                                   train_step
-    train_epoch   a range of (shuffled) batches, each a train_step         fit
-Their addresses travel in ``Drivers``. The first three are only ever called through their
-addresses, so Numba builds no wrapper for calls from Python for them; ``infer``,
-``loss_and_grad`` and ``apply_update`` are their thin entry points from Python, compiled when
-first needed. Run as plain Python (``as_python``) with kernels held as callables, the same
+    step          gradients, then update                                   train_step
+    train_epoch   a range of (shuffled) batches, each a step               fit
+Their addresses travel in ``Drivers``. The first four are only ever called through their
+addresses, so Numba builds no wrapper for calls from Python for them; ``train_step``,
+``infer``, ``loss_and_grad`` and ``apply_update`` are their thin entry points from Python,
+compiled when first needed. Drivers take the targets ``y`` as raw bytes, (N, row bytes) uint8
+(``raw_rows``), which each loss reads as its own dtype: one compiled driver serves integer
+labels and float targets alike. Run as plain Python (``as_python``) with kernels held as callables, the same
 code is what ``fastnn profile`` times kernel by kernel.
 
 Shapes: N = rows of this batch, L = layers, P = parameters, S = sum of out_features,
@@ -35,10 +37,12 @@ Objective: loss, metric       addresses: the fused loss; a weighted count of cor
 Optimizer: update, hyper, state   address; (H,) float64 constants; (S_opt, P) buffers
 Drivers: forward, gradients, update, step   addresses of the drivers above (0: not built)
 Epoch: one per epoch of ``fit``.
-    X (N_all, I), y (N_all,) labels or (N_all, O_last) targets, w (N_all,) row weights
+    X (N_all, I bytes), y (N_all, row bytes)   inputs and targets as raw bytes (``raw_rows``)
+    w (N_all,)                row weights
     order (N_all,) int64      the epoch's row order (read when ``shuffled``)
-    batch_size, schedule (5,) float64 (``lr_factor``), base_lr
-    x, yb, wb                 where a shuffled batch is gathered: (C, I), (C, ...), (C,)
+    batch_size
+    lr (B,) float64           each batch's learning rate (the schedule applied)
+    x, yb, wb                 where a shuffled batch is gathered: (C, I bytes), (C, row bytes), (C,)
     losses (B,) float64       each batch's loss
 """
 from __future__ import annotations
@@ -50,10 +54,9 @@ import numpy as np
 
 from numba import types
 
-from ._jit import REDUCTION, build_view, call, call_value, helper, intrinsic_with_twin, kernel
+from ._jit import REDUCTION, build_view, call, call_value, intrinsic_with_twin, kernel, raw_rows, typed_rows
 from .losses import BAD_TARGET
 
-CONSTANT, STEP_DECAY, COSINE = 0, 1, 2  # learning-rate schedules: schedule[0]
 OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
 NO_KERNEL = 0  # the address of a kernel a model does not use
 
@@ -105,8 +108,7 @@ class Epoch(NamedTuple):
     order: np.ndarray
     shuffled: bool
     batch_size: int
-    schedule: np.ndarray
-    base_lr: float
+    lr: np.ndarray
     x: np.ndarray
     yb: np.ndarray
     wb: np.ndarray
@@ -228,16 +230,23 @@ def update(net, opt, lr, step):
     return 1.0
 
 
-@kernel
-def train_step(net, ws, objective, opt, drivers, X, y, w, lr, step):
-    """One step: gradients, then update. Returns the loss before the update, NaN when the step
-    was refused (a NaN or inf loss or gradient; nothing written), or BAD_TARGET."""
-    loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, step))
+@kernel(python_entry=False)
+def step(net, ws, objective, opt, drivers, X, y, w, lr, t):
+    """One step (optimizer step number t): gradients, then update. Returns the loss before the
+    update, NaN when the step was refused (a NaN or inf loss or gradient; nothing written), or
+    BAD_TARGET."""
+    loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, t))
     if loss == BAD_TARGET:
         return loss
-    if not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, step)) == 1.0):
+    if not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
         return math.nan
     return loss
+
+
+@kernel
+def train_step(net, ws, objective, opt, drivers, X, y, w, lr, t):
+    """step, from Python, with the targets as they are (integer labels or float targets)."""
+    return call_value(drivers.step, (net, ws, objective, opt, drivers, X, raw_rows(y), w, lr, t))
 
 
 @kernel
@@ -248,8 +257,9 @@ def infer(net, ws, drivers, X):
 
 @kernel
 def loss_and_grad(net, ws, objective, drivers, X, y, w, step):
-    """gradients, from Python (``Sequential.loss_and_grad``, the distributed path)."""
-    return call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, step))
+    """gradients, from Python (``Sequential.loss_and_grad``, the distributed path), with the
+    targets as they are."""
+    return call_value(drivers.gradients, (net, ws, objective, drivers, X, raw_rows(y), w, step))
 
 
 @kernel
@@ -258,48 +268,14 @@ def apply_update(net, opt, drivers, lr, step):
     return call_value(drivers.update, (net, opt, lr, step))
 
 
-@helper
-def lr_factor(schedule, t):
-    """Multiplier of the base learning rate at step t (0-based, counted over one ``fit``).
-
-    schedule = (code, a, b, c, total_steps):
-      CONSTANT:   1
-      STEP_DECAY: gamma^floor(t / step_size), with a = step_size, b = gamma
-      COSINE:     linear warm-up over a steps, then from 1 down to c (min factor) along half
-                  a cosine that ends at total_steps
-    """
-    code = schedule[0]
-    if code == STEP_DECAY:
-        return schedule[2] ** math.floor(t / schedule[1])
-    if code == COSINE:
-        warmup, floor, total = schedule[1], schedule[3], schedule[4]
-        if t < warmup:
-            return (t + 1.0) / warmup
-        progress = min(1.0, (t - warmup) / max(1.0, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0
-
-
-@helper
-def gather(src, order, start, dst):
-    """dst[r] = src[order[start + r]] for every row r of dst (1-D or 2-D arrays)."""
-    rows = dst.shape[0]
-    s = src.reshape((src.shape[0], -1))
-    d = dst.reshape((rows, -1))
-    for r in range(rows):
-        row = order[start + r]
-        for j in range(s.shape[1]):
-            d[r, j] = s[row, j]
-
-
 @kernel
-def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch, first_t, first_step):
-    """Batches first_batch <= b < stop_batch of an epoch, each a train_step.
+def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch, first_step):
+    """Batches first_batch <= b < stop_batch of an epoch, each a step.
 
-    Batch b runs at lr = base_lr * lr_factor(schedule, first_t + b - first_batch) as optimizer
-    step first_step + b - first_batch. Returns (sum of loss * weight, sum of weight over
-    correctly classified rows, batches done, status): a step that diverges or meets a bad
-    label stops the loop there, with the parameters of the last good step.
+    Batch b runs at learning rate epoch.lr[b] as optimizer step first_step + b - first_batch.
+    Returns (sum of loss * weight, sum of weight over correctly classified rows, batches done,
+    status): a step that diverges or meets a bad label stops the loop there, with the
+    parameters of the last good step.
     """
     n = epoch.X.shape[0]
     size = epoch.batch_size
@@ -307,16 +283,21 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
     last = net.fan_in.size - 1
     for b in range(first_batch, stop_batch):
         start = b * size
-        m = min(start + size, n) - start
-        if epoch.shuffled:
-            X, y, w = epoch.x[:m], epoch.yb[:m], epoch.wb[:m]
-            gather(epoch.X, epoch.order, start, X)
-            gather(epoch.y, epoch.order, start, y)
-            gather(epoch.w, epoch.order, start, w)
+        m = n - start if n - start < size else size
+        if epoch.shuffled:  # gather the batch's rows, as bytes: one loop for every dtype
+            for r in range(m):
+                row = epoch.order[start + r]
+                for j in range(epoch.X.shape[1]):
+                    epoch.x[r, j] = epoch.X[row, j]
+                for j in range(epoch.y.shape[1]):
+                    epoch.yb[r, j] = epoch.y[row, j]
+                epoch.wb[r] = epoch.w[row]
+            X, y, w = typed_rows(epoch.x[:m], net.params), epoch.yb[:m], epoch.wb[:m]
         else:
-            X, y, w = epoch.X[start:start + m], epoch.y[start:start + m], epoch.w[start:start + m]
-        lr = epoch.base_lr * lr_factor(epoch.schedule, first_t + b - first_batch)
-        loss = call_value(drivers.step, (net, ws, objective, opt, drivers, X, y, w, lr, first_step + b - first_batch))
+            X, y, w = typed_rows(epoch.X[start:start + m], net.params), epoch.y[start:start + m], \
+                epoch.w[start:start + m]
+        loss = call_value(drivers.step, (net, ws, objective, opt, drivers, X, y, w, epoch.lr[b],
+                                         first_step + b - first_batch))
         epoch.losses[b] = loss
         if loss == BAD_TARGET:
             return total, correct, b - first_batch, BAD_TARGETS
