@@ -36,7 +36,7 @@ def group_types(dtype):
     """The Numba types of the named groups for one dtype (what every driver is compiled for)."""
     f = np.dtype(dtype)
     v, m, i = np.zeros(0, f), np.zeros((0, 0), f), np.zeros(0, np.int64)
-    return {"net": numba.typeof(train.Net(v, v, i, i, i, i, i, i, i, np.zeros(0), 0, 0, 0)),
+    return {"net": numba.typeof(train.Net(v, v, np.zeros((0, 0), np.int64), np.zeros(0), 0, 0, 0)),
             "ws": numba.typeof(train.Workspace(v, v, v)),
             "objective": numba.typeof(train.Objective(0, 0)),
             "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m)),
@@ -120,7 +120,7 @@ class Engine:
 
     def kernels(self):
         """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses."""
-        return [(dense.forward_kernel(c), dense.backward_kernel(c)) for c in self.codes]
+        return [(dense.forward_kernel(c, c in NEEDS_PREACTIVATION), dense.backward_kernel(c)) for c in self.codes]
 
     @property
     def net(self):
@@ -134,10 +134,14 @@ class Engine:
                 drop_b = _jit.address(dropout._dropout_backward, dsig_b)
             else:
                 drop_f = drop_b = train.NO_KERNEL
-            self._net = train.Net(self.params, self.grads, self.fan_in, self.fan_out, self.param_at, self.act_at,
-                                  self.z_at, _addresses([f for f, _ in pairs], fsig),
-                                  _addresses([b for _, b in pairs], bsig), self.p_drop, drop_f, drop_b,
-                                  int(self.seed))
+            columns = dict(fan_in=self.fan_in, fan_out=self.fan_out, param_at=self.param_at, act_at=self.act_at,
+                           z_at=self.z_at, forward=_addresses([f for f, _ in pairs], fsig),
+                           backward=_addresses([b for _, b in pairs], bsig))
+            if _jit.JIT:
+                layers = np.stack([columns[name] for name in train.LAYER_COLUMNS], axis=1)
+            else:  # plain Python: the kernel "addresses" are the functions themselves
+                layers = [tuple(columns[name][k] for name in train.LAYER_COLUMNS) for k in range(len(self.codes))]
+            self._net = train.Net(self.params, self.grads, layers, self.p_drop, drop_f, drop_b, int(self.seed))
         return self._net
 
     def workspace(self, n):

@@ -69,9 +69,10 @@ def timed_step(model, loss, optimizer, records):
     engine, dtype = model._engine, model.dtype
     fsig, bsig = dense.signatures(dtype)
     pairs = engine.kernels()
-    net = engine.net._replace(
-        forward=[_timed(records, "dense_forward", f, fsig, _dense_forward_cost) for f, _ in pairs],
-        backward=[_timed(records, "dense_backward", b, bsig, _dense_backward_cost) for _, b in pairs])
+    forward = [_timed(records, "dense_forward", f, fsig, _dense_forward_cost) for f, _ in pairs]
+    backward = [_timed(records, "dense_backward", b, bsig, _dense_backward_cost) for _, b in pairs]
+    net = engine.net
+    net = net._replace(layers=[(*row[:5], f, b) for row, f, b in zip(np.asarray(net.layers).tolist(), forward, backward)])
     if (engine.p_drop > 0).any():
         dsig_f, dsig_b = dropout.signatures(dtype)
         net = net._replace(

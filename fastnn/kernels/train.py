@@ -22,11 +22,13 @@ Z = sum of out_features of the layers that keep a pre-activation (gelu), C = cap
 
 Net: one per model.
     params, grads (P,)        flat W0, b0, W1, b1, ... (each W row-major (I, O))
-    fan_in, fan_out (L,)      int64: each layer's I and O
-    param_at (L,)             int64: where W_k starts in params and grads (b_k follows it)
-    act_at (L,)               int64: where layer k's columns start among the S columns
-    z_at (L,)                 int64: where its columns start among the Z columns; -1: z is out
-    forward, backward (L,)    int64: addresses of each layer's dense kernels
+    layers (L, 7) int64       one row per layer, its columns named in LAYER_COLUMNS:
+        fan_in, fan_out       the layer's I and O
+        param_at              where W_k starts in params and grads (b_k follows it)
+        act_at                where layer k's columns start among the S columns
+        z_at                  where its columns start among the Z columns; -1: z is out
+        forward, backward     addresses of the layer's dense kernels
+      (read by ``layer``, which hands a driver everything about layer k by name)
     p_drop (L,)               float64: dropout probability on each layer's output (0: none)
     dropout_forward, dropout_backward   addresses of the dropout kernels (0 when unused)
     seed                      int64: keys the dropout masks (with the step, layer and element)
@@ -61,16 +63,13 @@ OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
 NO_KERNEL = 0  # the address of a kernel a model does not use
 
 
+LAYER_COLUMNS = ("fan_in", "fan_out", "param_at", "act_at", "z_at", "forward", "backward")
+
+
 class Net(NamedTuple):
     params: np.ndarray
     grads: np.ndarray
-    fan_in: np.ndarray
-    fan_out: np.ndarray
-    param_at: np.ndarray
-    act_at: np.ndarray
-    z_at: np.ndarray
-    forward: np.ndarray
-    backward: np.ndarray
+    layers: np.ndarray
     p_drop: np.ndarray
     dropout_forward: int
     dropout_backward: int
@@ -116,7 +115,7 @@ class Epoch(NamedTuple):
 
 
 class Layer(NamedTuple):
-    """Views of one layer's numbers for a batch of N rows."""
+    """One layer for a batch of N rows: views of its numbers and its kernels' addresses."""
     W: np.ndarray
     b: np.ndarray
     dW: np.ndarray
@@ -124,27 +123,32 @@ class Layer(NamedTuple):
     out: np.ndarray
     dout: np.ndarray
     z: np.ndarray
+    forward: int
+    backward: int
+    p_drop: float
 
 
 def _layer_python(net, ws, k, n):
-    i, o, at = net.fan_in[k], net.fan_out[k], net.param_at[k]
-    col, zcol = n * net.act_at[k], n * net.z_at[k]
+    i, o, at, act_at, z_at, forward, backward = net.layers[k]
+    col, zcol = n * act_at, n * z_at
     out = ws.out[col:col + n * o].reshape(n, o)
     return Layer(net.params[at:at + i * o].reshape(i, o), net.params[at + i * o:at + i * o + o],
                  net.grads[at:at + i * o].reshape(i, o), net.grads[at + i * o:at + i * o + o], out,
-                 ws.dout[col:col + n * o].reshape(n, o), out if zcol < 0 else ws.z[zcol:zcol + n * o].reshape(n, o))
+                 ws.dout[col:col + n * o].reshape(n, o), out if zcol < 0 else ws.z[zcol:zcol + n * o].reshape(n, o),
+                 forward, backward, net.p_drop[k])
 
 
 @intrinsic_with_twin(_layer_python)
 def layer(typingctx, net, ws, k, n):
-    """layer(net, ws, k, n): the Layer views of layer k for a batch of n rows. Built in place
-    (no compiled function, no bounds checks, no reference counting): the model keeps the
-    flat buffers alive while a driver runs."""
+    """layer(net, ws, k, n): layer k for a batch of n rows (a Layer). Built in place (no
+    compiled function, no bounds checks, no reference counting): the model keeps the flat
+    buffers alive while a driver runs."""
     f1 = net.types[net.fields.index("params")]
     f2 = types.Array(f1.dtype, 2, "C")
-    result = types.NamedTuple([f2, f1, f2, f1, f2, f2, f2], Layer)
+    result = types.NamedTuple([f2, f1, f2, f1, f2, f2, f2, types.int64, types.int64, types.float64], Layer)
 
     def codegen(context, builder, signature, args):
+        from numba.np.arrayobj import make_array
         net_v, ws_v, k_v, n_v = args
         intp = types.intp
         k_v = context.cast(builder, k_v, signature.args[2], intp)
@@ -154,23 +158,24 @@ def layer(typingctx, net, ws, k, n):
             index = tuple_type.fields.index(name)
             return tuple_type.types[index], builder.extract_value(value, index)
 
-        def element(tuple_type, value, name):  # net.<name>[k], an int64 array
-            from numba.np.arrayobj import make_array
-            array_type, array = field(tuple_type, value, name)
-            return builder.load(builder.gep(make_array(array_type)(context, builder, array).data, [k_v]))
-
-        i, o, at = (element(net, net_v, name) for name in ("fan_in", "fan_out", "param_at"))
-        col, zcol = builder.mul(n_v, element(net, net_v, "act_at")), builder.mul(n_v, element(net, net_v, "z_at"))
+        table = make_array(field(net, net_v, "layers")[0])(context, builder, field(net, net_v, "layers")[1])
+        width = context.get_constant(intp, len(LAYER_COLUMNS))
+        row = builder.gep(table.data, [builder.mul(k_v, width)])
+        i, o, at, act_at, z_at, forward, backward = (builder.load(builder.gep(row, [context.get_constant(intp, c)]))
+                                                     for c in range(len(LAYER_COLUMNS)))
+        drops = make_array(field(net, net_v, "p_drop")[0])(context, builder, field(net, net_v, "p_drop")[1])
+        p_drop = builder.load(builder.gep(drops.data, [k_v]))
+        col, zcol = builder.mul(n_v, act_at), builder.mul(n_v, z_at)
         params, grads = field(net, net_v, "params"), field(net, net_v, "grads")
         bias_at = builder.add(at, builder.mul(i, o))
         out = build_view(context, builder, *field(ws, ws_v, "out"), col, (n_v, o))
         z = build_view(context, builder, *field(ws, ws_v, "z"), zcol, (n_v, o))
         negative = builder.icmp_signed("<", zcol, context.get_constant(intp, 0))
-        views = [build_view(context, builder, *params, at, (i, o)), build_view(context, builder, *params, bias_at, (o,)),
-                 build_view(context, builder, *grads, at, (i, o)), build_view(context, builder, *grads, bias_at, (o,)),
-                 out, build_view(context, builder, *field(ws, ws_v, "dout"), col, (n_v, o)),
-                 builder.select(negative, out, z)]
-        return context.make_tuple(builder, result, views)
+        values = [build_view(context, builder, *params, at, (i, o)), build_view(context, builder, *params, bias_at, (o,)),
+                  build_view(context, builder, *grads, at, (i, o)), build_view(context, builder, *grads, bias_at, (o,)),
+                  out, build_view(context, builder, *field(ws, ws_v, "dout"), col, (n_v, o)),
+                  builder.select(negative, out, z), forward, backward, p_drop]
+        return context.make_tuple(builder, result, values)
     return result(net, ws, k, n), codegen
 
 
@@ -179,11 +184,11 @@ def forward_pass(net, ws, X, training, step):
     """Every layer's forward pass, dropout included when ``training``; outputs land in ws.out."""
     n = X.shape[0]
     x = X
-    for k in range(net.fan_in.size):
+    for k in range(net.layers.shape[0]):
         this = layer(net, ws, k, n)
-        call(net.forward[k], (x, this.W, this.b, this.out, this.z))
-        if training and net.p_drop[k] > 0.0:
-            call(net.dropout_forward, (this.out, net.p_drop[k], net.seed, step, k))
+        call(this.forward, (x, this.W, this.b, this.out, this.z))
+        if training and this.p_drop > 0.0:
+            call(net.dropout_forward, (this.out, this.p_drop, net.seed, step, k))
         x = this.out
 
 
@@ -192,7 +197,7 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
     """Forward (with dropout), the fused loss, and backward into net.grads. Returns the loss,
     or BAD_TARGET (no gradient computed) when a label is out of range."""
     n = X.shape[0]
-    last = net.fan_in.size - 1
+    last = net.layers.shape[0] - 1
     call(drivers.forward, (net, ws, X, True, step))
     top = layer(net, ws, last, n)
     loss = call_value(objective.loss, (top.out, y, w, top.dout))
@@ -200,14 +205,14 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
         return loss
     for k in range(last, -1, -1):
         this = layer(net, ws, k, n)
-        if net.p_drop[k] > 0.0:  # the next layer has used the dropped output; restore it for act'
-            call(net.dropout_backward, (this.dout, net.p_drop[k], net.seed, step, k, this.out))
+        if this.p_drop > 0.0:  # the next layer has used the dropped output; restore it for act'
+            call(net.dropout_backward, (this.dout, this.p_drop, net.seed, step, k, this.out))
         if k == 0:
             x, dx = X, X[:0]  # no input gradient to pass on
         else:
             below = layer(net, ws, k - 1, n)
             x, dx = below.out, below.dout
-        call(net.backward[k], (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx, this.dout))
+        call(this.backward, (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx, this.dout))
     return loss
 
 
@@ -280,7 +285,7 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
     n = epoch.X.shape[0]
     size = epoch.batch_size
     total, correct = 0.0, 0.0
-    last = net.fan_in.size - 1
+    last = net.layers.shape[0] - 1
     for b in range(first_batch, stop_batch):
         start = b * size
         m = n - start if n - start < size else size
