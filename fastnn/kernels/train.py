@@ -184,7 +184,7 @@ def forward_pass(net, ws, X, training, step):
     """Every layer's forward pass, dropout included when ``training``; outputs land in ws.out."""
     n = X.shape[0]
     x = X
-    for k in range(net.layers.shape[0]):
+    for k in range(len(net.layers)):
         this = layer(net, ws, k, n)
         call(this.forward, (x, this.W, this.b, this.out, this.z))
         if training and this.p_drop > 0.0:
@@ -197,7 +197,7 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
     """Forward (with dropout), the fused loss, and backward into net.grads. Returns the loss,
     or BAD_TARGET (no gradient computed) when a label is out of range."""
     n = X.shape[0]
-    last = net.layers.shape[0] - 1
+    last = len(net.layers) - 1
     call(drivers.forward, (net, ws, X, True, step))
     top = layer(net, ws, last, n)
     loss = call_value(objective.loss, (top.out, y, w, top.dout))
@@ -285,7 +285,7 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
     n = epoch.X.shape[0]
     size = epoch.batch_size
     total, correct = 0.0, 0.0
-    last = net.layers.shape[0] - 1
+    last = len(net.layers) - 1
     for b in range(first_batch, stop_batch):
         start = b * size
         m = n - start if n - start < size else size
