@@ -27,7 +27,6 @@ LOSS_KERNELS = {
     "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
     "mse": (loss_kernels._mse, None, False),
 }
-OPTIMIZER_KERNELS = {"sgd": optimizers._sgd_update, "adam": optimizers._adam_update}
 
 
 
@@ -173,11 +172,10 @@ class Engine:
 
     def update_address(self, optimizer):
         """The address of ``optimizer``'s update kernel for this dtype."""
-        key = ("update kernel", optimizer._kind)
-        addr = self._built.get(key)
+        kernel = optimizer._kernel()
+        addr = self._built.get(kernel)
         if addr is None:
-            addr = self._built[key] = _jit.address(OPTIMIZER_KERNELS[optimizer._kind],
-                                                   optimizers.signature(self.dtype))
+            addr = self._built[kernel] = _jit.address(kernel, optimizers.signature(self.dtype))
         return addr
 
     def optimizer(self, optimizer):
@@ -219,7 +217,7 @@ class Engine:
             self.net, self.update_address(optimizer)
             return self._entry("train_step", loss), self.objective(loss, metric=False), self.drivers(loss, "step")
         what = "training step: " + self._describe(loss, type(optimizer).__name__)
-        return self._build(("step", loss, optimizer._kind), what, build, announce, quiet)
+        return self._build(("step", loss, optimizer._kernel()), what, build, announce, quiet)
 
     def epoch_entry(self, loss, optimizer, epoch, announce=None, quiet=False):
         """``(train_epoch entry, objective, drivers)``, building and compiling what is missing."""
@@ -230,7 +228,7 @@ class Engine:
                                            numba.typeof(epoch), i8, i8, i8))  # the same for every loss
             return fn, self.objective(loss), self.drivers(loss, "step")
         what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
-        return self._build(("epoch", loss, optimizer._kind), what, build, announce, quiet)
+        return self._build(("epoch", loss, optimizer._kernel()), what, build, announce, quiet)
 
     def gradients_entry(self, loss):
         """``(loss_and_grad entry, objective, drivers)``, building and compiling what is missing."""
@@ -244,7 +242,7 @@ class Engine:
         def build():
             self.update_address(optimizer)
             return self._entry("apply_update"), self.drivers(loss, "update")
-        return self._build(("update", loss, optimizer._kind), f"{type(optimizer).__name__} update", build)
+        return self._build(("update", loss, optimizer._kernel()), f"{type(optimizer).__name__} update", build)
 
     def infer_entry(self):
         """``(infer entry, drivers)``, building and compiling what is missing."""

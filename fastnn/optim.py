@@ -17,7 +17,6 @@ from .kernels.train import Optimizer as _Compiled
 class Optimizer:
     """Base class: state buffers shaped like the parameters, and a step counter."""
 
-    _kind = None  # which update kernel: "sgd" or "adam"
     _hyper: tuple = ()  # constructor arguments, for repr and state_dict
     _kernel_hyper: tuple = ()  # the kernel's constants, in its order
 
@@ -29,7 +28,7 @@ class Optimizer:
 
     def __setattr__(self, name, value):
         object.__setattr__(self, name, value)
-        if name in self._hyper and name != "lr":  # a constant the kernel reads changed; lr goes per step
+        if name in self._hyper and name != "lr":  # a constant or switch the kernel reads; lr goes per step
             object.__setattr__(self, "_tuple", None)
 
     @property
@@ -43,6 +42,10 @@ class Optimizer:
         if self._state is None:
             return None
         return {name: [s[k] for s in self._state] for k, name in enumerate(self._buffers)}
+
+    def _kernel(self):
+        """The compiled update kernel for this optimizer's settings (``fastnn.kernels.optimizers``)."""
+        raise NotImplementedError
 
     def _hyper_array(self):
         return np.array([float(getattr(self, name)) for name in self._kernel_hyper], dtype=np.float64)
@@ -79,7 +82,7 @@ class Optimizer:
             _checks.writable(f"params[{i}]", p)
             _checks.no_overlap(f"params[{i}]", p, (f"grads[{i}]", g))
         self._prepare(params)
-        kernel = _KERNELS[self._kind]
+        kernel = self._kernel()
         hyper = self._hyper_array()
         for p, g, state in zip(params, grads, self._state):
             run(kernel, _kernels.signature(p.dtype), p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1),
@@ -117,9 +120,6 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-_KERNELS = {"sgd": _kernels._sgd_update, "adam": _kernels._adam_update}
-
-
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
 
@@ -127,7 +127,6 @@ class SGD(Optimizer):
     ``p <- p - lr*(g + momentum*v)``), as ``torch.optim.SGD`` with dampening 0.
     """
 
-    _kind = "sgd"
     _hyper = ("lr", "momentum", "weight_decay", "nesterov")
     _kernel_hyper = _kernels.SGD_HYPER
 
@@ -144,12 +143,14 @@ class SGD(Optimizer):
     def _buffers(self):
         return ("momentum_buffer",) if self.momentum else ()
 
+    def _kernel(self):
+        return _kernels.sgd_kernel(self.momentum != 0.0, self.nesterov)
+
 
 class Adam(Optimizer):
     """Adam (``torch.optim.Adam``): bias-corrected moments, eps added after the square root;
     ``weight_decay`` is added to the gradient (L2), unlike ``AdamW``."""
 
-    _kind = "adam"
     _hyper = ("lr", "betas", "eps", "weight_decay")
     _kernel_hyper = _kernels.ADAM_HYPER
     _buffers = ("exp_avg", "exp_avg_sq")
@@ -165,6 +166,9 @@ class Adam(Optimizer):
         self.betas = (b1, b2)
         self.eps = _checks.positive("eps", eps, allow_zero=True)
         self.weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+
+    def _kernel(self):
+        return _kernels.adam_kernel(self.decoupled)
 
     @property
     def beta1(self):

@@ -130,7 +130,7 @@ def run(model, p, runner):
             if bar is not None:
                 bar.close()
             raise
-        if end_of_epoch(model, p, epoch, loss_sum / weight, correct / weight, bar):
+        if end_of_epoch(model, p, epoch, float(loss_sum / weight), float(correct / weight), bar):
             break
     stopper = p.early_stopping
     if stopper is not None and stopper.restore_best and stopper._best_params is not None:

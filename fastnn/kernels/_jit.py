@@ -382,6 +382,12 @@ class _CompileWatch(numba.core.event.Listener):
 
 
 _watch_lock = threading.Lock()
+_compile_seconds = [0.0]
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in builds that compiled something (``compiling``)."""
+    return _compile_seconds[0]
 
 
 @contextlib.contextmanager
@@ -405,3 +411,5 @@ def compiling(what, *, quiet=False, announce=None):
         yield report
     report["compiled"] = watch.compiled
     report["seconds"] = time.perf_counter() - start
+    if watch.compiled:
+        _compile_seconds[0] += report["seconds"]

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 from . import _checks
-from ._jit import array_type, kernel, run, specialize, typed_helper
+from ._jit import FASTMATH, array_type, kernel, run, specialize, typed_helper
 
 IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU = range(6)
 CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
@@ -70,6 +71,46 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+# float32 constants of the approximations below (module globals: Numba compiles them in)
+_f = np.float32
+_LO, _HI, _LOG2E, _HALF, _ONE, _ZERO, _INF = _f(EXP_LO), _f(EXP_HI), _f(1 / math.log(2)), _f(0.5), _f(1.0), _f(0.0), \
+    _f(np.inf)
+_LN2_HI, _LN2_LO, _F127 = _f(LN2_HI), _f(LN2_LO), _f(127.0)
+_C2, _C3, _C4, _C5, _C6, _C7 = (_f(1 / math.factorial(k)) for k in range(2, 8))
+_I127, _I23 = np.int32(127), np.int32(23)
+_CLAMP = _f(TANH_CLAMP)
+_P0, _P1, _P2, _P3, _P4 = (_f(c) for c in TANH_P)
+_Q1, _Q2, _Q3, _Q4 = (_f(c) for c in TANH_Q[1:])
+
+
+# Scalar float32 approximations, inlined into their caller at Numba-IR level: a few operations,
+# no loop; as functions of their own, each cost a compilation (tanh: 0.15 s of a cold start).
+@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+def exp32(x):
+    """exp(x) for float32 x, vectorisable (see EXP_LO)."""
+    c = _LO if x < _LO else (_HI if x > _HI else x)  # (not min/max: each would compile a function)
+    k = math.floor(c * _LOG2E + _HALF)
+    r = (c - k * _LN2_HI) - k * _LN2_LO
+    p = ((((((_C7 * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2) * r + _ONE) * r + _ONE
+    kk = k if k < _F127 else _F127  # 2^128 has no float32; near the top scale by 2^127 and then by 2
+    y = p * _float32_from_bits((np.int32(kk) + _I127) << _I23) * (_ONE + (k - kk))
+    if x != x:
+        return x  # NaN stays NaN
+    if x > _HI:
+        return _INF
+    return y if x >= _LO else _ZERO
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+def tanh32(x):
+    """tanh(x) for float32 x, vectorisable (see TANH_P)."""
+    c = -_CLAMP if x < -_CLAMP else (_CLAMP if x > _CLAMP else x)
+    t = c * c
+    y = c * ((((_P4 * t + _P3) * t + _P2) * t + _P1) * t + _P0) / ((((_Q4 * t + _Q3) * t + _Q2) * t + _Q1) * t + _ONE)
+    y = -_ONE if y < -_ONE else (_ONE if y > _ONE else y)
+    return x if x != x else y  # min/max would turn NaN into a bound
+
+
 def exp_(x):
     """exp for kernels: vectorisable in float32, the library call in float64."""
     return math.exp(x)
@@ -79,25 +120,7 @@ def exp_(x):
 def _exp_impl(x):
     if x != types.float32:
         return lambda x: math.exp(x)
-    f = np.float32
-    lo, hi, log2e, half, one = f(EXP_LO), f(EXP_HI), f(1 / math.log(2)), f(0.5), f(1.0)
-    ln2_hi, ln2_lo, zero, inf = f(LN2_HI), f(LN2_LO), f(0.0), f(np.inf)
-    c2, c3, c4, c5, c6, c7 = (f(1 / math.factorial(k)) for k in range(2, 8))
-    i127, i23, f127 = np.int32(127), np.int32(23), f(127.0)
-
-    def impl(x):
-        c = lo if x < lo else (hi if x > hi else x)  # (not min/max: each would compile a function)
-        k = math.floor(c * log2e + half)
-        r = (c - k * ln2_hi) - k * ln2_lo
-        p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
-        kk = k if k < f127 else f127  # 2^128 has no float32; near the top scale by 2^127 and then by 2
-        y = p * _float32_from_bits((np.int32(kk) + i127) << i23) * (one + (k - kk))
-        if x != x:
-            return x  # NaN stays NaN
-        if x > hi:
-            return inf
-        return y if x >= lo else zero
-    return impl
+    return lambda x: exp32(x)
 
 
 def tanh_(x):
@@ -109,18 +132,7 @@ def tanh_(x):
 def _tanh_impl(x):
     if x != types.float32:
         return lambda x: math.tanh(x)
-    f = np.float32
-    clamp, one = f(TANH_CLAMP), f(1.0)
-    p0, p1, p2, p3, p4 = (f(c) for c in TANH_P)
-    q1, q2, q3, q4 = (f(c) for c in TANH_Q[1:])
-
-    def impl(x):
-        c = -clamp if x < -clamp else (clamp if x > clamp else x)
-        t = c * c
-        y = c * ((((p4 * t + p3) * t + p2) * t + p1) * t + p0) / ((((q4 * t + q3) * t + q2) * t + q1) * t + one)
-        y = -one if y < -one else (one if y > one else y)
-        return x if x != x else y  # min/max would turn NaN into a bound
-    return impl
+    return lambda x: tanh32(x)
 
 
 def activate(z, act):
@@ -152,26 +164,28 @@ def _activate_impl(z, act):
     code = _literal_code(act)
     if code is None:
         return None
-    f = np.float32 if z == types.float32 else np.float64
+    single = z == types.float32
+    f = np.float32 if single else np.float64
     zero, one, slope = f(0.0), f(1.0), f(LEAKY_SLOPE)
     two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
+    exp = exp32 if single else math.exp  # called directly: a nested overload would compile on its own
     if code == RELU:
         return lambda z, act: zero if z < zero else z
     if code == LEAKY_RELU:
         return lambda z, act: z * slope if z < zero else z
     if code == SIGMOID:
         def sigmoid(z, act):
-            e = exp_(-abs(z))  # never overflows
+            e = exp(-abs(z))  # never overflows
             r = one / (one + e)
             return r if z >= zero else e * r
         return sigmoid
     if code == TANH:
-        return lambda z, act: tanh_(z)
+        return (lambda z, act: tanh32(z)) if single else (lambda z, act: math.tanh(z))
     if code == GELU:
         def gelu(z, act):
             # 0.5 z (1 + tanh u) = z sigmoid(2u): no 1 + tanh cancellation for z << 0
             u2 = two_c * (z + gelu_a * z * z * z)
-            e = exp_(-abs(u2))
+            e = exp(-abs(u2))
             r = one / (one + e)
             return z * (r if u2 >= zero else e * r)
         return gelu
@@ -205,6 +219,7 @@ def _derivative_impl(y, z, act):
     f = np.float32 if y == types.float32 else np.float64
     zero, one, three, slope = f(0.0), f(1.0), f(3.0), f(LEAKY_SLOPE)
     two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
+    exp = exp32 if y == types.float32 else math.exp
     if code == RELU:
         return lambda y, z, act: one if y > zero else zero
     if code == LEAKY_RELU:
@@ -217,7 +232,7 @@ def _derivative_impl(y, z, act):
         def gelu(y, z, act):
             # d/dz z s(2u) = s + z s (1 - s) 2u', s = sigmoid(2u), 1 - s = sigmoid(-2u), both exact
             u2 = two_c * (z + gelu_a * z * z * z)
-            e = exp_(-abs(u2))
+            e = exp(-abs(u2))
             r = one / (one + e)
             s_pos, s_neg = (r, e * r) if u2 >= zero else (e * r, r)
             return s_pos + z * s_pos * s_neg * two_c * (one + three * gelu_a * z * z)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._jit import array_type, kernel, run, typed_helper
+from ._jit import array_type, kernel, run, specialize, typed_helper
 
 
 def like(x, a):
@@ -43,55 +43,67 @@ def signature(dtype):
 
     update(p (P,), g (P,), state (S, P), hyper (H,) float64, lr float64, step int64):
     ``state`` holds the optimizer's S buffers (momentum; Adam's two moments), ``hyper`` its
-    constants in the order its ``HYPER`` names them; ``lr`` is passed apart because a
-    schedule changes it every step.
+    constants in the order its ``..._HYPER`` names them; ``lr`` is passed apart because a
+    schedule changes it every step. Switches (momentum or not, Nesterov, decoupled decay) pick
+    the kernel, so each compiled kernel has one loop.
     """
     m, v = array_type(dtype, 2), array_type(dtype, 1)
     return types.none(v, v, m, types.Array(types.float64, 1, "C"), types.float64, types.int64)
 
 
-SGD_HYPER = ("momentum", "weight_decay", "nesterov")
+SGD_HYPER = ("momentum", "weight_decay")
 
 
-@kernel(python_entry=False)
-def _sgd_update(p, g, state, hyper, lr, step):
-    momentum, weight_decay, nesterov = like(hyper[0], p), like(hyper[1], p), hyper[2] != 0.0
-    lr = like(lr, p)
-    if state.shape[0] == 0:  # no momentum, no buffer
+@specialize
+def sgd_kernel(momentum: bool, nesterov: bool):
+    """The SGD update, with a momentum buffer (state row 0) or without (no state)."""
+    if not momentum:
+        @kernel(python_entry=False)
+        def sgd_update(p, g, state, hyper, lr, step):
+            weight_decay, lr = like(hyper[1], p), like(lr, p)
+            for i in range(p.size):
+                p[i] -= lr * (g[i] + weight_decay * p[i])
+        return sgd_update
+
+    @kernel(python_entry=False)
+    def sgd_momentum_update(p, g, state, hyper, lr, step):
+        momentum, weight_decay, lr = like(hyper[0], p), like(hyper[1], p), like(lr, p)
+        v = state[0]
         for i in range(p.size):
-            p[i] -= lr * (g[i] + weight_decay * p[i])
-        return
-    v = state[0]
-    for i in range(p.size):
-        gi = g[i] + weight_decay * p[i]
-        vi = momentum * v[i] + gi
-        v[i] = vi
-        p[i] -= lr * (gi + momentum * vi if nesterov else vi)
+            gi = g[i] + weight_decay * p[i]
+            vi = momentum * v[i] + gi
+            v[i] = vi
+            p[i] -= lr * (gi + momentum * vi if nesterov else vi)
+    return sgd_momentum_update
 
 
-ADAM_HYPER = ("beta1", "beta2", "eps", "weight_decay", "decoupled")
+ADAM_HYPER = ("beta1", "beta2", "eps", "weight_decay")
 
 
-@kernel(python_entry=False)
-def _adam_update(p, g, state, hyper, lr, step):
-    beta1, beta2, eps, weight_decay, decoupled = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4] != 0.0
-    step_size = like(lr / (1.0 - beta1 ** step), p)
-    inv_sqrt_bc2 = like(1.0 / math.sqrt(1.0 - beta2 ** step), p)
-    shrink = like(1.0 - lr * weight_decay, p)
-    b1, b2, one = like(beta1, p), like(beta2, p), like(1.0, p)
-    eps, weight_decay = like(eps, p), like(weight_decay, p)
-    m, v = state[0], state[1]
-    for i in range(p.size):
-        gi = g[i]
-        if decoupled:
-            p[i] *= shrink
-        else:
-            gi += weight_decay * p[i]
-        mi = m[i] + (one - b1) * (gi - m[i])
-        vi = b2 * v[i] + (one - b2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+@specialize
+def adam_kernel(decoupled: bool):
+    """The Adam (``decoupled=False``) or AdamW update; state rows 0 and 1 are the moments."""
+    @kernel(python_entry=False)
+    def adam_update(p, g, state, hyper, lr, step):
+        beta1, beta2, eps, weight_decay = hyper[0], hyper[1], hyper[2], hyper[3]
+        step_size = like(lr / (1.0 - beta1 ** step), p)
+        inv_sqrt_bc2 = like(1.0 / math.sqrt(1.0 - beta2 ** step), p)
+        shrink = like(1.0 - lr * weight_decay, p)
+        b1, b2, one = like(beta1, p), like(beta2, p), like(1.0, p)
+        eps, weight_decay = like(eps, p), like(weight_decay, p)
+        m, v = state[0], state[1]
+        for i in range(p.size):
+            gi = g[i]
+            if decoupled:
+                p[i] *= shrink
+            else:
+                gi += weight_decay * p[i]
+            mi = m[i] + (one - b1) * (gi - m[i])
+            vi = b2 * v[i] + (one - b2) * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+    return adam_update
 
 
 def _check_flat(p, g, *state):
@@ -122,8 +134,8 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     if nesterov and momentum == 0.0:
         raise ValueError("nesterov=True needs momentum > 0")
     state = v.reshape(1, -1) if momentum else v[:0].reshape(0, p.size)
-    run(_sgd_update, signature(p.dtype), p, g, state, np.array([momentum, weight_decay, float(bool(nesterov))]),
-        lr, 1)
+    run(sgd_kernel(momentum != 0.0, bool(nesterov)), signature(p.dtype), p, g, state,
+        np.array([momentum, weight_decay]), lr, 1)
     return p, v
 
 
@@ -146,7 +158,7 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
     state = np.empty((2, p.size), p.dtype)  # the kernel takes both moments as rows of one array
     state[0], state[1] = m, v
-    run(_adam_update, signature(p.dtype), p, g, state,
-        np.array([beta1, beta2, eps, weight_decay, float(bool(decoupled))]), lr, int(step))
+    run(adam_kernel(bool(decoupled)), signature(p.dtype), p, g, state, np.array([beta1, beta2, eps, weight_decay]),
+        lr, int(step))
     m[...], v[...] = state
     return p, m, v
