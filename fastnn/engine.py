@@ -193,11 +193,32 @@ class Engine:
         addrs = [driver_address(n, self.dtype) if k < stop else train.NO_KERNEL for k, n in enumerate(names)]
         return train.Drivers(*addrs)
 
-    def _build(self, key, what, build, announce=None, quiet=False):
-        """``build()``, once per key and model; a build that compiles says so (``_jit.compiling``)."""
+    def _pieces(self, loss=None, metric=False, optimizer=None, drivers=(), entry=None):
+        """Every (dispatcher, signature) a build needs, in the form it compiles them."""
+        fsig, bsig = dense.signatures(self.dtype)
+        pieces = [(k, sig) for pair in self.kernels() for k, sig in zip(pair, (fsig, bsig))]
+        if (self.p_drop > 0).any():
+            pieces += list(zip((dropout._dropout_forward, dropout._dropout_backward), dropout.signatures(self.dtype)))
+        if loss is not None:
+            loss_kernel, metric_kernel, _ = LOSS_KERNELS[loss]
+            lsig, msig = loss_kernels.signatures(self.dtype)
+            pieces.append((loss_kernel, lsig))
+            if metric and metric_kernel is not None:
+                pieces.append((metric_kernel, msig))
+        if optimizer is not None:
+            pieces.append((optimizer._kernel(), optimizers.signature(self.dtype)))
+        pieces += [(getattr(train, name), driver_signature(name, self.dtype)) for name in drivers]
+        if entry is not None:
+            pieces.append(entry)
+        return pieces
+
+    def _build(self, key, what, build, pieces, announce=None, quiet=False):
+        """``build()``, once per key and model, after compiling (or loading) ``pieces``; a build
+        that compiles says so (``_jit.compiling``)."""
         built = self._built.get(key)
         if built is None:
             with _jit.compiling(f"the {self.dtype.name} {what}", quiet=quiet, announce=announce) as report:
+                _jit.compile_all(pieces)
                 built = build()
             self._built[key] = built
             self.last_build = report
@@ -205,8 +226,11 @@ class Engine:
             self.last_build = {"compiled": 0, "seconds": 0.0}
         return built
 
+    def _entry_piece(self, name, loss=None):
+        return getattr(train, name), driver_signature(name, self.dtype, self.labels(loss) if loss else True).args
+
     def _entry(self, name, loss=None):
-        return entry(getattr(train, name), driver_signature(name, self.dtype, self.labels(loss) if loss else True).args)
+        return entry(*self._entry_piece(name, loss))
 
     def _describe(self, *parts):
         return "; ".join([self.describe(), *parts])
@@ -217,39 +241,48 @@ class Engine:
             self.net, self.update_address(optimizer)
             return self._entry("train_step", loss), self.objective(loss, metric=False), self.drivers(loss, "step")
         what = "training step: " + self._describe(loss, type(optimizer).__name__)
-        return self._build(("step", loss, optimizer._kernel()), what, build, announce, quiet)
+        pieces = self._pieces(loss, optimizer=optimizer, drivers=("forward_pass", "gradients", "update", "step"),
+                              entry=self._entry_piece("train_step", loss))
+        return self._build(("step", loss, optimizer._kernel()), what, build, pieces, announce, quiet)
 
     def epoch_entry(self, loss, optimizer, epoch, announce=None, quiet=False):
         """``(train_epoch entry, objective, drivers)``, building and compiling what is missing."""
+        t, i8 = group_types(self.dtype), numba.int64
+        epoch_piece = (train.train_epoch, (t["net"], t["ws"], t["objective"], t["opt"], t["drivers"],
+                                           numba.typeof(epoch), i8, i8, i8))  # the same for every loss
+
         def build():
             self.net, self.update_address(optimizer)
-            t, i8 = group_types(self.dtype), numba.int64
-            fn = entry(train.train_epoch, (t["net"], t["ws"], t["objective"], t["opt"], t["drivers"],
-                                           numba.typeof(epoch), i8, i8, i8))  # the same for every loss
-            return fn, self.objective(loss), self.drivers(loss, "step")
+            return entry(*epoch_piece), self.objective(loss), self.drivers(loss, "step")
         what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
-        return self._build(("epoch", loss, optimizer._kernel()), what, build, announce, quiet)
+        pieces = self._pieces(loss, metric=True, optimizer=optimizer,
+                              drivers=("forward_pass", "gradients", "update", "step"), entry=epoch_piece)
+        return self._build(("epoch", loss, optimizer._kernel()), what, build, pieces, announce, quiet)
 
     def gradients_entry(self, loss):
         """``(loss_and_grad entry, objective, drivers)``, building and compiling what is missing."""
         def build():
             return (self._entry("loss_and_grad", loss), self.objective(loss, metric=False),
                     self.drivers(loss, "gradients"))
-        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build)
+        pieces = self._pieces(loss, drivers=("forward_pass", "gradients"), entry=self._entry_piece("loss_and_grad", loss))
+        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build, pieces)
 
     def update_entry(self, loss, optimizer):
         """``(apply_update entry, drivers)``, building and compiling what is missing."""
         def build():
             self.update_address(optimizer)
             return self._entry("apply_update"), self.drivers(loss, "update")
-        return self._build(("update", loss, optimizer._kernel()), f"{type(optimizer).__name__} update", build)
+        pieces = [(optimizer._kernel(), optimizers.signature(self.dtype)),
+                  (train.update, driver_signature("update", self.dtype)), self._entry_piece("apply_update")]
+        return self._build(("update", loss, optimizer._kernel()), f"{type(optimizer).__name__} update", build, pieces)
 
     def infer_entry(self):
         """``(infer entry, drivers)``, building and compiling what is missing."""
         def build():
             self.net
             return self._entry("infer"), self.drivers(None, "forward")
-        return self._build(("infer",), "forward pass: " + self.describe(), build)
+        pieces = self._pieces(drivers=("forward_pass",), entry=self._entry_piece("infer"))
+        return self._build(("infer",), "forward pass: " + self.describe(), build, pieces)
 
     # -- running ----------------------------------------------------------------------------
 
