@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from .kernels._jit import raw_rows_of
 from .model import DivergenceError
 
 
@@ -123,8 +124,9 @@ class _Epochs:
         engine = model._engine
         self.local = -(-plan.batch_size // size)
         self.ws = engine.workspace(self.local)
-        self.grads_fn, self.objective, self.drivers = engine.gradients_entry(plan.loss)
-        self.update_fn, self.drivers = engine.update_entry(plan.loss, plan.optimizer)
+        self.grads_fn, self.objective, self.drivers = engine.gradients_fn(plan.loss)
+        self.update_fn = engine.update_fn(plan.optimizer)
+        self.y = raw_rows_of(plan.y)
         self.x_buf = np.empty((self.local, plan.X.shape[1]), model.dtype)
         self.stats = np.zeros(3)  # this rank's (loss * rows, correct rows, rows) of a batch
 
@@ -149,7 +151,7 @@ class _Epochs:
                 rows = order[lo:hi]
                 xb = self.x_buf[:m]
                 np.take(p.X, rows, axis=0, out=xb)
-                value = self.grads_fn(engine.net, self.ws, self.objective, self.drivers, xb, p.y[rows],
+                value = self.grads_fn(engine.net, self.ws, self.objective, self.drivers, xb, self.y[rows],
                                       engine.ones[:m], step)
                 grads *= m / (stop - start)  # weight by shard size: the sum over ranks is the batch mean
                 stats[0], stats[2] = value * m, m
@@ -165,7 +167,7 @@ class _Epochs:
             comm.Allreduce(MPI.IN_PLACE, stats, op=MPI.SUM)
             lr = learning_rates[b]
             # the same finite guard and update as one process: every rank sees the same sums
-            if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, self.drivers, lr, step) == 1.0):
+            if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, lr, step) == 1.0):
                 raise DivergenceError(f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step "
                                       f"{b + 1} of {batches}; the parameters were not updated",
                                       epoch=epoch + 1, step=b + 1)

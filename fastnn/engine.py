@@ -27,44 +27,36 @@ LOSS_KERNELS = {
     "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
     "mse": (loss_kernels._mse, None, False),
 }
-
+DRIVERS = ("forward_pass", "gradients", "update", "step")  # the fields of train.Drivers
 
 
 @functools.cache
 def group_types(dtype):
     """The Numba types of the named groups for one dtype (what every driver is compiled for)."""
     f = np.dtype(dtype)
-    v, m, i = np.zeros(0, f), np.zeros((0, 0), f), np.zeros(0, np.int64)
+    v, m = np.zeros(0, f), np.zeros((0, 0), f)
     return {"net": numba.typeof(train.Net(v, v, np.zeros((0, 0), np.int64), np.zeros(0), 0, 0, 0)),
             "ws": numba.typeof(train.Workspace(v, v, v)),
             "objective": numba.typeof(train.Objective(0, 0)),
             "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m)),
             "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
-            "X": _jit.array_type(f, 2), "w": _jit.array_type(f, 1),
-            "labels": numba.types.Array(numba.int64, 1, "C"), "targets": _jit.array_type(f, 2),
-            "raw": numba.types.Array(numba.uint8, 2, "C")}
+            "epoch": numba.typeof(train.Epoch(*(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0, np.int64), False,
+                                              0, np.zeros(0), *(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0))),
+            "X": _jit.array_type(f, 2), "w": _jit.array_type(f, 1), "raw": numba.types.Array(numba.uint8, 2, "C")}
 
 
-def driver_signature(name, dtype, labels=True):
-    """The signature each driver is compiled for. Internal drivers take raw targets; the
-    entries from Python (train_step, loss_and_grad) take integer ``labels`` or float targets."""
-    t = group_types(dtype)
-    y = t["labels"] if labels else t["targets"]
+@functools.cache
+def driver_signature(name, dtype):
+    """The signature each driver is compiled for, once per dtype (targets travel as raw bytes)."""
+    t = group_types(np.dtype(dtype).name)
     f8, i8, none = numba.float64, numba.int64, numba.types.none
-    return {"forward_pass": none(t["net"], t["ws"], t["X"], numba.boolean, i8),
-            "gradients": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], t["raw"], t["w"], i8),
-            "update": f8(t["net"], t["opt"], f8, i8),
-            "step": f8(t["net"], t["ws"], t["objective"], t["opt"], t["drivers"], t["X"], t["raw"], t["w"], f8, i8),
-            "train_step": f8(t["net"], t["ws"], t["objective"], t["opt"], t["drivers"], t["X"], y, t["w"], f8, i8),
-            "infer": none(t["net"], t["ws"], t["drivers"], t["X"]),
-            "loss_and_grad": f8(t["net"], t["ws"], t["objective"], t["drivers"], t["X"], y, t["w"], i8),
-            "apply_update": f8(t["net"], t["opt"], t["drivers"], f8, i8),
+    net, ws, obj, opt, drv = t["net"], t["ws"], t["objective"], t["opt"], t["drivers"]
+    return {"forward_pass": none(net, ws, t["X"], numba.boolean, i8),
+            "gradients": f8(net, ws, obj, drv, t["X"], t["raw"], t["w"], i8),
+            "update": f8(net, opt, f8, i8),
+            "step": f8(net, ws, obj, opt, drv, t["X"], t["raw"], t["w"], f8, i8),
+            "train_epoch": numba.types.Tuple((f8, f8, i8, i8))(net, ws, obj, opt, drv, t["epoch"], i8, i8, i8),
             }[name]
-
-
-def driver_address(name, dtype):
-    """Compile (or load) an internal driver and return its address, for other drivers to call."""
-    return _jit.address(getattr(train, name), driver_signature(name, dtype))
 
 
 def _addresses(kernels, signature):
@@ -72,13 +64,13 @@ def _addresses(kernels, signature):
     return np.array(addrs, dtype=np.int64) if _jit.JIT else addrs
 
 
-def entry(dispatcher, types_):
-    """The compiled entry point of ``dispatcher`` for argument types ``types_``, callable from
-    Python without Numba's type dispatch (the caller has checked the arguments' types)."""
+def entry(dispatcher, signature):
+    """The compiled entry point of ``dispatcher`` for ``signature``, callable from Python
+    without Numba's type dispatch (the caller has checked the arguments' types)."""
     if not _jit.JIT:
         return dispatcher
-    dispatcher.compile(types_)
-    return dispatcher.overloads[tuple(types_)].entry_point
+    dispatcher.compile(signature)  # compiled, loaded and cached under this exact signature
+    return dispatcher.overloads[tuple(signature.args)].entry_point
 
 
 class Engine:
@@ -108,11 +100,10 @@ class Engine:
         self._net = None
         self._ws = None
         self.capacity = 0
-        self._objectives = {}
         self._built = {}  # what _build made, by key
         self.last_build = {"compiled": 0, "seconds": 0.0}
 
-    # -- building ---------------------------------------------------------------------------
+    # -- what the drivers read ---------------------------------------------------------------
 
     def describe(self):
         return ", ".join(NAMES[c] for c in self.codes)
@@ -123,11 +114,11 @@ class Engine:
 
     @property
     def net(self):
+        """The Net tuple (compiling the layers' kernels on first use)."""
         if self._net is None:
             fsig, bsig = dense.signatures(self.dtype)
             pairs = self.kernels()
-            drops = self.p_drop > 0
-            if drops.any():
+            if (self.p_drop > 0).any():
                 dsig_f, dsig_b = dropout.signatures(self.dtype)
                 drop_f = _jit.address(dropout._dropout_forward, dsig_f)
                 drop_b = _jit.address(dropout._dropout_backward, dsig_b)
@@ -143,58 +134,54 @@ class Engine:
             self._net = train.Net(self.params, self.grads, layers, self.p_drop, drop_f, drop_b, int(self.seed))
         return self._net
 
+    @property
+    def width(self):
+        return int(self.fan_out.sum())
+
     def workspace(self, n):
         """Activation buffers for batches of up to n rows (grown, never shrunk)."""
         if n > self.capacity:
-            width = int(self.fan_out.sum())
-            self._ws = train.Workspace(np.empty(n * width, self.dtype), np.empty(n * width, self.dtype),
+            self._ws = train.Workspace(np.empty(n * self.width, self.dtype), np.empty(n * self.width, self.dtype),
                                        np.empty(n * self.z_width, self.dtype))
             self.ones = np.ones(n, self.dtype)  # unit row weights
             self.capacity = n
         return self._ws
 
-    def objective(self, loss, metric=True):
+    def objective(self, loss, metric=False):
         """The Objective tuple (loss and metric kernel addresses) for a loss name; without
         ``metric`` (a single step needs none) the metric stays uncompiled (0)."""
-        obj = self._objectives.get((loss, metric))
-        if obj is None:
-            loss_kernel, metric_kernel, labels = LOSS_KERNELS[loss]
+        key = ("objective", loss, metric)
+        if key not in self._built:
+            loss_kernel, metric_kernel, _ = LOSS_KERNELS[loss]
             lsig, msig = loss_kernels.signatures(self.dtype)
             metric_addr = (_jit.address(metric_kernel, msig) if metric and metric_kernel is not None
                            else train.NO_KERNEL)
-            obj = self._objectives[(loss, metric)] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr)
-        return obj
-
-    def loss(self, loss, out, y, w):
-        """The mean loss of outputs ``out`` against ``y`` with row weights ``w``, from Python."""
-        return _jit.run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, _jit.raw_rows_of(y), w,
-                        np.empty_like(out))
+            self._built[key] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr)
+        return self._built[key]
 
     def update_address(self, optimizer):
         """The address of ``optimizer``'s update kernel for this dtype."""
         kernel = optimizer._kernel()
-        addr = self._built.get(kernel)
-        if addr is None:
-            addr = self._built[kernel] = _jit.address(kernel, optimizers.signature(self.dtype))
-        return addr
+        if kernel not in self._built:
+            self._built[kernel] = _jit.address(kernel, optimizers.signature(self.dtype))
+        return self._built[kernel]
 
     def optimizer(self, optimizer):
         """The Optimizer tuple for ``optimizer`` on this model's flat parameters."""
         return optimizer._compiled(self.params, self.update_address(optimizer))
 
-    def labels(self, loss):
-        return LOSS_KERNELS[loss][2]
+    def drivers(self):
+        """The Drivers tuple: the addresses of the compiled drivers of this dtype."""
+        if "drivers" not in self._built:
+            self._built["drivers"] = train.Drivers(*(_jit.address(getattr(train, name),
+                                                                  driver_signature(name, self.dtype.name))
+                                                     for name in DRIVERS))
+        return self._built["drivers"]
 
-    def drivers(self, loss, upto):
-        """The Drivers tuple with the addresses of the drivers up to ``upto`` ("forward",
-        "gradients", "update" or "step"; the rest 0), compiling what is missing."""
-        names = ("forward_pass", "gradients", "update", "step")
-        stop = {"forward": 1, "gradients": 2, "update": 3, "step": 4}[upto]
-        addrs = [driver_address(n, self.dtype) if k < stop else train.NO_KERNEL for k, n in enumerate(names)]
-        return train.Drivers(*addrs)
+    # -- building, compiling what is missing ------------------------------------------------
 
-    def _pieces(self, loss=None, metric=False, optimizer=None, drivers=(), entry=None):
-        """Every (dispatcher, signature) a build needs, in the form it compiles them."""
+    def _pieces(self, loss=None, metric=False, optimizer=None, drivers=DRIVERS):
+        """Every (dispatcher, signature) a build needs, as it compiles them."""
         fsig, bsig = dense.signatures(self.dtype)
         pieces = [(k, sig) for pair in self.kernels() for k, sig in zip(pair, (fsig, bsig))]
         if (self.p_drop > 0).any():
@@ -207,10 +194,7 @@ class Engine:
                 pieces.append((metric_kernel, msig))
         if optimizer is not None:
             pieces.append((optimizer._kernel(), optimizers.signature(self.dtype)))
-        pieces += [(getattr(train, name), driver_signature(name, self.dtype)) for name in drivers]
-        if entry is not None:
-            pieces.append(entry)
-        return pieces
+        return pieces + [(getattr(train, name), driver_signature(name, self.dtype.name)) for name in drivers]
 
     def _build(self, key, what, build, pieces, announce=None, quiet=False):
         """``build()``, once per key and model, after compiling (or loading) ``pieces``; a build
@@ -226,63 +210,50 @@ class Engine:
             self.last_build = {"compiled": 0, "seconds": 0.0}
         return built
 
-    def _entry_piece(self, name, loss=None):
-        return getattr(train, name), driver_signature(name, self.dtype, self.labels(loss) if loss else True).args
-
-    def _entry(self, name, loss=None):
-        return entry(*self._entry_piece(name, loss))
+    def _entry(self, name):
+        return entry(getattr(train, name), driver_signature(name, self.dtype.name))
 
     def _describe(self, *parts):
         return "; ".join([self.describe(), *parts])
 
-    def step_entry(self, loss, optimizer, announce=None, quiet=False):
-        """``(train_step entry, objective, drivers)``, building and compiling what is missing."""
+    def step_fn(self, loss, optimizer, announce=None, quiet=False):
+        """``(step entry, objective, drivers)`` for ``train_step``."""
         def build():
             self.net, self.update_address(optimizer)
-            return self._entry("train_step", loss), self.objective(loss, metric=False), self.drivers(loss, "step")
+            return self._entry("step"), self.objective(loss), self.drivers()
         what = "training step: " + self._describe(loss, type(optimizer).__name__)
-        pieces = self._pieces(loss, optimizer=optimizer, drivers=("forward_pass", "gradients", "update", "step"),
-                              entry=self._entry_piece("train_step", loss))
-        return self._build(("step", loss, optimizer._kernel()), what, build, pieces, announce, quiet)
+        return self._build(("step", loss, optimizer._kernel()), what, build, self._pieces(loss, optimizer=optimizer),
+                           announce, quiet)
 
-    def epoch_entry(self, loss, optimizer, epoch, announce=None, quiet=False):
-        """``(train_epoch entry, objective, drivers)``, building and compiling what is missing."""
-        t, i8 = group_types(self.dtype), numba.int64
-        epoch_piece = (train.train_epoch, (t["net"], t["ws"], t["objective"], t["opt"], t["drivers"],
-                                           numba.typeof(epoch), i8, i8, i8))  # the same for every loss
-
+    def epoch_fn(self, loss, optimizer, announce=None, quiet=False):
+        """``(train_epoch entry, objective, drivers)`` for ``fit``."""
         def build():
             self.net, self.update_address(optimizer)
-            return entry(*epoch_piece), self.objective(loss), self.drivers(loss, "step")
+            return self._entry("train_epoch"), self.objective(loss, metric=True), self.drivers()
         what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
-        pieces = self._pieces(loss, metric=True, optimizer=optimizer,
-                              drivers=("forward_pass", "gradients", "update", "step"), entry=epoch_piece)
+        pieces = self._pieces(loss, metric=True, optimizer=optimizer, drivers=DRIVERS + ("train_epoch",))
         return self._build(("epoch", loss, optimizer._kernel()), what, build, pieces, announce, quiet)
 
-    def gradients_entry(self, loss):
-        """``(loss_and_grad entry, objective, drivers)``, building and compiling what is missing."""
+    def gradients_fn(self, loss):
+        """``(gradients entry, objective, drivers)`` for ``loss_and_grad`` and the distributed path."""
         def build():
-            return (self._entry("loss_and_grad", loss), self.objective(loss, metric=False),
-                    self.drivers(loss, "gradients"))
-        pieces = self._pieces(loss, drivers=("forward_pass", "gradients"), entry=self._entry_piece("loss_and_grad", loss))
-        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build, pieces)
+            return self._entry("gradients"), self.objective(loss), self.drivers()
+        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build, self._pieces(loss))
 
-    def update_entry(self, loss, optimizer):
-        """``(apply_update entry, drivers)``, building and compiling what is missing."""
+    def update_fn(self, optimizer):
+        """The ``update`` entry (the distributed path, after its allreduce)."""
         def build():
             self.update_address(optimizer)
-            return self._entry("apply_update"), self.drivers(loss, "update")
-        pieces = [(optimizer._kernel(), optimizers.signature(self.dtype)),
-                  (train.update, driver_signature("update", self.dtype)), self._entry_piece("apply_update")]
-        return self._build(("update", loss, optimizer._kernel()), f"{type(optimizer).__name__} update", build, pieces)
+            return self._entry("update")
+        return self._build(("update", optimizer._kernel()), f"{type(optimizer).__name__} update", build,
+                           self._pieces(optimizer=optimizer))
 
-    def infer_entry(self):
-        """``(infer entry, drivers)``, building and compiling what is missing."""
+    def forward_fn(self):
+        """The ``forward_pass`` entry, for ``predict``."""
         def build():
             self.net
-            return self._entry("infer"), self.drivers(None, "forward")
-        pieces = self._pieces(drivers=("forward_pass",), entry=self._entry_piece("infer"))
-        return self._build(("infer",), "forward pass: " + self.describe(), build, pieces)
+            return self._entry("forward_pass")
+        return self._build(("forward",), "forward pass: " + self.describe(), build, self._pieces())
 
     # -- running ----------------------------------------------------------------------------
 
@@ -297,11 +268,15 @@ class Engine:
         n = X.shape[0]
         out = np.empty((n, int(self.fan_out[-1])), self.dtype)
         ws = self.workspace(min(batch_size, n))
-        infer, drivers = self.infer_entry()
+        forward = self.forward_fn()
         net = self.net
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            infer(net, ws, drivers, X[start:stop])
+            forward(net, ws, X[start:stop], False, 0)
             out[start:stop] = self.output(ws, stop - start)
         return out
 
+    def loss(self, loss, out, y, w):
+        """The mean loss of outputs ``out`` against ``y`` with row weights ``w``, from Python."""
+        return _jit.run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, _jit.raw_rows_of(y), w,
+                        np.empty_like(out))

@@ -16,6 +16,7 @@ import numpy as np
 
 from .engine import Engine
 from .kernels._checks import all_finite
+from .kernels._jit import raw_rows_of
 from .layers import Dense, Dropout
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
@@ -188,8 +189,8 @@ class Sequential:
         X, y = self._data(X, y, loss)
         engine = self._engine
         ws = engine.workspace(X.shape[0])
-        gradients, objective, drivers = engine.gradients_entry(loss)
-        value = gradients(engine.net, ws, objective, drivers, X, y, engine.ones[:X.shape[0]], 0)
+        gradients, objective, drivers = engine.gradients_fn(loss)
+        value = gradients(engine.net, ws, objective, drivers, X, raw_rows_of(y), engine.ones[:X.shape[0]], 0)
         return float(value), [g.copy() for g in self._grads]
 
     def train_step(self, X, y, loss="softmax_cross_entropy", optimizer=None):
@@ -208,8 +209,8 @@ class Sequential:
         n = X.shape[0]
         engine = self._engine
         ws = engine.workspace(n)
-        value = fn(engine.net, ws, objective, optimizer._compiled(self._flat_params, update), drivers, X, y,
-                   engine.ones[:n], optimizer.lr, optimizer.step_count + 1)
+        value = fn(engine.net, ws, objective, optimizer._compiled(self._flat_params, update), drivers, X,
+                   raw_rows_of(y), engine.ones[:n], optimizer.lr, optimizer.step_count + 1)
         if not value >= 0.0:  # NaN (refused) or BAD_TARGET
             raise self._refused(X, y, loss, optimizer.step_count + 1)
         optimizer.step_count += 1
@@ -221,7 +222,7 @@ class Sequential:
         check_loss(loss)
         _check_optimizer(optimizer)
         engine = self._engine
-        fn, objective, drivers = engine.step_entry(loss, optimizer)
+        fn, objective, drivers = engine.step_fn(loss, optimizer)
         self._step = (loss, optimizer, fn, objective, drivers, engine.update_address(optimizer))
         return self._step
 

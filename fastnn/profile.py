@@ -64,8 +64,9 @@ def _guard_cost(g):
 
 
 def timed_step(model, loss, optimizer, records):
-    """``(step, args)``: ``step(*args, X, y, w, lr, step)`` is the model's training step run as
-    Python with every kernel timed into ``records[(kernel, shape)] = [calls, seconds, flops, bytes]``."""
+    """``(step, groups)``: ``step(net, ws, objective, opt, drivers, X, raw y, w, lr, t)`` is the model's
+    training step run as Python with every kernel timed into ``records[(kernel, shape)] =
+    [calls, seconds, flops, bytes]``; groups is ``(net, objective, opt, drivers)``."""
     engine, dtype = model._engine, model.dtype
     fsig, bsig = dense.signatures(dtype)
     pairs = engine.kernels()
@@ -86,7 +87,7 @@ def timed_step(model, loss, optimizer, records):
     drivers = train.Drivers(_jit.as_python(train.forward_pass), _jit.as_python(train.gradients),
                             _jit.as_python(train.update, {"gradients_finite": guard}), _jit.as_python(train.step))
     opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))._replace(update=update)
-    return _jit.as_python(train.train_step), (net, objective, opt, drivers)
+    return _jit.as_python(train.step), (net, objective, opt, drivers)
 
 
 def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
@@ -111,7 +112,8 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
     w = engine.ones[:X.shape[0]]
     t = time.perf_counter()
     for _ in range(steps):
-        value = step(net, ws, objective, opt, drivers, X, y, w, float(optimizer.lr), optimizer.step_count + 1)
+        value = step(net, ws, objective, opt, drivers, X, _jit.raw_rows_of(y), w, float(optimizer.lr),
+                     optimizer.step_count + 1)
         if not value >= 0.0:
             raise model._refused(X, y, loss, optimizer.step_count + 1)
         optimizer.step_count += 1

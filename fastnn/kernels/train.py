@@ -9,12 +9,9 @@ compiled or optimised twice:
     update        the finite guard over every gradient, the optimizer       MPI (after the allreduce)
     step          gradients, then update                                   train_step
     train_epoch   a range of (shuffled) batches, each a step               fit
-Their addresses travel in ``Drivers``. The first four are only ever called through their
-addresses, so Numba builds no wrapper for calls from Python for them; ``train_step``,
-``infer``, ``loss_and_grad`` and ``apply_update`` are their thin entry points from Python,
-compiled when first needed. Drivers take the targets ``y`` as raw bytes, (N, row bytes) uint8
-(``raw_rows``), which each loss reads as its own dtype: one compiled driver serves integer
-labels and float targets alike. Run as plain Python (``as_python``) with kernels held as callables, the same
+Their addresses travel in ``Drivers``; Python calls them through their entry points. Drivers
+take the targets ``y`` as raw bytes, (N, row bytes) uint8 (``raw_rows_of``), which each loss
+reads as its own dtype: one compiled driver serves integer labels and float targets alike. Run as plain Python (``as_python``) with kernels held as callables, the same
 code is what ``fastnn profile`` times kernel by kernel.
 
 Shapes: N = rows of this batch, L = layers, P = parameters, S = sum of out_features,
@@ -39,7 +36,7 @@ Objective: loss, metric       addresses: the fused loss; a weighted count of cor
 Optimizer: update, hyper, state   address; (H,) float64 constants; (S_opt, P) buffers
 Drivers: forward, gradients, update, step   addresses of the drivers above (0: not built)
 Epoch: one per epoch of ``fit``.
-    X (N_all, I bytes), y (N_all, row bytes)   inputs and targets as raw bytes (``raw_rows``)
+    X (N_all, I bytes), y (N_all, row bytes)   inputs and targets as raw bytes (``raw_rows_of``)
     w (N_all,)                row weights
     order (N_all,) int64      the epoch's row order (read when ``shuffled``)
     batch_size
@@ -56,7 +53,7 @@ import numpy as np
 
 from numba import types
 
-from ._jit import REDUCTION, build_view, call, call_value, intrinsic_with_twin, kernel, raw_rows, typed_rows
+from ._jit import REDUCTION, build_view, call, call_value, intrinsic_with_twin, kernel, typed_rows
 from .losses import BAD_TARGET
 
 OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
@@ -179,7 +176,7 @@ def layer(typingctx, net, ws, k, n):
     return result(net, ws, k, n), codegen
 
 
-@kernel(python_entry=False)
+@kernel
 def forward_pass(net, ws, X, training, step):
     """Every layer's forward pass, dropout included when ``training``; outputs land in ws.out."""
     n = X.shape[0]
@@ -192,7 +189,7 @@ def forward_pass(net, ws, X, training, step):
         x = this.out
 
 
-@kernel(python_entry=False)
+@kernel
 def gradients(net, ws, objective, drivers, X, y, w, step):
     """Forward (with dropout), the fused loss, and backward into net.grads. Returns the loss,
     or BAD_TARGET (no gradient computed) when a label is out of range."""
@@ -225,7 +222,7 @@ def gradients_finite(g):
     return 1.0 if acc == 0.0 else 0.0
 
 
-@kernel(python_entry=False)
+@kernel
 def update(net, opt, lr, step):
     """The finite guard, then the optimizer update. Returns 1.0, or 0.0 when a gradient is NaN
     or inf: then nothing is written and the parameters stay the last finite ones."""
@@ -235,7 +232,7 @@ def update(net, opt, lr, step):
     return 1.0
 
 
-@kernel(python_entry=False)
+@kernel
 def step(net, ws, objective, opt, drivers, X, y, w, lr, t):
     """One step (optimizer step number t): gradients, then update. Returns the loss before the
     update, NaN when the step was refused (a NaN or inf loss or gradient; nothing written), or
@@ -246,31 +243,6 @@ def step(net, ws, objective, opt, drivers, X, y, w, lr, t):
     if not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
         return math.nan
     return loss
-
-
-@kernel
-def train_step(net, ws, objective, opt, drivers, X, y, w, lr, t):
-    """step, from Python, with the targets as they are (integer labels or float targets)."""
-    return call_value(drivers.step, (net, ws, objective, opt, drivers, X, raw_rows(y), w, lr, t))
-
-
-@kernel
-def infer(net, ws, drivers, X):
-    """forward_pass without dropout, from Python (predict)."""
-    call(drivers.forward, (net, ws, X, False, 0))
-
-
-@kernel
-def loss_and_grad(net, ws, objective, drivers, X, y, w, step):
-    """gradients, from Python (``Sequential.loss_and_grad``, the distributed path), with the
-    targets as they are."""
-    return call_value(drivers.gradients, (net, ws, objective, drivers, X, raw_rows(y), w, step))
-
-
-@kernel
-def apply_update(net, opt, drivers, lr, step):
-    """update, from Python (the distributed path, after the allreduce)."""
-    return call_value(drivers.update, (net, opt, lr, step))
 
 
 @kernel
