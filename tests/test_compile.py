@@ -105,3 +105,44 @@ def test_the_cache_key_covers_code_generation_settings(variable):
                               env=dict(os.environ, **({variable: value} if value else {}))).stdout
                for value in (None, "1" if variable == "NUMBA_BOUNDSCHECK" else "1")}
     assert len(digests) == 2
+
+
+def test_each_compiled_kernel_has_a_data_file_named_after_its_key(tmp_path):
+    """Kernels of one factory share a cache index. Numba numbers their data files 1, 2, ... as it
+    finds them free, so two processes writing the index at once could each store a different
+    kernel as number 1 and leave a key naming the other one's code. fastnn names a data file
+    after its key: a race can lose an index entry (a recompile later), never swap code."""
+    from fastnn.kernels._jit import _KeyedCacheFile
+
+    cache = _KeyedCacheFile(str(tmp_path), "dense.forward_kernel", "stamp")
+    cache.save(("relu", "float32"), "relu code")
+    stale = _KeyedCacheFile(str(tmp_path), "dense.forward_kernel", "stamp")
+    stale._load_index = lambda: {}  # a second process that read the index before the first wrote
+    stale.save(("gelu", "float32"), "gelu code")
+    assert len(list(tmp_path.glob("dense.forward_kernel.*.nbc"))) == 2  # never the same file
+    assert cache.load(("gelu", "float32")) == "gelu code"
+    assert cache.load(("relu", "float32")) in (None, "relu code")  # its entry may be lost, never wrong
+    cache.save(("relu", "float32"), "relu code")
+    assert cache.load(("relu", "float32")) == "relu code" and cache.load(("gelu", "float32")) == "gelu code"
+
+
+CHECK = textwrap.dedent("""
+    import sys, numpy as np, fastnn
+    from fastnn.testing import assert_close, reference_loss_and_grad
+    rng = np.random.default_rng(0)
+    X, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 3, 16)
+    for act in sys.argv[1].split(","):
+        model = fastnn.Sequential(fastnn.Dense(12, 8, activation=act), fastnn.Dense(8, 3), seed=0)
+        params = [p.astype(np.float64) for p in model.parameters()]
+        ref, _ = reference_loss_and_grad(params, [act, "identity"], X.astype(np.float64), y, "softmax_cross_entropy")
+        assert abs(model.loss_and_grad(X, y)[0] - ref) < 1e-5, act
+""")
+
+
+def test_processes_compiling_into_one_cache_at_once_leave_the_right_kernels(tmp_path):
+    env = dict(os.environ, FASTNN_CACHE_DIR=str(tmp_path), FASTNN_CACHE="1")
+    writers = [subprocess.Popen([sys.executable, "-c", CHECK, acts], env=env, stderr=subprocess.DEVNULL)
+               for acts in ("relu,gelu", "gelu,tanh", "tanh,sigmoid", "sigmoid,relu,leaky_relu")]
+    assert [w.wait(timeout=600) for w in writers] == [0, 0, 0, 0]
+    every = "identity,relu,leaky_relu,sigmoid,tanh,gelu"
+    subprocess.run([sys.executable, "-c", CHECK, every], env=env, check=True, timeout=600, capture_output=True)

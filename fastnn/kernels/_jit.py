@@ -118,6 +118,26 @@ if _KernelCacheLocator not in caching.CacheImpl._locator_classes:
     caching.CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
 
 
+class _KeyedCacheFile(caching.IndexDataCacheFile):
+    """Numba's cache index, with each data file named after its key.
+
+    Numba numbers the data files of one index 1, 2, ... as it finds them free. The kernels of
+    one factory share an index (one file per kernel factory line), so two processes compiling
+    into it at once (MPI ranks, parallel test workers) could both take number 1 for different
+    kernels and leave a key pointing at the other kernel's code. Named after the key, a data
+    file only ever holds that key's code; a race can at worst lose an index entry, which
+    costs a compilation in a later process, never a wrong kernel. The data is written before
+    the index names it.
+    """
+
+    def save(self, key, data):
+        name = self._data_name_pattern.replace("{number:d}", hashlib.sha256(repr(key).encode()).hexdigest()[:24])
+        self._save_data(name, data)
+        overloads = self._load_index()
+        overloads[key] = name
+        self._save_index(overloads)
+
+
 _TWINS = {}  # id(intrinsic) -> (intrinsic, the Python function that stands in for it)
 
 
@@ -171,7 +191,12 @@ def kernel(fn=None, *, fastmath=FASTMATH, python_entry=True):
                    no_cpython_wrapper=not python_entry)
 
     def decorate(f):
-        return numba.njit(**options)(f) if JIT else as_python(f)
+        if not JIT:
+            return as_python(f)
+        dispatcher = numba.njit(**options)(f)
+        if isinstance(getattr(dispatcher._cache, "_cache_file", None), caching.IndexDataCacheFile):
+            dispatcher._cache._cache_file.__class__ = _KeyedCacheFile
+        return dispatcher
     return decorate if fn is None else decorate(fn)
 
 
