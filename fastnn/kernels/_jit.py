@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import platform
 import sys
 import tempfile
 import threading
@@ -31,6 +32,7 @@ import time
 import llvmlite
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import caching, cgutils, config
 from numba.extending import intrinsic, overload, register_jitable
@@ -347,6 +349,47 @@ def typed_rows(typingctx, raw, like):
                        itemsize=itemsize, meminfo=None)
         return view._getvalue()
     return result(raw, like), codegen
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+_FTZ_DAZ = 0x8040  # MXCSR: flush results to zero (bit 15), read subnormal inputs as zero (bit 6)
+
+
+def _mxcsr(builder, name, slot):
+    fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+    builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.x86.sse.{name}"),
+                 [builder.bitcast(slot, ir.IntType(8).as_pointer())])
+
+
+@intrinsic_with_twin(lambda: 0)
+def flush_subnormals(typingctx):
+    """flush_subnormals() -> the caller's floating-point mode: from here on this thread treats
+    subnormal floats as zero (x86-64 FTZ and DAZ; elsewhere nothing changes). Restore the mode
+    with ``restore_fp`` before returning. Subnormals take microcode paths 10-100x slower:
+    momentum buffers of parameters whose gradient is exactly zero decay into them, and a
+    784-256-128-10 step at batch 32 went from 0.5 to 1.3 ms after 800 steps. XLA flushes
+    them too. (Plain Python, profile: nothing to set.)"""
+    def codegen(context, builder, signature, args):
+        if not X86:
+            return context.get_constant(types.int32, 0)
+        slot = cgutils.alloca_once(builder, ir.IntType(32))
+        _mxcsr(builder, "stmxcsr", slot)
+        old = builder.load(slot)
+        builder.store(builder.or_(old, ir.Constant(ir.IntType(32), _FTZ_DAZ)), slot)
+        _mxcsr(builder, "ldmxcsr", slot)
+        return old
+    return types.int32(), codegen
+
+
+@intrinsic_with_twin(lambda mode: None)
+def restore_fp(typingctx, mode):
+    """restore_fp(mode): put back the floating-point mode ``flush_subnormals`` returned."""
+    def codegen(context, builder, signature, args):
+        if X86:
+            slot = cgutils.alloca_once_value(builder, args[0])
+            _mxcsr(builder, "ldmxcsr", slot)
+        return context.get_dummy_value()
+    return types.none(types.int32), codegen
 
 
 def build_view(context, builder, flat_type, flat, start, shape):

@@ -35,6 +35,9 @@ Workspace: one per model and capacity.
 Objective: loss, metric       addresses: the fused loss; a weighted count of correct rows (0: none)
 Optimizer: update, hyper, state   address; (H,) float64 constants; (S_opt, P) buffers
 Drivers: forward, gradients, update, step   addresses of the drivers above (0: not built)
+Every driver runs with subnormal floats flushed to zero (``flush_subnormals``; the caller's
+mode is restored on return): they only ever make kernels slow, never models better.
+
 Epoch: one per epoch of ``fit``.
     X (N_all, I bytes), y (N_all, row bytes)   inputs and targets as raw bytes (``raw_rows_of``)
     w (N_all,)                row weights
@@ -53,7 +56,8 @@ import numpy as np
 
 from numba import types
 
-from ._jit import REDUCTION, build_view, call, call_value, intrinsic_with_twin, kernel, typed_rows
+from ._jit import (REDUCTION, build_view, call, call_value, flush_subnormals, intrinsic_with_twin, kernel,
+                   restore_fp, typed_rows)
 from .losses import BAD_TARGET
 
 OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
@@ -179,6 +183,7 @@ def layer(typingctx, net, ws, k, n):
 @kernel
 def forward_pass(net, ws, X, training, step):
     """Every layer's forward pass, dropout included when ``training``; outputs land in ws.out."""
+    mode = flush_subnormals()
     n = X.shape[0]
     x = X
     for k in range(len(net.layers)):
@@ -187,18 +192,21 @@ def forward_pass(net, ws, X, training, step):
         if training and this.p_drop > 0.0:
             call(net.dropout_forward, (this.out, this.p_drop, net.seed, step, k))
         x = this.out
+    restore_fp(mode)
 
 
 @kernel
 def gradients(net, ws, objective, drivers, X, y, w, step):
     """Forward (with dropout), the fused loss, and backward into net.grads. Returns the loss,
     or BAD_TARGET (no gradient computed) when a label is out of range."""
+    mode = flush_subnormals()
     n = X.shape[0]
     last = len(net.layers) - 1
     call(drivers.forward, (net, ws, X, True, step))
     top = layer(net, ws, last, n)
     loss = call_value(objective.loss, (top.out, y, w, top.dout))
     if loss == BAD_TARGET:
+        restore_fp(mode)
         return loss
     for k in range(last, -1, -1):
         this = layer(net, ws, k, n)
@@ -210,6 +218,7 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
             below = layer(net, ws, k - 1, n)
             x, dx = below.out, below.dout
         call(this.backward, (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx, this.dout))
+    restore_fp(mode)
     return loss
 
 
@@ -226,10 +235,12 @@ def gradients_finite(g):
 def update(net, opt, lr, step):
     """The finite guard, then the optimizer update. Returns 1.0, or 0.0 when a gradient is NaN
     or inf: then nothing is written and the parameters stay the last finite ones."""
-    if gradients_finite(net.grads) == 0.0:
-        return 0.0
-    call(opt.update, (net.params, net.grads, opt.state, opt.hyper, lr, step))
-    return 1.0
+    mode = flush_subnormals()
+    finite = gradients_finite(net.grads)
+    if finite == 1.0:
+        call(opt.update, (net.params, net.grads, opt.state, opt.hyper, lr, step))
+    restore_fp(mode)
+    return finite
 
 
 @kernel
