@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .kernels._jit import raw_rows_of
+from .engine import raw_rows_of
 from .model import DivergenceError
 
 

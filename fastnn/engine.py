@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from .kernels import _jit, dense, dropout, optimizers
+from .kernels._jit import raw_rows_of  # noqa: F401  (the API layer passes targets to drivers this way)
 from .kernels import losses as loss_kernels
 from .kernels import train
 from .kernels.activations import NAMES, NEEDS_PREACTIVATION

@@ -14,9 +14,8 @@ import zipfile
 
 import numpy as np
 
-from .engine import Engine
+from .engine import Engine, raw_rows_of
 from .kernels._checks import all_finite
-from .kernels._jit import raw_rows_of
 from .layers import Dense, Dropout
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .callbacks import EarlyStopping
-from .kernels._jit import raw_rows_of
+from .engine import raw_rows_of
 from .kernels.train import OK, Epoch
 from .losses import check_loss
 from .schedules import Constant, Schedule
