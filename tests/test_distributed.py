@@ -31,6 +31,17 @@ SCRIPT = textwrap.dedent("""
     def train():
         if mode == "fail" and rank == size - 1:
             raise RuntimeError("this rank failed on purpose")
+        if mode == "overflow":  # finite loss and bias gradient, but dW = x * dz overflows float32
+            one = fastnn.Sequential(fastnn.Dense(1, 1), seed=0)
+            before = one.parameters()[0].copy()
+            try:
+                distributed.fit(one, np.full((8, 1), 3e19, np.float32), np.zeros((8, 1), np.float32), loss="mse",
+                                optimizer=fastnn.SGD(lr=0.1), batch_size=4)
+            except fastnn.DivergenceError as e:
+                assert (one.parameters()[0] == before).all(), "a refused step changed W"
+                print(f"rank {rank} refused: {e}", flush=True)
+                return {"loss": []}
+            raise AssertionError("the overflowing weight gradient was applied")
         if mode == "kill":  # one rank dies in the middle of training; the other would wait forever
             epochs = 100_000  # minutes of training: the kill after 1 s always lands mid-run
             if rank == size - 1:
@@ -53,7 +64,7 @@ SCRIPT = textwrap.dedent("""
                                shuffle=True, lr_schedule=fastnn.Cosine(warmup_steps=3))
 
     history = distributed.abort_on_error(train)
-    if rank == 0:
+    if rank == 0 and mode != "overflow":
         np.save(out, np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]))
 """)
 
@@ -104,6 +115,13 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     assert proc.returncode != 0 and "batch_size=2 is smaller than the 3 ranks" in proc.stderr
     proc, _ = run_ranks(tmp_path, 2, 32, mode="mismatch", timeout=60)
     assert proc.returncode != 0 and "the model differs between ranks" in proc.stderr
+
+
+def test_an_overflowing_weight_gradient_is_refused_on_every_rank(tmp_path):
+    proc, _ = run_ranks(tmp_path, 2, 32, mode="overflow", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "rank 0 refused: the loss or its gradients became NaN or inf in epoch 1 at step 1" in proc.stdout
+    assert "rank 1 refused" in proc.stdout
 
 
 def test_shards_differ_by_at_most_one_row():

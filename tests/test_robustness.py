@@ -53,6 +53,24 @@ def test_a_diverging_train_step_raises_and_changes_nothing():
         np.testing.assert_array_equal(p, b)
 
 
+@pytest.mark.parametrize("path", ["train_step", "fit"])
+def test_a_finite_loss_with_an_overflowing_weight_gradient_is_refused(path):
+    # loss (3e19 - 0)^2 ~ 1e39 is finite in float64, the bias gradient 2 * 3e19 is finite in
+    # float32, but dW = x * dz = 3e19 * 6e19 overflows: only a guard over every gradient sees it
+    model = fastnn.Sequential(fastnn.Dense(1, 1), seed=0)
+    X, y = np.full((4, 1), 3e19, np.float32), np.zeros((4, 1), np.float32)
+    before = [p.copy() for p in model.parameters()]
+    with pytest.raises(fastnn.DivergenceError):
+        if path == "train_step":
+            model.train_step(X, y, loss="mse", optimizer=fastnn.SGD(lr=0.1))
+        else:
+            model.fit(X, y, loss="mse", optimizer=fastnn.SGD(lr=0.1), batch_size=4)
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+    loss, grads = model.loss_and_grad(X, y, loss="mse")
+    assert np.isfinite(loss) and np.isfinite(grads[1]).all() and not np.isfinite(grads[0]).all()
+
+
 def test_a_failed_save_never_destroys_the_existing_file(tmp_path, monkeypatch):
     model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
     path = tmp_path / "model.npz"
