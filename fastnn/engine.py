@@ -97,6 +97,7 @@ class Engine:
         self.z_at = np.where(keep_z, np.cumsum([0, *widths])[:-1], -1).astype(np.int64)
         self.z_width = int(sum(widths))
         self.p_drop = p_drop
+        self.small = [dense.is_small(i, o) for i, o in zip(self.fan_in, self.fan_out)]  # the form of each layer
         self.params, self.grads, self.seed = params, grads, seed
         self._net = None
         self._ws = None
@@ -110,8 +111,10 @@ class Engine:
         return ", ".join(NAMES[c] for c in self.codes)
 
     def kernels(self):
-        """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses."""
-        return [(dense.forward_kernel(c, c in NEEDS_PREACTIVATION), dense.backward_kernel(c)) for c in self.codes]
+        """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses,
+        each layer in the fused form or through BLAS by its size (``dense.is_small``)."""
+        return [dense.kernels(c, i, o, c in NEEDS_PREACTIVATION, self.small[k])
+                for k, (c, i, o) in enumerate(zip(self.codes, self.fan_in, self.fan_out))]
 
     @property
     def net(self):

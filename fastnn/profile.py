@@ -40,7 +40,7 @@ def _dense_forward_cost(x, W, b, out, z):
     return f"{i}x{o}", 2 * n * i * o, x.nbytes + W.nbytes + out.nbytes
 
 
-def _dense_backward_cost(dout, x, W, out, z, dW, db, dx, dz):
+def _dense_backward_cost(dout, x, W, out, z, dW, db, dx):
     n, (i, o) = x.shape[0], W.shape
     products = 2 if dx.shape[0] else 1  # dW, and dx except for the first layer
     return f"{i}x{o}", 2 * n * i * o * products, x.nbytes + dout.nbytes + dW.nbytes + W.nbytes + dx.nbytes

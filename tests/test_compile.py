@@ -50,12 +50,13 @@ SCRIPT = textwrap.dedent("""
             m.predict(X)
         report[task] = len(compiled) - before
 
-    def compiled_codes(factory, *extra):
+    def compiled_codes(*factories):
         return sorted(name for name, code in activations.CODES.items()
-                      if factory(code, *extra).signatures)
+                      if any(factory(code).signatures for factory in factories))
 
-    report["forward"] = compiled_codes(dense.forward_kernel, False)
-    report["backward"] = compiled_codes(dense.backward_kernel)
+    report["forward"] = compiled_codes(lambda c: dense.forward_kernel(c, False),
+                                       lambda c: dense.small_forward_kernel(c, False))
+    report["backward"] = compiled_codes(dense.backward_kernel, dense.small_backward_kernel)
     report["unused"] = [k.__name__ for k in (losses._mse, losses._count_correct, optimizers.sgd_kernel(True, False),
                                              optimizers.sgd_kernel(False, False), optimizers.adam_kernel(True),
                                              dropout._dropout_forward, dropout._dropout_backward) if k.signatures]

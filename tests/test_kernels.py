@@ -41,23 +41,33 @@ def test_activation_forward_extreme_values(act, dtype):
     assert_close(K.activation_forward(z, act), expected, name=act)
 
 
+@pytest.mark.parametrize("small", [True, False], ids=["fused", "blas"])
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "N=%d,I=%d,O=%d" % s)
 @pytest.mark.parametrize("act", ACTIVATIONS)
-def test_dense_forward_and_dense_backward(shape, act, dtype, rng):
+def test_dense_forward_and_dense_backward(shape, act, small, dtype, rng):
+    # both forms at every shape: each side of the size threshold, O below and above ROW
     n, i, o = shape
     x, W, b = randn(rng, (n, i), dtype), randn(rng, (i, o), dtype, 1 / np.sqrt(i)), randn(rng, (o,), dtype)
     z = np.empty((n, o), dtype)
-    out = K.dense_forward(x, W, b, act, z=z)
+    out = K.dense_forward(x, W, b, act, z=z, small=small)
     assert_close(out, R.dense_forward(x, W, b, act), name="out")
     assert_close(z, x @ W + b, name="z")
+    assert_close(K.dense_forward(x, W, b, act, small=small), out, name="out without z")  # z is out
     dout = randn(rng, (n, o), dtype)
-    dW, db, dx = K.dense_backward(dout, x, W, out, z, act)
+    kept = dout.copy()
+    dW, db, dx = K.dense_backward(dout, x, W, out, z, act, small=small)
+    np.testing.assert_array_equal(dout, kept)  # dout is left alone unless it is also dz
     rW, rb, rx = R.dense_backward(dout, x, W, out, z, act)
     assert_close(dW, rW, name="dW")
     assert_close(db, rb, name="db")
     assert_close(dx, rx, name="dx")
-    _, _, none = K.dense_backward(dout, x, W, out, z, act, need_dx=False)
+    _, _, none = K.dense_backward(dout, x, W, out, z, act, need_dx=False, small=small)
     assert none is None
+    # in place, as training calls it: dz is dout, which ends as dout * act'
+    dW2, db2, dx2 = K.dense_backward(dout, x, W, out, z, act, dz=dout, small=small)
+    assert_close(dout, R.activation_backward(kept, out, z, act), name="dz in dout")
+    assert_close(dW2, rW, name="dW in place")
+    assert_close(dx2, rx, name="dx in place")
 
 
 def test_dense_forward_without_z_buffer_matches_for_gelu(rng):

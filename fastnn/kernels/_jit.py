@@ -209,7 +209,7 @@ def helper(fn):
     return register_jitable(fastmath=set(FASTMATH), error_model="numpy")(fn)
 
 
-def typed_helper(python_fn):
+def typed_helper(python_fn, fastmath=FASTMATH):
     """Decorator: give the Python function ``python_fn`` a compiled implementation per argument type.
 
     The decorated function receives Numba types and returns the implementation to compile
@@ -218,7 +218,7 @@ def typed_helper(python_fn):
     (``types.IntegerLiteral``) selects one activation's code. ``python_fn`` stays a plain
     function (what runs under NUMBA_DISABLE_JIT=1) whose signature the implementations share.
     """
-    return overload(python_fn, jit_options=dict(fastmath=set(FASTMATH), error_model="numpy"))
+    return overload(python_fn, jit_options=dict(fastmath=set(fastmath), error_model="numpy"))
 
 
 def specialize(factory):

@@ -217,7 +217,7 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
         else:
             below = layer(net, ws, k - 1, n)
             x, dx = below.out, below.dout
-        call(this.backward, (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx, this.dout))
+        call(this.backward, (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx))  # dout becomes dz
     restore_fp(mode)
     return loss
 
