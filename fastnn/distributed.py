@@ -139,7 +139,7 @@ class _Epochs:
         order = model._rng.permutation(n) if p.shuffle else np.arange(n)
         comm.Bcast(order, root=0)
         grads, stats, total = model._flat_grads, self.stats, np.zeros(3)
-        opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))
+        opt = optimizer._compiled(engine)
         learning_rates = p.learning_rates(epoch)
         for b in range(batches):
             start, stop = b * p.batch_size, min((b + 1) * p.batch_size, n)

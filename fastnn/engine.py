@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from .kernels import _jit, dense, dropout, optimizers
-from .kernels._jit import raw_rows_of  # noqa: F401  (the API layer passes targets to drivers this way)
+from .kernels._compose import raw_rows_of, run
 from .kernels import losses as loss_kernels
 from .kernels import train
 from .kernels.activations import NAMES, NEEDS_PREACTIVATION
@@ -170,10 +170,6 @@ class Engine:
             self._built[kernel] = _jit.address(kernel, optimizers.signature(self.dtype))
         return self._built[kernel]
 
-    def optimizer(self, optimizer):
-        """The Optimizer tuple for ``optimizer`` on this model's flat parameters."""
-        return optimizer._compiled(self.params, self.update_address(optimizer))
-
     def drivers(self):
         """The Drivers tuple: the addresses of the compiled drivers of this dtype."""
         if "drivers" not in self._built:
@@ -282,5 +278,5 @@ class Engine:
 
     def loss(self, loss, out, y, w):
         """The mean loss of outputs ``out`` against ``y`` with row weights ``w``, from Python."""
-        return _jit.run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, _jit.raw_rows_of(y), w,
-                        np.empty_like(out))
+        return run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, raw_rows_of(y), w,
+                   np.empty_like(out))

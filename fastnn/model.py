@@ -201,28 +201,28 @@ class Sequential:
         step = self._step
         if step is None or step[0] != loss or step[1] is not optimizer:
             step = self._build_step(loss, optimizer)
-        _, _, fn, objective, drivers, update = step
+        _, _, fn, objective, drivers = step
         # types, shapes and layout here; content (labels in range, finite values) is checked by
         # the kernels, and a refused step is diagnosed below
         X, y = self._data(X, y, loss, check_finite=False)
         n = X.shape[0]
         engine = self._engine
         ws = engine.workspace(n)
-        value = fn(engine.net, ws, objective, optimizer._compiled(self._flat_params, update), drivers, X,
+        value = fn(engine.net, ws, objective, optimizer._compiled(engine), drivers, X,
                    raw_rows_of(y), engine.ones[:n], optimizer.lr, optimizer.step_count + 1)
         if not value >= 0.0:  # NaN (refused) or BAD_TARGET
             raise self._refused(X, y, loss, optimizer.step_count + 1)
         optimizer.step_count += 1
         return value
 
-    _step = None  # (loss, optimizer, compiled step, objective, drivers, update address) of the last train_step
+    _step = None  # (loss, optimizer, compiled step, objective, drivers) of the last train_step
 
     def _build_step(self, loss, optimizer):
         check_loss(loss)
         _check_optimizer(optimizer)
         engine = self._engine
         fn, objective, drivers = engine.step_fn(loss, optimizer)
-        self._step = (loss, optimizer, fn, objective, drivers, engine.update_address(optimizer))
+        self._step = (loss, optimizer, fn, objective, drivers)
         return self._step
 
     # -- training loop -------------------------------------------------------------------

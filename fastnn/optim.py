@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import _checks
-from .kernels._jit import run
+from .kernels._compose import run
 from .kernels import optimizers as _kernels
 from .kernels.train import Optimizer as _Compiled
 
@@ -60,14 +60,15 @@ class Optimizer:
             raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes (or its "
                              "momentum was switched on or off); use one optimizer per model")
 
-    def _compiled(self, flat_params, update):
-        """The tuple the compiled step reads, for a model's flat parameter buffer (the address of
-        the update kernel, the constants, the state); rebuilt only when a constant changed."""
+    def _compiled(self, engine):
+        """The tuple the compiled step reads for a model (its engine): the address of the update
+        kernel, the constants, the state. Rebuilt when a constant or a switch changed (which
+        may pick another kernel) or for another model's parameters; otherwise kept."""
         t = self._tuple
-        if t is None or self._owner is not flat_params or t.update != update:
-            self._prepare((flat_params,))
-            t = self._tuple = _Compiled(update, self._hyper_array(), self._state[0])
-            self._owner = flat_params
+        if t is None or self._owner is not engine.params:
+            self._prepare((engine.params,))
+            t = self._tuple = _Compiled(engine.update_address(self), self._hyper_array(), self._state[0])
+            self._owner = engine.params
         return t
 
     def step(self, params, grads):

@@ -17,13 +17,14 @@ import numpy as np
 
 from . import engine as _engine
 from .kernels import _jit, dense, dropout, optimizers, train
+from .kernels._compose import raw_rows_of, run
 from .kernels import losses as loss_kernels
 
 
 def _timed(records, name, kernel, signature, cost):
     def timed(*args):
         t = time.perf_counter()
-        result = _jit.run(kernel, signature, *args)
+        result = run(kernel, signature, *args)
         dt = time.perf_counter() - t
         shape, flops, nbytes = cost(*args)
         rec = records[(name, shape)]
@@ -86,7 +87,7 @@ def timed_step(model, loss, optimizer, records):
                    _guard_cost)
     drivers = train.Drivers(_jit.as_python(train.forward_pass), _jit.as_python(train.gradients),
                             _jit.as_python(train.update, {"gradients_finite": guard}), _jit.as_python(train.step))
-    opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))._replace(update=update)
+    opt = optimizer._compiled(engine)._replace(update=update)
     return _jit.as_python(train.step), (net, objective, opt, drivers)
 
 
@@ -112,7 +113,7 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
     w = engine.ones[:X.shape[0]]
     t = time.perf_counter()
     for _ in range(steps):
-        value = step(net, ws, objective, opt, drivers, X, _jit.raw_rows_of(y), w, float(optimizer.lr),
+        value = step(net, ws, objective, opt, drivers, X, raw_rows_of(y), w, float(optimizer.lr),
                      optimizer.step_count + 1)
         if not value >= 0.0:
             raise model._refused(X, y, loss, optimizer.step_count + 1)

@@ -198,7 +198,7 @@ class CompiledEpochs:
         while first < batches:
             stop = min(first + chunk, batches)
             start = time.perf_counter()
-            opt = optimizer._compiled(model._flat_params, engine.update_address(optimizer))
+            opt = optimizer._compiled(engine)
             part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt, self.drivers,
                                                             args, first, stop, optimizer.step_count + 1)
             optimizer.step_count += done

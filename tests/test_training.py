@@ -237,7 +237,7 @@ def test_dropout_gradients_match_finite_differences(rng):
 
 def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
     X, y = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
-    from fastnn.kernels._jit import raw_rows_of
+    from fastnn.kernels._compose import raw_rows_of
     from fastnn.profile import timed_step
 
     fitted, stepped, by_kernel = dropout_model(), dropout_model(), dropout_model()
@@ -270,3 +270,24 @@ def test_dropout_placement_errors(layers, message):
         fastnn.Sequential(*layers())
     with pytest.raises(ValueError, match=r"p_drop must be a probability in \[0, 1\)"):
         fastnn.Dropout(1.0)
+
+
+def test_changing_an_optimizer_switch_between_steps_takes_effect(rng):
+    # momentum -> Nesterov momentum picks another compiled update kernel
+    X, y = rng.standard_normal((16, 5)).astype(np.float32), rng.integers(0, 3, 16)
+
+    def make():
+        return fastnn.Sequential(fastnn.Dense(5, 8, activation="tanh"), fastnn.Dense(8, 3), seed=2)
+
+    switched, fresh = make(), make()
+    opt_a, opt_b = fastnn.SGD(lr=0.1, momentum=0.9), fastnn.SGD(lr=0.1, momentum=0.9)
+    for model, opt in ((switched, opt_a), (fresh, opt_b)):
+        model.train_step(X, y, optimizer=opt)
+    opt_a.nesterov = True
+    switched.train_step(X, y, optimizer=opt_a)
+    state = opt_b.state_dict()
+    again = fastnn.SGD(lr=0.1, momentum=0.9, nesterov=True)
+    again.load_state_dict({**state, "nesterov": True})
+    fresh.train_step(X, y, optimizer=again)
+    for p, q in zip(switched.parameters(), fresh.parameters()):
+        np.testing.assert_array_equal(p, q)

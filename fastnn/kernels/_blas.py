@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.np.linalg import ensure_blas
 
 from ._jit import intrinsic_with_twin
 
@@ -36,6 +37,7 @@ def matmul(typingctx, a, b, out, trans_a, trans_b, accumulate):
     if not all(isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" and t.dtype == a.dtype
                for t in (a, b, out)) or a.dtype not in (types.float32, types.float64):
         return None
+    ensure_blas()  # SciPy's BLAS is there, or a clear error now rather than garbage later
     dtype = a.dtype
 
     def codegen(context, builder, signature, args):
@@ -45,8 +47,15 @@ def matmul(typingctx, a, b, out, trans_a, trans_b, accumulate):
         ta, tb, acc = (context.cast(builder, v, t, types.boolean) for v, t in zip(args[3:], signature.args[3:]))
         a_rows, a_cols = cgutils.unpack_tuple(builder, A.shape, 2)
         _, b_cols = cgutils.unpack_tuple(builder, B.shape, 2)
+        b_rows = cgutils.unpack_tuple(builder, B.shape, 2)[0]
         m, n = cgutils.unpack_tuple(builder, C.shape, 2)
         k = builder.select(ta, a_rows, a_cols)
+        if config.BOUNDSCHECK:  # the shapes agree (the public wrappers and the engine check them)
+            wrong = builder.or_(builder.icmp_signed("!=", m, builder.select(ta, a_cols, a_rows)),
+                                builder.or_(builder.icmp_signed("!=", k, builder.select(tb, b_cols, b_rows)),
+                                            builder.icmp_signed("!=", n, builder.select(tb, b_rows, b_cols))))
+            with cgutils.if_unlikely(builder, wrong):
+                context.call_conv.return_user_exc(builder, IndexError, ("matmul: the shapes do not agree",))
         char = ir.IntType(8)
         trans, notrans = ir.Constant(char, ord("t")), ir.Constant(char, ord("n"))
         one, zero = context.get_constant(dtype, 1.0), context.get_constant(dtype, 0.0)
@@ -57,9 +66,11 @@ def matmul(typingctx, a, b, out, trans_a, trans_b, accumulate):
                                                 intp, voidp, voidp, intp])
         gemm = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
         kind = ir.Constant(char, ord("s" if dtype == types.float32 else "d"))
-        builder.call(gemm, [kind, builder.select(tb, trans, notrans), builder.select(ta, trans, notrans),
-                            n, m, k, builder.bitcast(alpha, voidp), builder.bitcast(B.data, voidp), b_cols,
-                            builder.bitcast(A.data, voidp), a_cols, builder.bitcast(beta, voidp),
-                            builder.bitcast(C.data, voidp), n])
+        status = builder.call(gemm, [kind, builder.select(tb, trans, notrans), builder.select(ta, trans, notrans),
+                                     n, m, k, builder.bitcast(alpha, voidp), builder.bitcast(B.data, voidp), b_cols,
+                                     builder.bitcast(A.data, voidp), a_cols, builder.bitcast(beta, voidp),
+                                     builder.bitcast(C.data, voidp), n])
+        with cgutils.if_unlikely(builder, builder.icmp_signed("!=", status, ir.Constant(ir.IntType(32), 0))):
+            context.call_conv.return_user_exc(builder, RuntimeError, ("BLAS gemm failed (is SciPy installed?)",))
         return context.get_dummy_value()
     return types.none(a, b, out, trans_a, trans_b, accumulate), codegen

@@ -10,11 +10,11 @@
   made of *all* kernel sources, the Numba, llvmlite and NumPy versions and every setting
   that changes generated code (``_KernelCacheLocator``). ``FASTNN_CACHE=0`` turns caching
   off; ``FASTNN_CACHE_DIR`` moves the cache.
-- Composition: a training step is one small compiled driver (``kernels/train.py``) that
-  calls each layer's kernels through their addresses (``call``). Each kernel is compiled
-  once per dtype and shared by every model; the driver is compiled once per dtype and never
-  links, re-optimises or inlines the kernels it calls. Kernels for one activation come from
-  a cached factory (``specialize``), so a model compiles only the activations it uses.
+- Composition (``_compose``): a training step is a few small compiled drivers
+  (``kernels/train.py``) that call each layer's kernels through their addresses. Each kernel
+  is compiled once per dtype and shared by every model; a driver is compiled once per dtype
+  and never links, re-optimises or inlines the kernels it calls. Kernels for one activation
+  come from a cached factory (``specialize``), so a model compiles only what it uses.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import functools
 import hashlib
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import threading
@@ -32,9 +31,8 @@ import time
 import llvmlite
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
-from numba.core import caching, cgutils, config
+from numba.core import caching, config
 from numba.extending import intrinsic, overload, register_jitable
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
@@ -51,9 +49,10 @@ KERNEL_DIR = pathlib.Path(__file__).resolve().parent
 
 def _settings() -> str:
     """Everything besides the sources that changes the code Numba generates."""
+    knobs = ("BOUNDSCHECK", "OPT", "DEBUGINFO_DEFAULT", "CPU_NAME", "CPU_FEATURES", "LOOP_VECTORIZE",
+             "SLP_VECTORIZE", "ENABLE_AVX", "EXTEND_VARIABLE_LIFETIMES")
     return repr((numba.__version__, llvmlite.__version__, np.__version__, sys.version_info[:2],
-                 config.BOUNDSCHECK, config.OPT, config.DEBUGINFO_DEFAULT, config.CPU_NAME, config.CPU_FEATURES,
-                 sorted(FASTMATH), sorted(REDUCTION)))
+                 [getattr(config, k, None) for k in knobs], sorted(FASTMATH), sorted(REDUCTION)))
 
 
 def sources_digest(directory: pathlib.Path = KERNEL_DIR) -> str:
@@ -161,6 +160,7 @@ def as_python(fn, overrides=None):
             scope[name] = twin[1]
         elif JIT and isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get(
                 "no_cpython_wrapper"):
+            from ._compose import _run_by_types
             scope[name] = functools.partial(_run_by_types, value)
         else:
             continue
@@ -202,6 +202,12 @@ def kernel(fn=None, *, fastmath=FASTMATH, python_entry=True):
     return decorate if fn is None else decorate(fn)
 
 
+def inline_scalar(fn):
+    """Decorator for a few scalar operations inlined into their caller at Numba-IR level (no
+    loop, no compiled function of its own: as one, the float32 tanh cost 0.15 s to compile)."""
+    return numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")(fn)
+
+
 def helper(fn):
     """Decorator for small functions called from kernels: plain Python when called from Python
     (and under NUMBA_DISABLE_JIT), compiled per argument types inside kernels, where LLVM
@@ -235,180 +241,20 @@ def array_type(dtype, ndim):
     return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
 
 
+SIGNATURES = {}  # address -> the signature compiled there (``_compose.run`` checks calls against it)
+
+
 def address(dispatcher, signature):
     """Compile ``dispatcher`` for ``signature`` (or load it from the cache) and return the
-    address of its native function, which ``call`` invokes from a driver. Under
+    address of its native function, which ``_compose.call`` invokes from a driver. Under
     NUMBA_DISABLE_JIT the function itself stands in for its address."""
     if not JIT:
         return dispatcher
     dispatcher.compile(signature)
     cres = dispatcher.overloads[tuple(signature.args)]
-    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
-
-
-def _call_python(kernel, args):
-    return kernel(*args)
-
-
-def _through_address(restype):
-    # Numba's own calling convention, as a call between two jitted functions: the status it
-    # returns carries any exception on to the driver's caller.
-    def codegen(context, builder, signature, llargs):
-        addr, packed = llargs
-        given = list(signature.args[1].types)
-        argtys = [types.unliteral(t) for t in given]  # the callee was compiled for plain types
-        values = [context.cast(builder, builder.extract_value(packed, i), t, u)
-                  for i, (t, u) in enumerate(zip(given, argtys))]
-        fnty = context.call_conv.get_function_type(restype, argtys)
-        fn = builder.inttoptr(addr, fnty.as_pointer())
-        status, result = context.call_conv.call_function(builder, fn, restype, argtys, values)
-        with cgutils.if_unlikely(builder, status.is_error):
-            context.call_conv.return_status_propagate(builder, status)
-        return context.get_dummy_value() if restype == types.none else result
-    return codegen
-
-
-@intrinsic_with_twin(_call_python)
-def call(typingctx, kernel, args):
-    """call(kernel, args): run the compiled kernel at address ``kernel`` on the tuple ``args``;
-    it returns nothing. (In Python, ``kernel`` is a callable.)"""
-    if isinstance(kernel, types.Integer) and isinstance(args, types.BaseTuple):
-        return types.none(kernel, args), _through_address(types.none)
-
-
-@intrinsic_with_twin(_call_python)
-def call_value(typingctx, kernel, args):
-    """As ``call``, for a kernel that returns a float64."""
-    if isinstance(kernel, types.Integer) and isinstance(args, types.BaseTuple):
-        return types.float64(kernel, args), _through_address(types.float64)
-
-
-@kernel
-def invoke(kernel, args):
-    """Python's way into a kernel that has no entry from Python: ``call`` it by address."""
-    call(kernel, args)
-
-
-@kernel
-def invoke_value(kernel, args):
-    """As ``invoke``, for a kernel that returns a float64."""
-    return call_value(kernel, args)
-
-
-def _run_by_types(dispatcher, *args):
-    argtypes = tuple(numba.typeof(a) for a in args)
-    dispatcher.compile(argtypes)
-    return run(dispatcher, dispatcher.overloads[argtypes].signature, *args)
-
-
-def run(dispatcher, signature, *args):
-    """Call the kernel ``dispatcher`` compiled for ``signature`` from Python (public wrappers,
-    ``fastnn profile``): through ``invoke``, since kernels have no Python entry of their own.
-    Kernels return nothing or a float64."""
-    fn = address(dispatcher, signature)
-    if not JIT:
-        return fn(*args)
-    if signature.return_type == types.none:
-        invoke(fn, args)
-        return None
-    if signature.return_type != types.float64:
-        raise TypeError(f"kernels called from Python return nothing or a float64, not {signature.return_type}")
-    return invoke_value(fn, args)
-
-
-def raw_rows_of(a):
-    """The bytes of each row of the C-contiguous 1-D or 2-D ``a``: an (N, row bytes) uint8 view.
-    Drivers take targets this way, whatever their dtype (integer labels, float targets), so
-    one compiled driver serves every loss; the loss reads them back with ``typed_rows``.
-    (0.23 us, against 0.32 for ``a.view(np.uint8).reshape(...)``.)"""
-    return np.ndarray((a.shape[0], a.nbytes // a.shape[0] if a.shape[0] else 0), np.uint8, a)
-
-
-def _typed_rows_python(raw, like):
-    dtype = like.dtype if isinstance(like, np.ndarray) else np.dtype(like)
-    return raw.view(dtype).reshape(raw.shape[0], -1)
-
-
-@intrinsic_with_twin(_typed_rows_python)
-def typed_rows(typingctx, raw, like):
-    """typed_rows(raw, like): ``raw_rows_of``' bytes read as ``like``'s dtype (an array, or a
-    NumPy scalar type such as np.int64): an (N, row bytes / itemsize) view."""
-    dtype = like.dtype if isinstance(like, types.Array) else getattr(like, "instance_type", None)
-    if not (isinstance(raw, types.Array) and raw.dtype == types.uint8 and isinstance(dtype, types.Number)):
-        return None
-    result = types.Array(dtype, 2, "C")
-
-    def codegen(context, builder, signature, args):
-        from numba.np.arrayobj import make_array, populate_array
-        src = make_array(raw)(context, builder, args[0])
-        rows, row_bytes = cgutils.unpack_tuple(builder, src.shape, 2)
-        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(dtype)))
-        data = builder.bitcast(src.data, context.get_data_type(dtype).as_pointer())
-        view = make_array(result)(context, builder)
-        populate_array(view, data=data, shape=[rows, builder.sdiv(row_bytes, itemsize)], strides=[row_bytes, itemsize],
-                       itemsize=itemsize, meminfo=None)
-        return view._getvalue()
-    return result(raw, like), codegen
-
-
-X86 = platform.machine().lower() in ("x86_64", "amd64")
-_FTZ_DAZ = 0x8040  # MXCSR: flush results to zero (bit 15), read subnormal inputs as zero (bit 6)
-
-
-def _mxcsr(builder, name, slot):
-    fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
-    builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.x86.sse.{name}"),
-                 [builder.bitcast(slot, ir.IntType(8).as_pointer())])
-
-
-@intrinsic_with_twin(lambda: 0)
-def flush_subnormals(typingctx):
-    """flush_subnormals() -> the caller's floating-point mode: from here on this thread treats
-    subnormal floats as zero (x86-64 FTZ and DAZ; elsewhere nothing changes). Restore the mode
-    with ``restore_fp`` before returning. Subnormals take microcode paths 10-100x slower:
-    momentum buffers of parameters whose gradient is exactly zero decay into them, and a
-    784-256-128-10 step at batch 32 went from 0.5 to 1.3 ms after 800 steps. XLA flushes
-    them too. (Plain Python, profile: nothing to set.)"""
-    def codegen(context, builder, signature, args):
-        if not X86:
-            return context.get_constant(types.int32, 0)
-        slot = cgutils.alloca_once(builder, ir.IntType(32))
-        _mxcsr(builder, "stmxcsr", slot)
-        old = builder.load(slot)
-        builder.store(builder.or_(old, ir.Constant(ir.IntType(32), _FTZ_DAZ)), slot)
-        _mxcsr(builder, "ldmxcsr", slot)
-        return old
-    return types.int32(), codegen
-
-
-@intrinsic_with_twin(lambda mode: None)
-def restore_fp(typingctx, mode):
-    """restore_fp(mode): put back the floating-point mode ``flush_subnormals`` returned."""
-    def codegen(context, builder, signature, args):
-        if X86:
-            slot = cgutils.alloca_once_value(builder, args[0])
-            _mxcsr(builder, "ldmxcsr", slot)
-        return context.get_dummy_value()
-    return types.none(types.int32), codegen
-
-
-def build_view(context, builder, flat_type, flat, start, shape):
-    """Codegen: a C-contiguous view of ``shape`` (intp values) into the 1-D array ``flat`` from
-    element ``start``. No checks and no reference: the caller keeps ``flat`` alive."""
-    from numba.np.arrayobj import make_array, populate_array
-
-    src = make_array(flat_type)(context, builder, flat)
-    view_type = types.Array(flat_type.dtype, len(shape), "C")
-    view = make_array(view_type)(context, builder)
-    itemsize = src.itemsize
-    strides, stride = [], itemsize
-    for size in reversed(shape[1:]):
-        strides.insert(0, stride)
-        stride = builder.mul(stride, size)
-    strides.insert(0, stride)
-    populate_array(view, data=builder.gep(src.data, [start]), shape=list(shape), strides=strides,
-                   itemsize=itemsize, meminfo=None)
-    return view._getvalue()
+    addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    SIGNATURES[addr] = cres.signature
+    return addr
 
 
 # -- compiling on a cold cache ---------------------------------------------------------
@@ -462,7 +308,7 @@ def compile_all(pieces):
         for k, group in enumerate(sorted(groups.values(), key=len, reverse=True)):
             shares[k % 2].extend(group)
         if _watch is not None:
-            _watch.on_start(None)  # announce before forking, so that only this process speaks
+            _watch.say()  # before forking, so that only this process speaks
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -473,15 +319,24 @@ def compile_all(pieces):
                 os._exit(0)
             except BaseException:
                 os._exit(1)
-        for d, s in shares[0]:
-            d.compile(s)
-        deadline = time.monotonic() + CHILD_TIMEOUT
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                break
-            time.sleep(0.002)
+        done = False
+        try:
+            for d, s in shares[0]:
+                d.compile(s)
+            deadline = time.monotonic() + CHILD_TIMEOUT
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
+            else:
+                done = True
+        finally:
+            if not done:  # this process failed, or the child took too long: stop and reap it
+                try:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
     for d, s in todo:
         d.compile(s)  # what the child left in the cache loads; anything it did not, compiles here
 
@@ -489,17 +344,22 @@ def compile_all(pieces):
 # -- saying when something compiles -----------------------------------------------------
 
 class _CompileWatch(numba.core.event.Listener):
-    """Counts Numba compilations (cache misses only) while a fastnn step is being built."""
+    """Counts Numba compilations (cache misses only) while a fastnn step is being built, and
+    has the build announced before the first."""
 
     def __init__(self, announce):
-        self.announce, self.compiled, self.depth = announce, 0, 0
+        self.announce, self.compiled, self.said = announce, 0, False
+
+    def say(self):
+        if not self.said:
+            self.said = True
+            self.announce()
 
     def on_start(self, event):
-        if self.compiled == 0 and self.announce is not None:
-            self.announce()
+        self.say()
         self.compiled += 1
 
-    def on_end(self, event):
+    def on_end(self, event):  # the Listener interface; nothing to do when a compilation ends
         pass
 
 
@@ -539,7 +399,7 @@ def compiling(what, *, quiet=False, announce=None):
             yield report
         finally:
             _watch = None
-    report["compiled"] = watch.compiled
+    report["compiled"] = watch.compiled + watch.said  # (the forked child's count is not seen here)
     report["seconds"] = time.perf_counter() - start
-    if watch.compiled:
+    if report["compiled"]:
         _compile_seconds[0] += report["seconds"]

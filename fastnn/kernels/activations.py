@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 from . import _checks
-from ._jit import FASTMATH, array_type, kernel, run, specialize, typed_helper
+from ._compose import run
+from ._jit import array_type, inline_scalar, kernel, specialize, typed_helper
 
 IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU = range(6)
 CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
@@ -83,9 +83,8 @@ _P0, _P1, _P2, _P3, _P4 = (_f(c) for c in TANH_P)
 _Q1, _Q2, _Q3, _Q4 = (_f(c) for c in TANH_Q[1:])
 
 
-# Scalar float32 approximations, inlined into their caller at Numba-IR level: a few operations,
-# no loop; as functions of their own, each cost a compilation (tanh: 0.15 s of a cold start).
-@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+# Scalar float32 approximations, inlined into their caller (``inline_scalar``).
+@inline_scalar
 def exp32(x):
     """exp(x) for float32 x, vectorisable (see EXP_LO)."""
     c = _LO if x < _LO else (_HI if x > _HI else x)  # (not min/max: each would compile a function)
@@ -101,7 +100,7 @@ def exp32(x):
     return y if x >= _LO else _ZERO
 
 
-@numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")
+@inline_scalar
 def tanh32(x):
     """tanh(x) for float32 x, vectorisable (see TANH_P)."""
     c = -_CLAMP if x < -_CLAMP else (_CLAMP if x > _CLAMP else x)

@@ -25,7 +25,8 @@ from . import _checks
 from ._blas import matmul
 from numba import types
 
-from ._jit import REDUCTION, array_type, kernel, run, specialize, typed_helper
+from ._compose import run
+from ._jit import REDUCTION, array_type, kernel, specialize, typed_helper
 from .activations import NEEDS_PREACTIVATION, activate, code_of, derivative
 
 # A layer is "small" when I * O <= SMALL_LAYER: then the fused loops beat a BLAS call. Measured

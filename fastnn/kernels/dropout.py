@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._jit import array_type, helper, kernel, run
+from ._compose import run
+from ._jit import array_type, helper, kernel
 
 
 def signatures(dtype):

@@ -24,7 +24,8 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._jit import array_type, kernel, raw_rows_of, run, typed_rows
+from ._compose import raw_rows_of, run, typed_rows
+from ._jit import array_type, kernel
 from .activations import exp_
 
 BAD_TARGET = -1.0

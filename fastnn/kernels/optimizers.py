@@ -22,7 +22,8 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._jit import array_type, kernel, run, specialize, typed_helper
+from ._compose import run
+from ._jit import array_type, kernel, specialize, typed_helper
 
 
 def like(x, a):

@@ -55,9 +55,10 @@ from typing import NamedTuple
 import numpy as np
 
 from numba import types
+from numba.core import cgutils, config
 
-from ._jit import (REDUCTION, build_view, call, call_value, flush_subnormals, intrinsic_with_twin, kernel,
-                   restore_fp, typed_rows)
+from ._compose import build_view, call, call_value, flush_subnormals, restore_fp, typed_rows
+from ._jit import REDUCTION, intrinsic_with_twin, kernel
 from .losses import BAD_TARGET
 
 OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
@@ -144,6 +145,9 @@ def layer(typingctx, net, ws, k, n):
     """layer(net, ws, k, n): layer k for a batch of n rows (a Layer). Built in place (no
     compiled function, no bounds checks, no reference counting): the model keeps the flat
     buffers alive while a driver runs."""
+    if not (isinstance(net, types.NamedTuple) and tuple(net.fields) == Net._fields and isinstance(ws, types.BaseNamedTuple)
+            and net.types[2] == types.Array(types.int64, 2, "C") and net.types[3] == types.Array(types.float64, 1, "C")):
+        return None  # a Net and a Workspace, with an int64 layer table and float64 dropout rates
     f1 = net.types[net.fields.index("params")]
     f2 = types.Array(f1.dtype, 2, "C")
     result = types.NamedTuple([f2, f1, f2, f1, f2, f2, f2, types.int64, types.int64, types.float64], Layer)
@@ -160,6 +164,10 @@ def layer(typingctx, net, ws, k, n):
             return tuple_type.types[index], builder.extract_value(value, index)
 
         table = make_array(field(net, net_v, "layers")[0])(context, builder, field(net, net_v, "layers")[1])
+        if config.BOUNDSCHECK:
+            rows = cgutils.unpack_tuple(builder, table.shape, 2)[0]
+            with cgutils.if_unlikely(builder, builder.icmp_unsigned(">=", k_v, rows)):
+                context.call_conv.return_user_exc(builder, IndexError, ("no such layer",))
         width = context.get_constant(intp, len(LAYER_COLUMNS))
         row = builder.gep(table.data, [builder.mul(k_v, width)])
         i, o, at, act_at, z_at, forward, backward = (builder.load(builder.gep(row, [context.get_constant(intp, c)]))
@@ -170,8 +178,8 @@ def layer(typingctx, net, ws, k, n):
         params, grads = field(net, net_v, "params"), field(net, net_v, "grads")
         bias_at = builder.add(at, builder.mul(i, o))
         out = build_view(context, builder, *field(ws, ws_v, "out"), col, (n_v, o))
-        z = build_view(context, builder, *field(ws, ws_v, "z"), zcol, (n_v, o))
         negative = builder.icmp_signed("<", zcol, context.get_constant(intp, 0))
+        z = build_view(context, builder, *field(ws, ws_v, "z"), zcol, (n_v, o), used=builder.not_(negative))
         values = [build_view(context, builder, *params, at, (i, o)), build_view(context, builder, *params, bias_at, (o,)),
                   build_view(context, builder, *grads, at, (i, o)), build_view(context, builder, *grads, bias_at, (o,)),
                   out, build_view(context, builder, *field(ws, ws_v, "dout"), col, (n_v, o)),
