@@ -168,9 +168,7 @@ class _Epochs:
             lr = learning_rates[b]
             # the same finite guard and update as one process: every rank sees the same sums
             if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, lr, step) == 1.0):
-                raise DivergenceError(f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step "
-                                      f"{b + 1} of {batches}; the parameters were not updated",
-                                      epoch=epoch + 1, step=b + 1)
+                raise DivergenceError.at(b + 1, epoch + 1, batches)
             optimizer.step_count = step
             total += stats
         if self.verbose:

@@ -28,7 +28,7 @@ LOSS_KERNELS = {
     "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
     "mse": (loss_kernels._mse, None, False),
 }
-DRIVERS = ("forward_pass", "gradients", "update", "step")  # the fields of train.Drivers
+DRIVERS = tuple(train.DRIVER_FUNCTIONS[field] for field in train.Drivers._fields)  # in field order
 
 
 @functools.cache
@@ -101,6 +101,7 @@ class Engine:
         self.params, self.grads, self.seed = params, grads, seed
         self._net = None
         self._ws = None
+        self.ones = np.ones(0, self.dtype)  # unit row weights, as many as the workspace has rows
         self.capacity = 0
         self._built = {}  # what _build made, by key
         self.last_build = {"compiled": 0, "seconds": 0.0}
@@ -147,7 +148,7 @@ class Engine:
         if n > self.capacity:
             self._ws = train.Workspace(np.empty(n * self.width, self.dtype), np.empty(n * self.width, self.dtype),
                                        np.empty(n * self.z_width, self.dtype))
-            self.ones = np.ones(n, self.dtype)  # unit row weights
+            self.ones = np.ones(n, self.dtype)
             self.capacity = n
         return self._ws
 
@@ -259,9 +260,7 @@ class Engine:
 
     def output(self, ws, n):
         """The last layer's (n, O) output block in ``ws`` (a view)."""
-        o = int(self.fan_out[-1])
-        start = n * int(self.act_at[-1])
-        return ws.out[start:start + n * o].reshape(n, o)
+        return train.layer_views(self.net, ws, len(self.codes) - 1, n).out
 
     def predict(self, X, batch_size):
         """Outputs of the last layer for every row of X (a new array), in batches."""

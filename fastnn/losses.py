@@ -24,7 +24,7 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
     ``check=False`` leaves the values (labels in range, finite targets) to the kernels, which
     check them as they read them: the per-step fast path, which then copies nothing.
     """
-    if type(y) is np.ndarray and y.flags.c_contiguous and y.flags.aligned and y.shape[0] == n:
+    if type(y) is np.ndarray and y.ndim and y.flags.c_contiguous and y.flags.aligned and y.shape[0] == n:
         if loss == "softmax_cross_entropy":
             if y.dtype == np.int64 and y.ndim == 1 and (not check or labels_in_range(y, outputs)):
                 return y  # already what the kernel reads

@@ -35,6 +35,15 @@ class DivergenceError(FloatingPointError):
         super().__init__(message)
         self.epoch, self.step = epoch, step
 
+    @classmethod
+    def at(cls, step, epoch=None, steps=None):
+        """The error for a refused step: optimizer step ``step``, or step ``step`` of ``steps`` in
+        ``epoch`` of ``fit``."""
+        where = (f"in epoch {epoch} at step {step} of {steps}; the model keeps the parameters of the last finite "
+                 f"step" if epoch is not None else f"at optimizer step {step}; the parameters were not updated")
+        return cls(f"the loss or its gradients became NaN or inf {where}. Lower the learning rate or check the "
+                   f"data.", epoch=epoch, step=step)
+
 
 class Sequential:
     """A feed-forward network of ``Dense`` layers.
@@ -163,15 +172,11 @@ class Sequential:
         X = self._inputs(X, check_finite=check_finite)
         return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype, check=check_finite)
 
-    def _refused(self, X, y, loss, step, epoch=None, batch=None, batches=None):
+    def _refused(self, X, y, loss, step):
         """The error for a step the kernels refused: bad inputs if they explain it, else divergence."""
         self._inputs(X)  # raises for NaN or inf in X
         prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype)  # and for bad targets
-        where = (f"in epoch {epoch} at step {batch} of {batches}; the model keeps the parameters of the last "
-                 f"finite step" if epoch is not None else
-                 f"at optimizer step {step}; the parameters were not updated")
-        return DivergenceError(f"the loss or its gradients became NaN or inf {where}. Lower the learning rate "
-                               f"or check the data.", epoch=epoch, step=batch if epoch is not None else step)
+        return DivergenceError.at(step)
 
     # -- the step -------------------------------------------------------------------------
 

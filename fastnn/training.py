@@ -181,7 +181,6 @@ class CompiledEpochs:
         if bar is not None:
             announce = lambda: bar.set_description(f"epoch {epoch + 1}/{self.p.epochs} (compiling)")  # noqa: E731
         self.fn, self.objective, self.drivers = engine.epoch_fn(self.p.loss, self.p.optimizer, announce=announce)
-        self.compile_seconds = engine.last_build["seconds"] if engine.last_build["compiled"] else 0.0
         if bar is not None and engine.last_build["compiled"]:
             bar.set_description(f"epoch {epoch + 1}/{self.p.epochs}")
             bar.reset(total=self.p.X.shape[0])  # the rate should not count the compilation
@@ -204,10 +203,7 @@ class CompiledEpochs:
             optimizer.step_count += done
             if status != OK:
                 from .model import DivergenceError
-                raise DivergenceError(
-                    f"the loss or its gradients became NaN or inf in epoch {epoch + 1} at step {first + done + 1} "
-                    f"of {batches}; the model keeps the parameters of the last finite step. Lower the learning "
-                    f"rate or check the data.", epoch=epoch + 1, step=first + done + 1)
+                raise DivergenceError.at(first + done + 1, epoch + 1, batches)
             loss_sum += part_loss
             correct += part_correct
             if bar is not None:
@@ -221,4 +217,8 @@ class CompiledEpochs:
 
 def _progress(p, epoch):
     from tqdm.auto import tqdm
-    return tqdm(total=p.X.shape[0], desc=f"epoch {epoch + 1}/{p.epochs}", unit="sample", leave=True)
+
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: a cold build forks a compiling child only without threads
+
+    return Bar(total=p.X.shape[0], desc=f"epoch {epoch + 1}/{p.epochs}", unit="sample", leave=True)

@@ -96,10 +96,14 @@ class Optimizer(NamedTuple):
 
 
 class Drivers(NamedTuple):
+    """The addresses of the drivers below, by what each does."""
     forward: int
     gradients: int
     update: int
     step: int
+
+
+DRIVER_FUNCTIONS = {"forward": "forward_pass", "gradients": "gradients", "update": "update", "step": "step"}
 
 
 class Epoch(NamedTuple):
@@ -130,9 +134,11 @@ class Layer(NamedTuple):
     p_drop: float
 
 
-def _layer_python(net, ws, k, n):
-    i, o, at, act_at, z_at, forward, backward = net.layers[k]
-    col, zcol = n * act_at, n * z_at
+def layer_views(net, ws, k, n):
+    """``layer`` in plain Python (also how Python code finds a layer's blocks)."""
+    row = dict(zip(LAYER_COLUMNS, net.layers[k]))
+    i, o, at, forward, backward = row["fan_in"], row["fan_out"], row["param_at"], row["forward"], row["backward"]
+    col, zcol = n * row["act_at"], n * row["z_at"]
     out = ws.out[col:col + n * o].reshape(n, o)
     return Layer(net.params[at:at + i * o].reshape(i, o), net.params[at + i * o:at + i * o + o],
                  net.grads[at:at + i * o].reshape(i, o), net.grads[at + i * o:at + i * o + o], out,
@@ -140,7 +146,7 @@ def _layer_python(net, ws, k, n):
                  forward, backward, net.p_drop[k])
 
 
-@intrinsic_with_twin(_layer_python)
+@intrinsic_with_twin(layer_views)
 def layer(typingctx, net, ws, k, n):
     """layer(net, ws, k, n): layer k for a batch of n rows (a Layer). Built in place (no
     compiled function, no bounds checks, no reference counting): the model keeps the flat
