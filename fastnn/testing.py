@@ -19,7 +19,7 @@ ACTIVATIONS = tuple(CODES)  # identity, relu, leaky_relu, sigmoid, tanh, gelu
 
 # (N, I, O) for layer-level checks: N = 1, odd sizes, I or O = 1, and MNIST-like shapes.
 DENSE_SHAPES = ((1, 1, 1), (1, 7, 3), (3, 1, 5), (5, 4, 1), (17, 33, 9), (9, 3, 40), (64, 1, 64), (64, 64, 1),
-                (32, 784, 10), (64, 128, 256))
+                (32, 784, 10), (64, 128, 256), (33, 2049, 1))
 
 
 def assert_close(actual, expected, dtype=None, scale=None, name="array"):

@@ -233,3 +233,4 @@ def build_view(context, builder, flat_type, flat, start, shape, used=None):
     populate_array(view, data=builder.gep(src.data, [start]), shape=list(shape), strides=strides,
                    itemsize=itemsize, meminfo=None)
     return view._getvalue()
+

@@ -11,10 +11,9 @@ All float32 or all float64, C-contiguous.
 - BLAS form (``forward_kernel``, ``backward_kernel``): the products through BLAS (``_blas``);
   bias and activation fused into one pass over the product, the activation's derivative and
   the bias gradient into one pass before the backward products.
-- Fused form (``small_forward_kernel``, ``small_backward_kernel``): for small layers, every
-  product is a loop of its own in the kernel, fused with bias and activation, and no BLAS call
-  (one costs 0.25-0.5 us and packs its operands: more than a whole small layer).
-``is_small`` picks the form per layer. Each kernel is built per activation code
+- Fused form (``small_forward_kernel``, ``small_backward_kernel``): the products as loops of
+  the kernel's own, fused with bias and activation, and no BLAS call: for single-output layers,
+  where that measured faster (see ``is_small``, which picks the form per layer). Each kernel is built per activation code
 (``specialize``) and compiled when a model first uses it.
 """
 from __future__ import annotations
@@ -23,23 +22,24 @@ import numpy as np
 
 from . import _checks
 from ._blas import matmul
-from numba import types
-
 from ._compose import run
-from ._jit import REDUCTION, array_type, kernel, specialize, typed_helper
+from ._jit import REDUCTION, array_type, kernel, specialize
 from .activations import NEEDS_PREACTIVATION, activate, code_of, derivative
 
-# A layer is "small" when I * O <= SMALL_LAYER: then the fused loops beat a BLAS call. Measured
-# on 2 cores (Intel Xeon, AVX-512, float32, 2026-11-25); see benchmarks/bench_kernels.py.
-SMALL_LAYER = 4096
-# Below this many outputs a row is too short for vectors: the fused loops take dot products
-# along I instead.
-ROW = 16
+# Which layers are fused, by measurement (forward + backward kernel, float32, looped inside
+# compiled code, 1 thread, Intel Xeon with AVX-512, OpenBLAS, 2026-11-25; /tmp probes, the
+# figures below). OpenBLAS here costs about 0.2 us a call and has small-matrix kernels, so it
+# beat fused loops at every shape with several outputs, even 2x32 at batch 32 (0.67 against
+# 1.06 us), 16x16 (0.85 / 4.6 us), 64x64 (6.8 / 29 us): Numba cannot tell LLVM that two
+# argument arrays never overlap, nor keep a row of sums in registers, which a BLAS kernel
+# does. Single-output layers win fused at every batch (1-1024) and input width (1-8192)
+# measured: one dot product per row and no call, 0.11-0.85 of the BLAS time (64x1 at batch 64:
+# 0.75 against 1.11 us; 2048x1 at batch 256: 174 against 304 us).
 
 
 def is_small(fan_in: int, fan_out: int) -> bool:
     """True when the fused form is the faster one for a layer of this shape."""
-    return fan_in * fan_out <= SMALL_LAYER
+    return fan_out == 1
 
 
 def signatures(dtype):
@@ -104,103 +104,57 @@ def backward_kernel(act: int):
 
 # -- fused form, for small layers --------------------------------------------------------
 
-def product(a, flat, start, step, length):
-    """sum of a[k] * flat[start + k * step] for k < length: a dot product whose additions
-    LLVM may reorder, so that it vectorises (as in any BLAS; nowhere else in the kernels)."""
-    return sum(a[k] * flat[start + k * step] for k in range(length))
-
-
-@typed_helper(product, fastmath=REDUCTION)
-def _product_impl(a, flat, start, step, length):
-    zero = np.float32(0.0) if a.dtype == types.float32 else np.float64(0.0)
-
-    def impl(a, flat, start, step, length):
-        s = zero
-        for k in range(length):
-            s += a[k] * flat[start + k * step]
-        return s
-    return impl
-
-
 @specialize
 def small_forward_kernel(act: int, keep_z: bool):
-    """``dense_forward`` with the product fused into the kernel: for small layers."""
-    @kernel(python_entry=False)
-    def dense_forward_small(x, W, b, out, z):
-        n, o = out.shape
-        ni = x.shape[1]
-        Wf = W.reshape(ni * o)
+    """``dense_forward`` for a single-output layer (O == 1): one dot product along I per row."""
+    @kernel(python_entry=False, fastmath=REDUCTION)
+    def dense_forward_single(x, W, b, out, z):
+        n, ni = x.shape
         for r in range(n):
-            zr = z[r]
-            if o >= ROW:  # the row of outputs as vectors: z[r] = b + sum_k x[r, k] W[k]
-                for j in range(o):
-                    zr[j] = b[j]
-                for k in range(ni):
-                    xk = x[r, k]
-                    for j in range(o):
-                        zr[j] += xk * W[k, j]
-            else:  # few outputs: one dot product along I each
-                for j in range(o):
-                    zr[j] = b[j] + product(x[r], Wf, j, o, ni)
-            orow = out[r]
+            s = b[0]
+            for k in range(ni):
+                s += x[r, k] * W[k, 0]
             if keep_z:
-                for j in range(o):
-                    orow[j] = activate(zr[j], act)
-            else:  # z is out: in place, through one name
-                for j in range(o):
-                    zr[j] = activate(zr[j], act)
-    return dense_forward_small
+                z[r, 0] = s
+            out[r, 0] = activate(s, act)
+    return dense_forward_single
 
 
 @specialize
 def small_backward_kernel(act: int):
-    """``dense_backward`` with the products fused into the kernel: for small layers."""
-    @kernel(python_entry=False)
-    def dense_backward_small(dout, x, W, out, z, dW, db, dx):
-        n, o = dout.shape
-        ni = x.shape[1]
-        for j in range(o):
-            db[j] = 0.0
+    """``dense_backward`` for a single-output layer (O == 1): vectors along I."""
+    @kernel(python_entry=False, fastmath=REDUCTION)
+    def dense_backward_single(dout, x, W, out, z, dW, db, dx):
+        n, ni = x.shape
+        total = dout[0, 0] * 0.0
+        for r in range(n):  # dz = dout * act', in place; db = the sum of dz
+            d = dout[r, 0] * derivative(out[r, 0], z[r, 0], act)
+            dout[r, 0] = d
+            total += d
+        db[0] = total
+        for k in range(ni):  # dW = x.T @ dz
+            dW[k, 0] = 0.0
         for r in range(n):
-            for j in range(o):
-                d = dout[r, j] * derivative(out[r, j], z[r, j], act)
-                dout[r, j] = d
-                db[j] += d
-        # dW = x.T @ dz
-        for k in range(ni):
-            for j in range(o):
-                dW[k, j] = 0.0
-        for r in range(n):
-            dr = dout[r]
+            d = dout[r, 0]
             for k in range(ni):
-                xk = x[r, k]
-                for j in range(o):
-                    dW[k, j] += xk * dr[j]
-        # dx = dz @ W.T: dx[r, k] = sum_j dz[r, j] W[k, j]
-        if dx.shape[0] != 0:
-            Wf = W.reshape(ni * o)
+                dW[k, 0] += x[r, k] * d
+        if dx.shape[0] != 0:  # dx = dz @ W.T: dx[r] = dz[r, 0] W[:, 0]
             for r in range(n):
-                dr, xr = dout[r], dx[r]
-                if o >= ROW:
-                    for k in range(ni):
-                        xr[k] = product(dr, Wf, k * o, 1, o)
-                else:
-                    for k in range(ni):
-                        xr[k] = 0.0
-                    for j in range(o):
-                        d = dr[j]
-                        for k in range(ni):
-                            xr[k] += d * W[k, j]
-    return dense_backward_small
+                d = dout[r, 0]
+                for k in range(ni):
+                    dx[r, k] = d * W[k, 0]
+    return dense_backward_single
 
 
 # -- choosing, checking and calling ------------------------------------------------------
 
 def kernels(act: int, fan_in: int, fan_out: int, keep_z: bool, small=None):
     """(forward, backward) kernels for a layer: the fused form when ``small`` (default: by
-    ``is_small``), else the BLAS form."""
+    ``is_small``; only single-output layers have one), else the BLAS form."""
     if small is None:
         small = is_small(fan_in, fan_out)
+    if small and fan_out != 1:
+        raise ValueError(f"the fused form is for single-output layers, not {fan_in}x{fan_out}")
     if small:
         return small_forward_kernel(act, keep_z), small_backward_kernel(act)
     return forward_kernel(act, keep_z), backward_kernel(act)
