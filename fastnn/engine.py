@@ -97,7 +97,7 @@ class Engine:
         self.z_at = np.where(keep_z, np.cumsum([0, *widths])[:-1], -1).astype(np.int64)
         self.z_width = int(sum(widths))
         self.p_drop = p_drop
-        self.small = [dense.is_small(i, o) for i, o in zip(self.fan_in, self.fan_out)]  # the form of each layer
+        self.small = [None] * len(self.codes)  # per layer: None picks each pass's form by shape
         self.params, self.grads, self.seed = params, grads, seed
         self._net = None
         self._ws = None
@@ -113,7 +113,7 @@ class Engine:
 
     def kernels(self):
         """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses,
-        each layer in the fused form or through BLAS by its size (``dense.is_small``)."""
+        each pass fused or through BLAS by the layer's shape (``dense.fused``)."""
         return [dense.kernels(c, i, o, c in NEEDS_PREACTIVATION, self.small[k])
                 for k, (c, i, o) in enumerate(zip(self.codes, self.fan_in, self.fan_out))]
 
@@ -198,12 +198,12 @@ class Engine:
         return pieces + [(getattr(train, name), driver_signature(name, self.dtype.name)) for name in drivers]
 
     def _build(self, key, what, build, pieces, announce=None, quiet=False):
-        """``build()``, once per key and model, after compiling (or loading) ``pieces``; a build
-        that compiles says so (``_jit.compiling``)."""
+        """``build()``, once per key and model, after compiling (or loading) ``pieces()``; a
+        build that compiles says so (``_jit.compiling``)."""
         built = self._built.get(key)
         if built is None:
             with _jit.compiling(f"the {self.dtype.name} {what}", quiet=quiet, announce=announce) as report:
-                _jit.compile_all(pieces)
+                _jit.compile_all(pieces())
                 built = build()
             self._built[key] = built
             self.last_build = report
@@ -223,8 +223,8 @@ class Engine:
             self.net, self.update_address(optimizer)
             return self._entry("step"), self.objective(loss), self.drivers()
         what = "training step: " + self._describe(loss, type(optimizer).__name__)
-        return self._build(("step", loss, optimizer._kernel()), what, build, self._pieces(loss, optimizer=optimizer),
-                           announce, quiet)
+        return self._build(("step", loss, optimizer._kernel()), what, build,
+                           lambda: self._pieces(loss, optimizer=optimizer), announce, quiet)
 
     def epoch_fn(self, loss, optimizer, announce=None, quiet=False):
         """``(train_epoch entry, objective, drivers)`` for ``fit``."""
@@ -232,14 +232,14 @@ class Engine:
             self.net, self.update_address(optimizer)
             return self._entry("train_epoch"), self.objective(loss, metric=True), self.drivers()
         what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
-        pieces = self._pieces(loss, metric=True, optimizer=optimizer, drivers=DRIVERS + ("train_epoch",))
+        pieces = lambda: self._pieces(loss, metric=True, optimizer=optimizer, drivers=DRIVERS + ("train_epoch",))  # noqa: E731
         return self._build(("epoch", loss, optimizer._kernel()), what, build, pieces, announce, quiet)
 
     def gradients_fn(self, loss):
         """``(gradients entry, objective, drivers)`` for ``loss_and_grad`` and the distributed path."""
         def build():
             return self._entry("gradients"), self.objective(loss), self.drivers()
-        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build, self._pieces(loss))
+        return self._build(("gradients", loss), "gradient: " + self._describe(loss), build, lambda: self._pieces(loss))
 
     def update_fn(self, optimizer):
         """The ``update`` entry (the distributed path, after its allreduce)."""
@@ -247,14 +247,14 @@ class Engine:
             self.update_address(optimizer)
             return self._entry("update")
         return self._build(("update", optimizer._kernel()), f"{type(optimizer).__name__} update", build,
-                           self._pieces(optimizer=optimizer))
+                           lambda: self._pieces(optimizer=optimizer))
 
     def forward_fn(self):
         """The ``forward_pass`` entry, for ``predict``."""
         def build():
             self.net
             return self._entry("forward_pass")
-        return self._build(("forward",), "forward pass: " + self.describe(), build, self._pieces())
+        return self._build(("forward",), "forward pass: " + self.describe(), build, self._pieces)
 
     # -- running ----------------------------------------------------------------------------
 

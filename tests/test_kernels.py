@@ -45,10 +45,10 @@ def test_activation_forward_extreme_values(act, dtype):
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "N=%d,I=%d,O=%d" % s)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_dense_forward_and_dense_backward(shape, act, small, dtype, rng):
-    # both forms wherever each applies (the fused one to single-output layers)
+    # both forms wherever each applies (the fused one to single-output and single-input layers)
     n, i, o = shape
-    if small and o != 1:
-        pytest.skip("the fused form is for single-output layers")
+    if small and o != 1 and i != 1:
+        pytest.skip("the fused form is for single-output and single-input layers")
     x, W, b = randn(rng, (n, i), dtype), randn(rng, (i, o), dtype, 1 / np.sqrt(i)), randn(rng, (o,), dtype)
     z = np.empty((n, o), dtype)
     out = K.dense_forward(x, W, b, act, z=z, small=small)

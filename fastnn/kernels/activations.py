@@ -88,7 +88,7 @@ _Q1, _Q2, _Q3, _Q4 = (_f(c) for c in TANH_Q[1:])
 def exp32(x):
     """exp(x) for float32 x, vectorisable (see EXP_LO)."""
     c = _LO if x < _LO else (_HI if x > _HI else x)  # (not min/max: each would compile a function)
-    k = math.floor(c * _LOG2E + _HALF)
+    k = np.floor(c * _LOG2E + _HALF)  # (math.floor gives an int64: the rest would run in float64)
     r = (c - k * _LN2_HI) - k * _LN2_LO
     p = ((((((_C7 * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2) * r + _ONE) * r + _ONE
     kk = k if k < _F127 else _F127  # 2^128 has no float32; near the top scale by 2^127 and then by 2

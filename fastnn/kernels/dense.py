@@ -12,8 +12,8 @@ All float32 or all float64, C-contiguous.
   bias and activation fused into one pass over the product, the activation's derivative and
   the bias gradient into one pass before the backward products.
 - Fused form (``small_forward_kernel``, ``small_backward_kernel``): the products as loops of
-  the kernel's own, fused with bias and activation, and no BLAS call: for single-output layers,
-  where that measured faster (see ``is_small``, which picks the form per layer). Each kernel is built per activation code
+  the kernel's own, fused with bias and activation, and no BLAS call: for single-output and
+  single-input layers, where that measured faster (``fused`` picks the form per pass). Each kernel is built per activation code
 (``specialize``) and compiled when a model first uses it.
 """
 from __future__ import annotations
@@ -34,12 +34,14 @@ from .activations import NEEDS_PREACTIVATION, activate, code_of, derivative
 # argument arrays never overlap, nor keep a row of sums in registers, which a BLAS kernel
 # does. Single-output layers win fused at every batch (1-1024) and input width (1-8192)
 # measured: one dot product per row and no call, 0.11-0.85 of the BLAS time (64x1 at batch 64:
-# 0.75 against 1.11 us; 2048x1 at batch 256: 174 against 304 us).
+# 0.75 against 1.11 us; 2048x1 at batch 256: 174 against 304 us). Single-input layers win
+# fused forward (1x64 at batch 64: 1.11 against 1.32 us; 1x2048: 35 / 53 us) but not backward
+# (0.95 against 0.64 us): their weight gradient is a sum over rows, which BLAS does better.
 
 
-def is_small(fan_in: int, fan_out: int) -> bool:
-    """True when the fused form is the faster one for a layer of this shape."""
-    return fan_out == 1
+def fused(fan_in: int, fan_out: int) -> tuple:
+    """(forward, backward): whether each pass of a layer of this shape is faster fused."""
+    return fan_out == 1 or fan_in == 1, fan_out == 1
 
 
 def signatures(dtype):
@@ -106,58 +108,84 @@ def backward_kernel(act: int):
 
 @specialize
 def small_forward_kernel(act: int, keep_z: bool):
-    """``dense_forward`` for a single-output layer (O == 1): one dot product along I per row."""
+    """``dense_forward`` for a single-output (O == 1) or single-input (I == 1) layer: one dot
+    product along I per row, or one scaled row of W per row, fused with bias and activation."""
     @kernel(python_entry=False, fastmath=REDUCTION)
-    def dense_forward_single(x, W, b, out, z):
+    def dense_forward_thin(x, W, b, out, z):
         n, ni = x.shape
-        for r in range(n):
-            s = b[0]
-            for k in range(ni):
-                s += x[r, k] * W[k, 0]
-            if keep_z:
-                z[r, 0] = s
-            out[r, 0] = activate(s, act)
-    return dense_forward_single
+        o = W.shape[1]
+        if o == 1:
+            for r in range(n):
+                s = b[0]
+                for k in range(ni):
+                    s += x[r, k] * W[k, 0]
+                if keep_z:
+                    z[r, 0] = s
+                out[r, 0] = activate(s, act)
+        else:  # ni == 1: out[r] = act(x[r, 0] W[0] + b), vectors along O
+            for r in range(n):
+                xr = x[r, 0]
+                for j in range(o):
+                    v = xr * W[0, j] + b[j]
+                    if keep_z:
+                        z[r, j] = v
+                    out[r, j] = activate(v, act)
+    return dense_forward_thin
 
 
 @specialize
 def small_backward_kernel(act: int):
-    """``dense_backward`` for a single-output layer (O == 1): vectors along I."""
+    """``dense_backward`` for a single-output (O == 1) or single-input (I == 1) layer."""
     @kernel(python_entry=False, fastmath=REDUCTION)
-    def dense_backward_single(dout, x, W, out, z, dW, db, dx):
+    def dense_backward_thin(dout, x, W, out, z, dW, db, dx):
         n, ni = x.shape
-        total = dout[0, 0] * 0.0
-        for r in range(n):  # dz = dout * act', in place; db = the sum of dz
-            d = dout[r, 0] * derivative(out[r, 0], z[r, 0], act)
-            dout[r, 0] = d
-            total += d
-        db[0] = total
-        for k in range(ni):  # dW = x.T @ dz
-            dW[k, 0] = 0.0
-        for r in range(n):
-            d = dout[r, 0]
-            for k in range(ni):
-                dW[k, 0] += x[r, k] * d
-        if dx.shape[0] != 0:  # dx = dz @ W.T: dx[r] = dz[r, 0] W[:, 0]
-            for r in range(n):
+        o = W.shape[1]
+        for k in range(ni):
+            for j in range(o):
+                dW[k, j] = 0.0
+        for j in range(o):
+            db[j] = 0.0
+        if o == 1:
+            for r in range(n):  # dz = dout * act', in place; db = the sum of dz over rows
+                d = dout[r, 0] * derivative(out[r, 0], z[r, 0], act)
+                dout[r, 0] = d
+                db[0] += d
+            for r in range(n):  # dW[:, 0] += x[r] dz[r, 0]: vectors along I
                 d = dout[r, 0]
                 for k in range(ni):
-                    dx[r, k] = d * W[k, 0]
-    return dense_backward_single
+                    dW[k, 0] += x[r, k] * d
+        else:  # ni == 1: dz, db and dW[0] += x[r, 0] dz[r] in one pass, vectors along O
+            for r in range(n):
+                xr = x[r, 0]
+                for j in range(o):
+                    d = dout[r, j] * derivative(out[r, j], z[r, j], act)
+                    dout[r, j] = d
+                    db[j] += d
+                    dW[0, j] += xr * d
+        if dx.shape[0] != 0:  # dx = dz @ W.T
+            for r in range(n):
+                if o == 1:  # dx[r] = dz[r, 0] W[:, 0]
+                    d = dout[r, 0]
+                    for k in range(ni):
+                        dx[r, k] = d * W[k, 0]
+                else:  # dx[r, 0] = dz[r] . W[0]
+                    s = dout[r, 0] * W[0, 0]
+                    for j in range(1, o):
+                        s += dout[r, j] * W[0, j]
+                    dx[r, 0] = s
+    return dense_backward_thin
 
 
 # -- choosing, checking and calling ------------------------------------------------------
 
 def kernels(act: int, fan_in: int, fan_out: int, keep_z: bool, small=None):
-    """(forward, backward) kernels for a layer: the fused form when ``small`` (default: by
-    ``is_small``; only single-output layers have one), else the BLAS form."""
-    if small is None:
-        small = is_small(fan_in, fan_out)
-    if small and fan_out != 1:
-        raise ValueError(f"the fused form is for single-output layers, not {fan_in}x{fan_out}")
-    if small:
-        return small_forward_kernel(act, keep_z), small_backward_kernel(act)
-    return forward_kernel(act, keep_z), backward_kernel(act)
+    """(forward, backward) kernels for a layer, each pass in the fused form where that is faster
+    (``fused``); ``small`` True or False forces the fused or the BLAS form for both."""
+    if small and fan_out != 1 and fan_in != 1:
+        raise ValueError(f"the fused form is for single-output or single-input layers, not {fan_in}x{fan_out}")
+    forward, backward = fused(fan_in, fan_out) if small is None else (small, small)
+    return (small_forward_kernel(act, keep_z) if forward else forward_kernel(act, keep_z),
+            small_backward_kernel(act) if backward else backward_kernel(act))
 
 
 def _check_layer(x, W, b=None):
@@ -198,7 +226,8 @@ def dense_forward(x, W, b, act, out=None, z=None, *, small=None):
         when omitted, ``out`` doubles as the buffer (gelu: allocated and discarded). It may
         be ``out`` itself, but may not overlap it partly, nor x, W or b.
     small : bool, optional
-        True: the fused form; False: the BLAS form; default: as a model would choose.
+        True: the fused form (single-output or single-input layers only); False: the BLAS
+        form; default: as a model would choose.
 
     Returns
     -------
@@ -241,7 +270,8 @@ def dense_backward(dout, x, W, out, z, act, dW=None, db=None, dx=None, dz=None, 
     need_dx : bool
         False skips ``dx`` (the first layer has no input gradient to pass on).
     small : bool, optional
-        True: the fused form; False: the BLAS form; default: as a model would choose.
+        True: the fused form (single-output or single-input layers only); False: the BLAS
+        form; default: as a model would choose.
 
     Returns
     -------
