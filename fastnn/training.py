@@ -51,10 +51,17 @@ class Plan:
     def classify(self):
         return self.loss == "softmax_cross_entropy"
 
-    def learning_rates(self, epoch):
+    def learning_rates(self, epoch, out=None):
         """Each batch's learning rate in ``epoch``: the optimizer's lr times the schedule."""
-        t = epoch * self.batches + np.arange(self.batches)
-        return float(self.optimizer.lr) * self.lr_schedule.factors(t, self.epochs * self.batches)
+        batches = self.batches
+        lr = float(self.optimizer.lr)
+        if type(self.lr_schedule) is Constant:  # (the common case, without the arrays: 2 us a call)
+            if out is None:
+                return np.full(batches, lr)
+            out.fill(lr)
+            return out
+        t = epoch * batches + np.arange(batches)
+        return np.multiply(self.lr_schedule.factors(t, self.epochs * batches), lr, out=out)
 
 
 def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None, shuffle=True, verbose=0,
@@ -191,8 +198,10 @@ class CompiledEpochs:
             self._build(bar, epoch)
         engine, optimizer = model._engine, p.optimizer
         n, batches = p.X.shape[0], p.batches
-        order = model._rng.permutation(n) if p.shuffle else self.epoch_args.order
-        args = self.epoch_args._replace(order=order, lr=p.learning_rates(epoch))
+        args = self.epoch_args
+        p.learning_rates(epoch, out=args.lr)
+        if p.shuffle:
+            args = args._replace(order=model._rng.permutation(n))
         loss_sum, correct, first, chunk = 0.0, 0.0, 0, 1
         while first < batches:
             stop = min(first + chunk, batches)

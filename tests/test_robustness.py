@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -155,3 +156,30 @@ def test_a_finished_run_resumes_to_nothing_more(tmp_path):
     for p, b in zip(again.parameters(), before):
         np.testing.assert_array_equal(p, b)
     assert opt.step_count == 2 * 8
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_finite_check_finds_a_bad_value_in_any_part_of_a_large_array(threads):
+    from fastnn.kernels._checks import PARALLEL_CHECK_BYTES, all_finite
+
+    before = fastnn.get_num_threads()["numba"]
+    fastnn.set_num_threads(min(threads, numba_ceiling()))
+    try:
+        a = np.ones((PARALLEL_CHECK_BYTES // 4 // 256 + 7, 256), np.float32)  # above the threaded size
+        assert all_finite(a)
+        for at in (0, a.size // 2 - 1, a.size // 2, a.size - 1):
+            for bad in (np.nan, np.inf, -np.inf):
+                a.flat[at] = bad
+                assert not all_finite(a), (at, bad)
+                a.flat[at] = 1.0
+        a[...] = 3e38  # finite values whose sum overflows: still finite, and no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert all_finite(a)
+    finally:
+        fastnn.set_num_threads(before)
+
+
+def numba_ceiling():
+    import numba
+    return numba.config.NUMBA_NUM_THREADS

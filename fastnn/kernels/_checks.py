@@ -5,6 +5,10 @@ before any kernel runs.
 """
 from __future__ import annotations
 
+import math
+import threading
+
+import numba
 import numpy as np
 
 
@@ -79,13 +83,41 @@ def positive(name: str, value, *, allow_zero: bool = False) -> float:
     return v
 
 
+PARALLEL_CHECK_BYTES = 8 << 20  # below this a second thread costs more than it saves (~60 us to start)
+
+
 def all_finite(a: np.ndarray) -> bool:
     """True when no element of ``a`` is NaN or +-inf, without allocating or compiling anything.
 
-    A NaN or inf makes the sum non-finite, so one vectorised pass (11 ms for 60,000 x 784
-    float32) clears almost every array; only a non-finite sum, which may be an overflow of
-    finite values, is decided by min and max (which propagate NaN and show +-inf)."""
-    if a.size == 0 or np.isfinite(a.sum()):
+    A NaN or inf makes the sum non-finite, so one vectorised pass clears almost every array;
+    only a non-finite sum, which may be an overflow of finite values, is decided by min and
+    max (which propagate NaN and show +-inf). The pass is memory-bound: a large C-contiguous
+    array is summed in parts on Numba's thread count (60,000 x 784 float32: 10.3 ms on one
+    thread, 5.9 ms on two); the threads live only for the call, so none is left running."""
+    if a.size == 0:
+        return True
+    threads = numba.get_num_threads() if a.nbytes >= PARALLEL_CHECK_BYTES else 1  # (a call costs 1.2 us)
+    if threads > 1 and a.flags.c_contiguous:
+        flat = a.reshape(-1)
+        bounds = np.linspace(0, flat.size, threads + 1).astype(np.int64)
+        sums = np.full(threads, np.nan)  # a part that failed counts as not finite (min/max decide)
+
+        def part(i):
+            with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
+                sums[i] = flat[bounds[i]:bounds[i + 1]].sum()
+        workers = [threading.Thread(target=part, args=(i,)) for i in range(1, threads)]
+        for w in workers:
+            w.start()
+        part(0)
+        for w in workers:
+            w.join()
+        total = sums.sum()
+    elif a.dtype == np.float32 and a.size <= 4096:
+        total = a.sum(dtype=np.float64)  # cannot overflow, and needs no errstate (0.9 us a call)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is decided below, not warned
+            total = a.sum()
+    if math.isfinite(total):
         return True
     return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 

@@ -89,8 +89,11 @@ def flush_subnormals(typingctx):
         slot = cgutils.alloca_once(builder, ir.IntType(32))
         _mxcsr(builder, "stmxcsr", slot)
         old = builder.load(slot)
-        builder.store(builder.or_(old, ir.Constant(ir.IntType(32), _FTZ)), slot)
-        _mxcsr(builder, "ldmxcsr", slot)
+        ftz = ir.Constant(ir.IntType(32), _FTZ)
+        unset = builder.icmp_unsigned("==", builder.and_(old, ftz), ir.Constant(ir.IntType(32), 0))
+        with builder.if_then(unset, likely=False):  # a driver called by a driver finds it set already
+            builder.store(builder.or_(old, ftz), slot)
+            _mxcsr(builder, "ldmxcsr", slot)
         return old
     return types.int32(), codegen
 
@@ -100,8 +103,12 @@ def restore_fp(typingctx, mode):
     """restore_fp(mode): put back the floating-point mode ``flush_subnormals`` returned."""
     def codegen(context, builder, signature, args):
         if X86:
-            slot = cgutils.alloca_once_value(builder, args[0])
-            _mxcsr(builder, "ldmxcsr", slot)
+            mode = args[0]
+            unset = builder.icmp_unsigned("==", builder.and_(mode, ir.Constant(ir.IntType(32), _FTZ)),
+                                          ir.Constant(ir.IntType(32), 0))
+            with builder.if_then(unset, likely=False):  # only the call that set FTZ clears it
+                slot = cgutils.alloca_once_value(builder, mode)
+                _mxcsr(builder, "ldmxcsr", slot)
         return context.get_dummy_value()
     return types.none(types.int32), codegen
 

@@ -25,7 +25,7 @@ from numba import types
 
 from . import _checks
 from ._compose import raw_rows_of, run, typed_rows
-from ._jit import array_type, kernel
+from ._jit import REDUCTION, array_type, kernel
 from .activations import exp_
 
 BAD_TARGET = -1.0
@@ -86,7 +86,8 @@ def _count_correct(logits, y, weights):
 
 
 # loss_i = mean_j (pred_ij - target_ij)^2; d(loss)/d(pred_ij) = w_i / sum(w) * 2 (pred_ij - target_ij) / C.
-@kernel(python_entry=False)
+# Its sums are of terms >= 0, which no order can cancel: reassociated, the loop over C vectorises.
+@kernel(python_entry=False, fastmath=REDUCTION)
 def _mse(pred, y, weights, dpred):
     n, c = pred.shape
     target = typed_rows(y, pred)

@@ -36,7 +36,8 @@ Objective: loss, metric       addresses: the fused loss; a weighted count of cor
 Optimizer: update, hyper, state   address; (H,) float64 constants; (S_opt, P) buffers
 Drivers: forward, gradients, update, step   addresses of the drivers above (0: not built)
 Every driver runs with subnormal floats flushed to zero (``flush_subnormals``; the caller's
-mode is restored on return): they only ever make kernels slow, never models better.
+mode is restored on return): they only ever make kernels slow, never models better. Only the
+outermost driver of a call changes the mode; the drivers it calls find it set.
 
 Epoch: one per epoch of ``fit``.
     X (N_all, I bytes), y (N_all, row bytes)   inputs and targets as raw bytes (``raw_rows_of``)
@@ -262,11 +263,11 @@ def step(net, ws, objective, opt, drivers, X, y, w, lr, t):
     """One step (optimizer step number t): gradients, then update. Returns the loss before the
     update, NaN when the step was refused (a NaN or inf loss or gradient; nothing written), or
     BAD_TARGET."""
+    mode = flush_subnormals()  # once here, not again in each driver it calls
     loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, t))
-    if loss == BAD_TARGET:
-        return loss
-    if not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
-        return math.nan
+    if loss != BAD_TARGET and not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
+        loss = math.nan
+    restore_fp(mode)
     return loss
 
 
@@ -279,6 +280,7 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
     status): a step that diverges or meets a bad label stops the loop there, with the
     parameters of the last good step.
     """
+    mode = flush_subnormals()
     n = epoch.X.shape[0]
     size = epoch.batch_size
     total, correct = 0.0, 0.0
@@ -302,8 +304,10 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
                                          first_step + b - first_batch))
         epoch.losses[b] = loss
         if loss == BAD_TARGET:
+            restore_fp(mode)
             return total, correct, b - first_batch, BAD_TARGETS
         if not loss >= 0.0:  # NaN: the step was refused
+            restore_fp(mode)
             return total, correct, b - first_batch, DIVERGED
         weight = 0.0
         for i in range(m):
@@ -311,4 +315,5 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
         total += loss * weight
         if objective.metric != NO_KERNEL:
             correct += call_value(objective.metric, (layer(net, ws, last, m).out, y, w))
+    restore_fp(mode)
     return total, correct, stop_batch - first_batch, OK
