@@ -22,6 +22,7 @@ from .kernels._compose import raw_rows_of, run
 from .kernels import losses as loss_kernels
 from .kernels import train
 from .kernels.activations import NAMES, NEEDS_PREACTIVATION
+from .threads import serial_rows
 
 # Every loss the kernels have: (loss kernel, metric kernel or None, takes integer labels)
 LOSS_KERNELS = {
@@ -98,6 +99,8 @@ class Engine:
         self.z_width = int(sum(widths))
         self.p_drop = p_drop
         self.small = [None] * len(self.codes)  # per layer: None picks each pass's form by shape
+        # batch sizes whose steps run their products on one BLAS thread (``threads.serial_rows``)
+        self.serial_rows = serial_rows(int((self.fan_in * self.fan_out).max()), params.nbytes)
         self.params, self.grads, self.seed = params, grads, seed
         self._net = None
         self._ws = None
@@ -142,6 +145,7 @@ class Engine:
     @property
     def width(self):
         return int(self.fan_out.sum())
+
 
     def workspace(self, n):
         """Activation buffers for batches of up to n rows (grown, never shrunk)."""

@@ -19,6 +19,7 @@ from .kernels._checks import all_finite
 from .layers import Dense, Dropout
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
+from .threads import one_blas_thread
 
 FORMAT_VERSION = 1
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -213,8 +214,13 @@ class Sequential:
         n = X.shape[0]
         engine = self._engine
         ws = engine.workspace(n)
-        value = fn(engine.net, ws, objective, optimizer._compiled(engine), drivers, X,
-                   raw_rows_of(y), engine.ones[:n], optimizer.lr, optimizer.step_count + 1)
+        args = (engine.net, ws, objective, optimizer._compiled(engine), drivers, X, raw_rows_of(y), engine.ones[:n],
+                optimizer.lr, optimizer.step_count + 1)
+        if n in engine.serial_rows:
+            with one_blas_thread():
+                value = fn(*args)
+        else:
+            value = fn(*args)
         if not value >= 0.0:  # NaN (refused) or BAD_TARGET
             raise self._refused(X, y, loss, optimizer.step_count + 1)
         optimizer.step_count += 1

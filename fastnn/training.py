@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from .engine import raw_rows_of
 from .kernels.train import OK, Epoch
 from .losses import check_loss
 from .schedules import Constant, Schedule
+from .threads import one_blas_thread
 
 CHUNK_SECONDS = 0.1  # the compiled epoch returns to Python this often (progress bar, Ctrl-C)
 
@@ -176,6 +178,7 @@ class CompiledEpochs:
         rows = min(p.batch_size, p.X.shape[0])
         engine = model._engine
         self.ws = engine.workspace(rows)
+        self.serial = rows in engine.serial_rows
         X, y = raw_rows_of(p.X), raw_rows_of(p.y)  # the compiled loop moves rows as bytes
         self.epoch_args = Epoch(X, y, p.w, np.empty(0, np.int64), p.shuffle, p.batch_size, np.empty(p.batches),
                                 np.empty((rows, X.shape[1]), np.uint8), np.empty((rows, y.shape[1]), np.uint8),
@@ -207,8 +210,10 @@ class CompiledEpochs:
             stop = min(first + chunk, batches)
             start = time.perf_counter()
             opt = optimizer._compiled(engine)
-            part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt, self.drivers,
-                                                            args, first, stop, optimizer.step_count + 1)
+            with one_blas_thread() if self.serial else contextlib.nullcontext():
+                part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt,
+                                                                self.drivers, args, first, stop,
+                                                                optimizer.step_count + 1)
             optimizer.step_count += done
             if status != OK:
                 from .model import DivergenceError

@@ -189,3 +189,54 @@ def test_training_flushes_subnormals_and_gives_the_callers_mode_back():
         assert buffer[1] == 0.0  # 0.5 * tiny flushed, not kept as a slow subnormal
     half = np.float32(np.finfo(np.float32).tiny) * np.float32(0.5)
     assert half != 0.0  # the caller's arithmetic keeps its subnormals
+
+
+def test_steps_too_small_for_a_second_thread_run_on_one():
+    from fastnn.threads import SERIAL_PARAM_BYTES, SERIAL_PRODUCT, SERIAL_ROWS, serial_rows
+
+    mnist = fastnn.Sequential(fastnn.Dense(784, 256, activation="relu"), fastnn.Dense(256, 10), seed=0)
+    rows = mnist._engine.serial_rows  # 784 * 256 multiply-adds a row: from 10 rows up to 63
+    assert 32 in rows and SERIAL_ROWS - 1 in rows and SERIAL_ROWS not in rows and 128 not in rows
+    assert -(-SERIAL_PRODUCT // (784 * 256)) in rows and -(-SERIAL_PRODUCT // (784 * 256)) - 1 not in rows
+    tiny = fastnn.Sequential(fastnn.Dense(1, 64, activation="tanh"), fastnn.Dense(64, 1), seed=0)
+    assert len(tiny._engine.serial_rows) == 0  # its products never reach BLAS's own threading
+    assert len(serial_rows(784 * 2048, SERIAL_PARAM_BYTES + 1)) == 0  # parameters beyond the cache
+
+
+def test_one_blas_thread_inside_and_every_count_given_back(monkeypatch):
+    import threadpoolctl
+
+    from fastnn import model as model_module
+    from fastnn import training
+    from fastnn.threads import one_blas_thread
+
+    fastnn.set_num_threads(2)
+    try:
+        def counts():
+            return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        before = counts()
+        assert before and max(before) == 2
+        with one_blas_thread():
+            assert set(counts()) == {1}
+        assert counts() == before
+
+        entered = []
+
+        class Recording(one_blas_thread):
+            def __enter__(self):
+                entered.append(set(counts()))
+                return super().__enter__()
+        monkeypatch.setattr(model_module, "one_blas_thread", Recording)
+        monkeypatch.setattr(training, "one_blas_thread", Recording)
+        X, y = mnist_batch(n=128)
+        model = fastnn.Sequential(fastnn.Dense(784, 256, activation="relu"), fastnn.Dense(256, 10), seed=0)
+        opt = fastnn.SGD(lr=0.01)
+        model.train_step(X[:32], y[:32], optimizer=opt)
+        assert len(entered) == 1
+        model.train_step(X, y, optimizer=opt)  # 128 rows: both threads
+        model.fit(X, y, optimizer=opt, batch_size=128)
+        assert len(entered) == 1
+        model.fit(X, y, optimizer=opt, batch_size=32)  # (in one or more chunks)
+        assert len(entered) >= 2 and counts() == before
+    finally:
+        fastnn.set_num_threads(os.cpu_count())
