@@ -17,14 +17,15 @@ import numpy as np
 
 from . import engine as _engine
 from .kernels import _jit, dense, dropout, optimizers, train
-from .kernels._compose import raw_rows_of, run
+from .kernels._compose import checked, raw_rows_of
 from .kernels import losses as loss_kernels
 
 
 def _timed(records, name, kernel, signature, cost):
     def timed(*args):
+        trampoline, fn = checked(kernel, signature, args)  # (checks outside the timer)
         t = time.perf_counter()
-        result = run(kernel, signature, *args)
+        result = trampoline(fn, args)
         dt = time.perf_counter() - t
         shape, flops, nbytes = cost(*args)
         rec = records[(name, shape)]
@@ -111,13 +112,17 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
     engine = model._engine
     ws = engine.workspace(X.shape[0])
     w = engine.ones[:X.shape[0]]
+    def timed_steps(count):
+        for _ in range(count):
+            value = step(net, ws, objective, opt, drivers, X, raw_rows_of(y), w, float(optimizer.lr),
+                         optimizer.step_count + 1)
+            if not value >= 0.0:
+                raise model._refused(X, y, loss, optimizer.step_count + 1)
+            optimizer.step_count += 1
+    timed_steps(warmup)  # (the first calls from Python compile their way in, or load it from the cache)
+    records.clear()
     t = time.perf_counter()
-    for _ in range(steps):
-        value = step(net, ws, objective, opt, drivers, X, raw_rows_of(y), w, float(optimizer.lr),
-                     optimizer.step_count + 1)
-        if not value >= 0.0:
-            raise model._refused(X, y, loss, optimizer.step_count + 1)
-        optimizer.step_count += 1
+    timed_steps(steps)
     profiled = time.perf_counter() - t
     step_s = float(np.median(times))
     rows = [{"kernel": k, "shape": s, "calls": c, "seconds": sec, "flops": f, "bytes": b}

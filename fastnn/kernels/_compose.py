@@ -5,6 +5,7 @@ also run as plain Python (``fastnn profile``, NUMBA_DISABLE_JIT).
 """
 from __future__ import annotations
 
+import functools
 import platform
 
 import numba
@@ -131,13 +132,21 @@ def invoke_value(kernel, args):
     return value
 
 
-def _matches(value, declared) -> bool:
-    found = numba.typeof(value)
-    if isinstance(declared, types.Array):
-        return (isinstance(found, types.Array) and (found.dtype, found.ndim) == (declared.dtype, declared.ndim)
-                and found.layout == "C" and found.aligned)
-    return found == declared or (isinstance(declared, (types.Float, types.Integer, types.Boolean))
-                                 and isinstance(found, (types.Float, types.Integer, types.Boolean)))
+_SCALARS = (int, float, bool, np.integer, np.floating, np.bool_)
+
+
+@functools.cache
+def _expected(declared_args):
+    """Per declared argument: (NumPy dtype, ndim) for an array, None for a scalar."""
+    return tuple((numba.np.numpy_support.as_dtype(t.dtype), t.ndim) if isinstance(t, types.Array) else None
+                 for t in declared_args)
+
+
+def _matches(value, expected) -> bool:
+    if expected is None:
+        return isinstance(value, _SCALARS)
+    return (isinstance(value, np.ndarray) and value.dtype == expected[0] and value.ndim == expected[1]
+            and value.flags.c_contiguous and value.flags.aligned)
 
 
 def run(dispatcher, signature, *args):
@@ -148,16 +157,26 @@ def run(dispatcher, signature, *args):
     float64."""
     if not JIT:
         return dispatcher(*args)
+    trampoline, fn = checked(dispatcher, signature, args)
+    return trampoline(fn, args)
+
+
+def checked(dispatcher, signature, args):
+    """``(trampoline, address)`` for calling ``dispatcher`` with ``args`` as ``trampoline(address,
+    args)`` (what ``run`` does), after checking ``args`` against the compiled signature."""
     fn = address(dispatcher, signature)
     declared = SIGNATURES[fn]
-    if len(args) != len(declared.args) or not all(map(_matches, args, declared.args)):
+    if len(args) != len(declared.args) or not all(map(_matches, args, _expected(tuple(declared.args)))):
         raise TypeError(f"{dispatcher.__name__} takes {declared.args}, got {tuple(numba.typeof(a) for a in args)}")
     if declared.return_type == types.none:
-        invoke(fn, args)
-        return None
+        return _invoke_none, fn
     if declared.return_type != types.float64:
         raise TypeError(f"kernels called from Python return nothing or a float64, not {declared.return_type}")
-    return invoke_value(fn, args)
+    return invoke_value, fn
+
+
+def _invoke_none(fn, args):
+    invoke(fn, args)
 
 
 def _run_by_types(dispatcher, *args):

@@ -250,11 +250,18 @@ def address(dispatcher, signature):
     NUMBA_DISABLE_JIT the function itself stands in for its address."""
     if not JIT:
         return dispatcher
-    dispatcher.compile(signature)
-    cres = dispatcher.overloads[tuple(signature.args)]
-    addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
-    SIGNATURES[addr] = cres.signature
+    key = (dispatcher, signature)
+    addr = _ADDRESSES.get(key)
+    if addr is None:  # (compile() and the symbol lookup cost about 20 us even when compiled)
+        dispatcher.compile(signature)
+        cres = dispatcher.overloads[tuple(signature.args)]
+        addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        SIGNATURES[addr] = cres.signature
+        _ADDRESSES[key] = addr
     return addr
+
+
+_ADDRESSES = {}  # (dispatcher, signature) -> address
 
 
 # -- compiling on a cold cache ---------------------------------------------------------
