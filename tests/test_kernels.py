@@ -232,3 +232,71 @@ def test_dropout_forward_and_dropout_backward(p_drop, dtype, rng):
     # another step or layer draws another mask; the same counters the same one
     assert p_drop == 0 or not np.array_equal(K.dropout_forward(y.copy(), p_drop, 11, 6, 2) != 0, kept)
     np.testing.assert_array_equal(K.dropout_forward(y.copy(), p_drop, 11, 5, 2), got)
+
+
+# -- outputs that share memory with inputs ---------------------------------------------
+
+def overlap_cases():
+    """(what, call) pairs: each call passes an output that overlaps an input in a way its kernel
+    cannot handle, and must raise ValueError before any kernel runs."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    logits = rng.standard_normal((4, 3)).astype(f)
+    labels = np.array([0, 2, 1, 0])
+    x, W, b = rng.random((4, 3), dtype=f), rng.random((3, 5), dtype=f), rng.random(5, dtype=f)
+    buf = np.zeros((6, 5), f)  # out and z as two windows of one buffer, a row apart
+    out = rng.random((4, 5), dtype=f)
+    dout = rng.random((4, 5), dtype=f)
+    big = np.zeros(40, f)
+    p, g = rng.random(12, dtype=f), rng.random(12, dtype=f)
+    return [
+        ("dlogits is logits", lambda: K.softmax_cross_entropy(logits, labels, dlogits=logits)),
+        ("dpred is target", lambda: K.mse(out, dout, dpred=dout)),
+        ("z partly overlaps out", lambda: K.dense_forward(x, W, b, "relu", out=buf[:4], z=buf[1:5])),
+        ("out is x's memory", lambda: K.dense_forward(x, np.ones((3, 3), f), b[:3], "relu", out=x)),
+        ("dx overlaps x", lambda: K.dense_backward(dout, x, W, out, out, "relu", dx=x)),
+        ("dW overlaps W", lambda: K.dense_backward(dout, x, W, out, out, "relu", dW=W)),
+        ("dz partly overlaps dout", lambda: K.dense_backward(big[:20].reshape(4, 5), x, W, out, out, "relu",
+                                                             dz=big[5:25].reshape(4, 5))),
+        ("dz overlaps out", lambda: K.dense_backward(dout, x, W, out, out, "relu", dz=out)),
+        ("y partly overlaps z", lambda: K.activation_forward(buf[:4], "tanh", y=buf[1:5])),
+        ("g is p", lambda: K.sgd_update(p, p, None, 0.1)),
+        ("m overlaps v", lambda: K.adam_update(p, g, big[:12], big[6:18], 1, 0.1)),
+    ]
+
+
+@pytest.mark.parametrize("what", [w for w, _ in overlap_cases()])
+def test_an_output_overlapping_an_input_is_refused(what):
+    call = dict(overlap_cases())[what]
+    with pytest.raises(ValueError, match="overlaps"):
+        call()
+
+
+def test_the_documented_in_place_aliases_give_the_same_numbers():
+    rng = np.random.default_rng(1)
+    f = np.float32
+    x, W, b = rng.random((4, 3), dtype=f), rng.standard_normal((3, 5)).astype(f), rng.random(5, dtype=f)
+    out = K.dense_forward(x, W, b, "tanh")
+    same = np.empty_like(out)
+    np.testing.assert_array_equal(K.dense_forward(x, W, b, "tanh", out=same, z=same), out)  # z is out
+    dout = rng.random((4, 5), dtype=f)
+    separate = K.dense_backward(dout, x, W, out, out, "tanh")
+    in_place = K.dense_backward(dout.copy(), x, W, out, out, "tanh")
+    buffer = dout.copy()
+    aliased = K.dense_backward(buffer, x, W, out, out, "tanh", dz=buffer)  # dz is dout: overwritten
+    for s, a in zip(separate, aliased):
+        np.testing.assert_array_equal(s, a)
+    for s, a in zip(separate, in_place):
+        np.testing.assert_array_equal(s, a)
+    pred, target = rng.random((4, 2), dtype=f), rng.random((4, 2), dtype=f)
+    loss, grad = K.mse(pred, target)
+    loss2, grad2 = K.mse(pred.copy(), target, dpred=None)
+    p2 = pred.copy()
+    loss3, grad3 = K.mse(p2, target, dpred=p2)  # dpred is pred
+    assert loss == loss2 == loss3
+    np.testing.assert_array_equal(grad3, grad)
+    z = rng.standard_normal((4, 5)).astype(f)
+    y = K.activation_forward(z, "sigmoid")
+    np.testing.assert_array_equal(K.activation_forward(z.copy(), "sigmoid", y=None), y)
+    z2 = z.copy()
+    np.testing.assert_array_equal(K.activation_forward(z2, "sigmoid", y=z2), y)  # y is z

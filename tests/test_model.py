@@ -265,3 +265,32 @@ def test_same_seed_and_threads_give_bit_identical_parameters_across_processes():
         exec(TRAIN_SCRIPT, namespace)
     fastnn.set_num_threads(int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count())))
     assert out.getvalue().strip() == digests[0]
+
+
+def two_layer_data(rng, n=64):
+    X = rng.random((n, 6), dtype=np.float32)
+    return X, (X.sum(axis=1) > 3).astype(np.int64)
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_a_copied_model_trains_saves_and_loads_its_own_weights(copier, tmp_path, rng):
+    import copy
+    import pickle
+
+    X, y = two_layer_data(rng)
+    model = fastnn.Sequential(fastnn.Dense(6, 8, activation="tanh"), fastnn.Dense(8, 2), seed=0)
+    model.fit(X, y, optimizer=fastnn.SGD(lr=0.1), epochs=2, batch_size=16)
+    original = model.predict(X)
+    twin = copy.deepcopy(model) if copier == "deepcopy" else pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(twin.predict(X), original)
+    twin.fit(X, y, optimizer=fastnn.SGD(lr=0.5), epochs=3, batch_size=16)
+    trained = twin.predict(X)
+    assert not np.array_equal(trained, original)
+    np.testing.assert_array_equal(model.predict(X), original)  # the copy shares nothing with it
+    # its layers, parameters() and saved file all show the weights it trained
+    np.testing.assert_array_equal(twin.layers[0].W, twin.parameters()[0])
+    assert np.shares_memory(twin.parameters()[0], twin._flat_params)
+    twin.save(tmp_path / "twin.npz")
+    np.testing.assert_array_equal(fastnn.load(tmp_path / "twin.npz").predict(X), trained)
+    twin.parameters()[1][...] = 5.0  # a write through parameters() reaches the copy's training path
+    assert not np.array_equal(twin.predict(X), trained)

@@ -67,3 +67,27 @@ def test_regressor_in_a_pipeline_and_grid_search():
     assert search.best_params_["mlpregressor__hidden_layer_sizes"] == (32,)
     assert search.best_score_ > 0.9
     assert search.predict(X).shape == (400,)
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle", "clone"])
+def test_copied_estimators_predict_alike_and_train_apart(copier):
+    import copy
+    import pickle
+
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(0)
+    X = rng.random((80, 5))
+    y = (X[:, 0] > 0.5).astype(int)
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y)
+    before = est.predict_proba(X)
+    if copier == "clone":  # an unfitted estimator with the same settings: fitting it gives the same model
+        twin = clone(est).fit(X, y)
+        np.testing.assert_array_equal(twin.predict_proba(X), before)
+    else:
+        twin = copy.deepcopy(est) if copier == "deepcopy" else pickle.loads(pickle.dumps(est))
+        np.testing.assert_array_equal(twin.predict_proba(X), before)
+    for _ in range(3):
+        twin.partial_fit(X, y)
+    assert not np.array_equal(twin.predict_proba(X), before)
+    np.testing.assert_array_equal(est.predict_proba(X), before)
