@@ -8,12 +8,12 @@ epochs, the history, the optimizer's scalars and the shuffling generator's state
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
 
 import numpy as np
+
+from ._files import atomic_write
 
 FILENAME = "checkpoint.npz"
 VERSION = 1
@@ -46,16 +46,8 @@ def save(directory, model, optimizer, rng, epoch, history, settings):
             "optimizer": {"type": type(optimizer).__name__,
                           "scalars": {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}},
             "rng": rng.bit_generator.state}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(_json_safe(meta))), params=model._flat_params, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / FILENAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(directory / FILENAME) as f:
+        np.savez(f, meta=np.array(json.dumps(_json_safe(meta))), params=model._flat_params, **arrays)
 
 
 def load(directory, model, optimizer, rng, settings):

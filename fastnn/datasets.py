@@ -10,11 +10,12 @@ import hashlib
 import http.client
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 
 import numpy as np
+
+from ._files import atomic_write
 
 BUNDLED = pathlib.Path(__file__).resolve().parent / "data" / "mnist_5k"
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
@@ -89,16 +90,8 @@ def download_file(stem: str, cache_dir, mirrors=MIRRORS, checksums=CHECKSUMS) ->
         if digest != expected:
             failures.append(f"{url}: SHA-256 of the content is {digest}, expected {expected}")
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".part", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(gzip.compress(content, mtime=0) if data[:2] != b"\x1f\x8b" else data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(target) as f:
+            f.write(gzip.compress(content, mtime=0) if data[:2] != b"\x1f\x8b" else data)
         return target
     raise DataError(f"could not download {stem}: " + "; ".join(failures))
 

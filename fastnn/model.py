@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from ._files import atomic_write
 from .engine import Engine, raw_rows_of
 from .kernels._checks import all_finite
 from .layers import Dense, Dropout
@@ -173,6 +173,12 @@ class Sequential:
         X = self._inputs(X, check_finite=check_finite)
         return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype, check=check_finite)
 
+    def _check_writable(self, params=True):
+        """Training writes the flat parameter and gradient buffers in place: refuse read-only ones."""
+        if not ((self._flat_params.flags.writeable or not params) and self._flat_grads.flags.writeable):
+            raise ValueError("this model's parameters are read-only (their buffer's flags.writeable is False); "
+                             "training writes them in place: train a copy (copy.deepcopy(model)) instead")
+
     def _refused(self, X, y, loss, step):
         """The error for a step the kernels refused: bad inputs if they explain it, else divergence."""
         self._inputs(X)  # raises for NaN or inf in X
@@ -192,6 +198,7 @@ class Sequential:
         """
         check_loss(loss)
         X, y = self._data(X, y, loss)
+        self._check_writable(params=False)  # (it writes gradients only)
         engine = self._engine
         ws = engine.workspace(X.shape[0])
         gradients, objective, drivers = engine.gradients_fn(loss)
@@ -211,6 +218,7 @@ class Sequential:
         # types, shapes and layout here; content (labels in range, finite values) is checked by
         # the kernels, and a refused step is diagnosed below
         X, y = self._data(X, y, loss, check_finite=False)
+        self._check_writable()
         n = X.shape[0]
         engine = self._engine
         ws = engine.workspace(n)
@@ -320,24 +328,15 @@ class Sequential:
         """Write the model to exactly ``path`` (an ``.npz`` archive, no pickle).
 
         The file is written to a temporary name beside ``path`` and renamed over it, so an
-        existing file is never left half-written.
+        existing file is never left half-written. A new file gets the mode a plain write would
+        give it under the current umask; a replaced file keeps its mode.
         """
         path = os.fspath(path)
         arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self._architecture(),
                 "seed": self.seed if isinstance(self.seed, int) else None}
         arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
 
     def _architecture(self):
         return {"dtype": self.dtype.name,

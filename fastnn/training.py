@@ -77,6 +77,7 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
     epochs = _positive_count("epochs", epochs)
     batch_size = _positive_count("batch_size", batch_size)
     X, y = model._data(X, y, loss)
+    model._check_writable()
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     if validation_split and validation_data is not None:

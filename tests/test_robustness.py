@@ -183,3 +183,62 @@ def test_the_finite_check_finds_a_bad_value_in_any_part_of_a_large_array(threads
 def numba_ceiling():
     import numba
     return numba.config.NUMBA_NUM_THREADS
+
+
+@pytest.mark.parametrize("entry", ["train_step", "fit", "loss_and_grad"])
+def test_read_only_parameters_are_refused_before_any_kernel_writes(entry):
+    X, y = regression()
+    model = fastnn.Sequential(fastnn.Dense(4, 3, activation="tanh"), fastnn.Dense(3, 1), seed=0)
+    model._flat_params.setflags(write=False)
+    before = model._flat_params.copy()
+    with pytest.raises(ValueError, match="read-only"):
+        if entry == "train_step":
+            model.train_step(X[:8], y[:8], loss="mse", optimizer=fastnn.SGD(lr=0.1))
+        elif entry == "fit":
+            model.fit(X, y, loss="mse", optimizer=fastnn.SGD(lr=0.1))
+        else:
+            model.loss_and_grad(X, y, loss="mse")  # writes no parameter: fine
+            model._flat_grads.setflags(write=False)
+            model.loss_and_grad(X, y, loss="mse")
+    np.testing.assert_array_equal(model._flat_params, before)
+
+
+@pytest.mark.skipif(not hasattr(os, "umask") or os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("what", ["model", "checkpoint"])
+def test_saved_files_get_the_mode_a_plain_write_would(tmp_path, what):
+    from fastnn._files import atomic_write
+
+    def write(path):
+        model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
+        if what == "model":
+            model.save(path)
+        else:
+            from fastnn import checkpoint
+            checkpoint.save(path.parent, model, fastnn.SGD(lr=0.1), np.random.default_rng(0), 1, {"loss": [1.0]}, {})
+
+    def mode(path):
+        return os.stat(path).st_mode & 0o777
+
+    name = "model.npz" if what == "model" else "checkpoint.npz"
+    old = os.umask(0o022)
+    try:
+        for umask, expected in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+            folder = tmp_path / f"u{umask:o}"
+            folder.mkdir()
+            os.umask(umask)
+            write(folder / name)
+            with open(folder / "plain", "wb"):
+                pass
+            assert mode(folder / name) == mode(folder / "plain") == expected
+        os.umask(0o022)
+        target = tmp_path / "u22" / name
+        target.chmod(0o640)  # a replaced file keeps the mode its owner gave it
+        write(target)
+        assert mode(target) == 0o640
+        with pytest.raises(RuntimeError):  # and a failed write leaves no temporary file behind
+            with atomic_write(target) as f:
+                f.write(b"partial")
+                raise RuntimeError("interrupted")
+        assert sorted(os.listdir(target.parent)) == sorted([name, "plain"])
+    finally:
+        os.umask(old)

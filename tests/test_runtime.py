@@ -47,11 +47,72 @@ def test_editing_a_kernel_helper_never_leaves_a_stale_compiled_kernel(tmp_path):
 def test_cache_folder_choice_skips_unwritable_roots(tmp_path, monkeypatch):
     from fastnn.kernels import _jit
 
-    monkeypatch.setattr(_jit, "_writable_dir", lambda path: not str(path).startswith(str(tmp_path / "ro")))
+    (tmp_path / "file").write_text("")  # a cache root under a file cannot be made
     monkeypatch.delenv("FASTNN_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ro"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file" / "cache"))
     chosen = _jit._choose_cache_dir("ab" * 32)
-    assert chosen is not None and not str(chosen).startswith(str(tmp_path / "ro"))
+    assert chosen is not None and not str(chosen).startswith(str(tmp_path))  # the temporary folder's
+
+
+SHOW_CACHE = "import fastnn.kernels._jit as jit; print(jit.CACHE, jit.CACHE_DIR)"
+
+
+def cache_choice(tmp_path, env_extra, code=SHOW_CACHE):
+    env = {k: v for k, v in os.environ.items() if k != "FASTNN_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), **env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         timeout=120, cwd=ROOT)
+    cached, where = out.stdout.split()
+    return cached == "True", where, out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="folder modes and owners are POSIX")
+def test_the_cache_folders_fastnn_makes_are_private(tmp_path):
+    cached, where, err = cache_choice(tmp_path, {})
+    assert cached and where.startswith(str(tmp_path / "xdg" / "fastnn")) and not err
+    folder = pathlib.Path(where)
+    while folder != tmp_path / "xdg":
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+        folder = folder.parent
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="folder modes and owners are POSIX")
+@pytest.mark.parametrize("plant", ["writable by others", "symbolic link", "another user's"])
+def test_a_cache_folder_others_could_plant_is_not_used(tmp_path, plant):
+    root = tmp_path / "xdg" / "fastnn"
+    root.parent.mkdir()
+    if plant == "writable by others":
+        root.mkdir()
+        root.chmod(0o777)
+    elif plant == "symbolic link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        root.symlink_to(tmp_path / "elsewhere")
+    else:
+        if os.getuid() != 0:
+            pytest.skip("only root can give a folder to another user")
+        root.mkdir(mode=0o700)
+        os.chown(root, 12345, 12345)
+    cached, where, err = cache_choice(tmp_path, {})
+    assert not cached and where == "None"
+    assert "not caching compiled kernels" in err and str(root) in err
+    assert not (tmp_path / "elsewhere" / "numba").exists()  # nothing written through the link
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="folder modes and owners are POSIX")
+def test_a_cache_folder_the_user_names_is_used_with_a_warning_when_others_can_write_it(tmp_path):
+    named = tmp_path / "shared"
+    named.mkdir()
+    named.chmod(0o777)
+    cached, where, err = cache_choice(tmp_path, {"FASTNN_CACHE_DIR": str(named)})
+    assert cached and where.startswith(str(named)) and "writable by other users" in err
+    named.chmod(0o755)
+    assert cache_choice(tmp_path, {"FASTNN_CACHE_DIR": str(named)})[2] == ""
+
+
+def test_fastnn_imports_and_caches_without_os_getuid(tmp_path):
+    code = "import os\nif hasattr(os, 'getuid'): del os.getuid\n" + SHOW_CACHE
+    cached, where, err = cache_choice(tmp_path, {}, code)
+    assert cached and where.startswith(str(tmp_path / "xdg" / "fastnn"))
 
 
 def test_caching_can_be_switched_off(tmp_path):

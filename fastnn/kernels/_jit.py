@@ -23,10 +23,12 @@ import functools
 import hashlib
 import os
 import pathlib
+import stat
 import sys
 import tempfile
 import threading
 import time
+import warnings
 
 import llvmlite
 import numba
@@ -73,18 +75,84 @@ def _writable_dir(path: pathlib.Path) -> bool:
         return False
 
 
+def _user_name() -> str:
+    if hasattr(os, "getuid"):
+        return str(os.getuid())
+    try:
+        import getpass
+        return getpass.getuser()
+    except Exception:  # no user name to be had (no login, no environment): a fixed one
+        return "user"
+
+
+def _unsafe_reason(path: pathlib.Path) -> str | None:
+    """Why ``path`` may not hold a cache (Numba unpickles what it finds there), or None: it
+    must be a real folder (not a symbolic link), owned by this user, writable by no one else."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return "belongs to another user"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by other users"
+    return None
+
+
+def _private_dir(root: pathlib.Path, parts) -> pathlib.Path:
+    """``root/parts...``, each folder created with mode 0700 and each checked (``_unsafe_reason``).
+    Raises OSError when one cannot be made, ``_Unsafe`` when one is not safe to use."""
+    path = root
+    for part in (None, *parts):
+        if part is not None:
+            path = path / part
+        try:
+            path.mkdir(mode=0o700, parents=part is None)
+        except FileExistsError:
+            pass
+        reason = _unsafe_reason(path)
+        if reason:
+            raise _Unsafe(f"{path} {reason}")
+    tempfile.TemporaryFile(dir=path).close()
+    return path
+
+
+class _Unsafe(Exception):
+    pass
+
+
 def _choose_cache_dir(digest: str) -> pathlib.Path | None:
-    """First writable of FASTNN_CACHE_DIR, the user cache, the temp dir; None disables caching."""
+    """Where compiled kernels are cached; None runs uncached.
+
+    ``FASTNN_CACHE_DIR`` is used as given (with a warning when other users can write it).
+    Otherwise the first usable of the user cache and the temporary folder, each folder made
+    private (0700) and checked: one that is a symbolic link, another user's, or writable by
+    others is not used, and kernels run uncached after a one-line warning. (Numba unpickles its
+    cache files: a folder someone else can write would let them run code in this process.)
+    """
+    parts = ("numba", digest[:16])
     user = os.environ.get("FASTNN_CACHE_DIR")
     if user:
-        roots = [pathlib.Path(user)]
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        roots = [pathlib.Path(xdg) / "fastnn", pathlib.Path(tempfile.gettempdir()) / f"fastnn-{os.getuid()}"]
-    for root in roots:
-        candidate = root / "numba" / digest[:16]
-        if _writable_dir(candidate):
-            return candidate
+        candidate = pathlib.Path(user).joinpath(*parts)
+        if not _writable_dir(candidate):
+            return None
+        for folder in (pathlib.Path(user), candidate):
+            if hasattr(os, "getuid") and os.stat(folder).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                warnings.warn(f"fastnn: the kernel cache {folder} (FASTNN_CACHE_DIR) is writable by other "
+                              f"users, who could run code in this process through it", stacklevel=2)
+                break
+        return candidate
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for root in (pathlib.Path(xdg) / "fastnn", pathlib.Path(tempfile.gettempdir()) / f"fastnn-{_user_name()}"):
+        try:
+            return _private_dir(root, parts)
+        except _Unsafe as unsafe:
+            warnings.warn(f"fastnn: not caching compiled kernels: {unsafe}; remove it or set FASTNN_CACHE_DIR "
+                          f"to a folder of your own", stacklevel=2)
+            return None
+        except OSError:
+            continue  # cannot be made or written here: try the next place
     return None
 
 
