@@ -23,7 +23,7 @@ from .kernels import losses as loss_kernels
 
 def _timed(records, name, kernel, signature, cost):
     def timed(*args):
-        trampoline, fn = checked(kernel, signature, args)  # (checks outside the timer)
+        trampoline, fn, args = checked(kernel, signature, args)  # (checks outside the timer)
         t = time.perf_counter()
         result = trampoline(fn, args)
         dt = time.perf_counter() - t

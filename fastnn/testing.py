@@ -25,9 +25,12 @@ DENSE_SHAPES = ((1, 1, 1), (1, 7, 3), (3, 1, 5), (5, 4, 1), (17, 33, 9), (9, 3, 
 def assert_close(actual, expected, dtype=None, scale=None, name="array"):
     """Assert ``|actual - expected| <= atol*scale + rtol*|expected|`` element-wise.
 
-    ``scale`` (default: max |expected|, at least 1) lets absolute error grow with the size
-    of the values, as rounding does. Non-finite values must sit in the same places. The
-    message gives max abs error, max rel error and the worst index.
+    ``scale`` is per element (an array broadcast to ``expected``'s shape, or a number), at
+    least 1: the size of what the element was computed from, so that the allowed error grows
+    as rounding does. A sum's error grows with the sum of its terms' magnitudes, not with the
+    sum (pass ``product_scale``'s bound for a matrix product); the default, |expected|, fits
+    element-wise results. Non-finite values must sit in the same places and be the same
+    (NaN, +inf or -inf). The message gives max abs error, max rel error and the worst index.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -49,7 +52,10 @@ def assert_close(actual, expected, dtype=None, scale=None, name="array"):
     if a.size == 0:
         return
     if scale is None:
-        scale = max(1.0, float(np.max(np.abs(e))))
+        scale = np.abs(e)
+    else:
+        scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), expected.shape)[fin_e]
+    scale = np.maximum(1.0, scale)
     err = np.abs(a - e)
     bound = tol["atol"] * scale + tol["rtol"] * np.abs(e)
     if np.any(err > bound):
@@ -58,7 +64,17 @@ def assert_close(actual, expected, dtype=None, scale=None, name="array"):
         rel = err / np.maximum(np.abs(e), np.finfo(np.float64).tiny)
         raise AssertionError(
             f"{name}: max abs error {err.max():.3g}, max rel error {rel.max():.3g}, worst at {index}: "
-            f"{a[worst]!r} vs expected {e[worst]!r} (rtol {tol['rtol']}, atol {tol['atol']} x scale {scale:.3g})")
+            f"{a[worst]!r} vs expected {e[worst]!r} (rtol {tol['rtol']}, atol {tol['atol']} x scale "
+            f"{scale[worst]:.3g})")
+
+
+def product_scale(a, b):
+    """Per element of ``a @ b``, the sum of its terms' magnitudes, ``|a| @ |b|`` in float64
+    (non-finite entries count 0: an output they reach is non-finite and compared exactly)."""
+    def magnitudes(m):
+        m = np.abs(np.asarray(m, dtype=np.float64))
+        return np.where(np.isfinite(m), m, 0.0)
+    return magnitudes(a) @ magnitudes(b)
 
 
 def finite_difference(f, x, direction=None, h=1e-6):

@@ -5,6 +5,8 @@ threadpoolctl limits every BLAS it finds, so SciPy's is loaded first.
 """
 from __future__ import annotations
 
+import threading
+
 import numba
 import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS that Numba calls, so it is limited too)
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -17,7 +19,7 @@ def set_num_threads(n: int) -> None:
 
     Numba's ceiling is fixed at import (``NUMBA_NUM_THREADS``); ``n`` above it is an error.
     ``n`` is an upper bound: a training step too small to gain from a second thread runs its
-    products on one (``serial_step``).
+    products on one (``serial_rows``, ``one_blas_thread``).
     """
     global _limiter
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -63,25 +65,51 @@ def serial_rows(largest_product: int, param_bytes: int) -> range:
 
 
 class one_blas_thread:
-    """``with one_blas_thread():`` every BLAS library on one thread inside the block (each
-    library's count is put back on exit)."""
+    """``with one_blas_thread():`` every BLAS library on one thread inside the block.
 
-    __slots__ = ("saved",)
+    BLAS's thread count is one per process, so this is too: the first block to open (in any
+    Python thread) saves each library's count and sets 1; the last to close puts the counts
+    back. Counts are set through the libraries' own calls, not threadpoolctl's (which since
+    3.6 lets only one Python thread change OpenBLAS, and would ignore a block in another).
+    While Python threads train at once, a step in one may run its products on one thread
+    because a step in another asked for it; only speed and rounding can differ, never
+    correctness."""
+
+    __slots__ = ()
+    _lock = threading.Lock()
+    _depth = 0
+    _saved = []
 
     def __enter__(self):
-        global _blas_libraries
-        if _blas_libraries is None:
-            from threadpoolctl import ThreadpoolController
-            _blas_libraries = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-        self.saved = [(lib, lib.get_num_threads()) for lib in _blas_libraries]
-        for lib, n in self.saved:
-            if n != 1:
-                lib.set_num_threads(1)
+        cls = one_blas_thread
+        with cls._lock:
+            if cls._depth == 0:
+                cls._saved = [(setter, n) for setter, n in ((s, g()) for s, g in _libraries()) if n != 1]
+                for setter, _ in cls._saved:
+                    setter(1)
+            cls._depth += 1
         return self
 
     def __exit__(self, *exc):
-        for lib, n in self.saved:
-            if n != 1:
-                lib.set_num_threads(n)
-        self.saved = ()
+        cls = one_blas_thread
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0:
+                for setter, n in cls._saved:
+                    setter(n)
+                cls._saved = []
         return False
+
+
+def _libraries():
+    """(set, get) of the thread count of every BLAS library loaded (found once)."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        from threadpoolctl import ThreadpoolController
+        found = []
+        for lib in ThreadpoolController().lib_controllers:
+            if lib.user_api == "blas":
+                setter = getattr(lib, "_real_set_num_threads", lib.set_num_threads)  # (see one_blas_thread)
+                found.append((setter, lib.get_num_threads))
+        _blas_libraries = found
+    return _blas_libraries

@@ -252,6 +252,19 @@ def test_raw_rows_and_kernel_calls_refuse_what_would_be_read_wrongly():
         run(dense.forward_kernel(0, False), fsig, x.astype(np.float32), W, b, out, out)
     with pytest.raises(TypeError, match="takes"):  # a transposed (F-ordered) view
         run(dense.forward_kernel(0, False), fsig, x, np.ones((4, 3)).T, b, out, out)
+    with pytest.raises(TypeError, match="takes"):  # a masked array: the kernel would ignore the mask
+        run(dense.forward_kernel(0, False), fsig, np.ma.masked_array(x, mask=x > 0), W, b, out, out)
+    # numbers reach the kernel as the type it declares: an int learning rate is not a float's bits
+    from fastnn.kernels import optimizers
+    osig = optimizers.signature(np.float64)
+    p, g, state = np.zeros(3), np.ones(3), np.zeros((0, 3))
+    for lr in (1, np.int32(1), np.float32(1.0), 1.0):
+        p[...] = 0.0
+        run(optimizers.sgd_kernel(False, False), osig, p, g, state, np.zeros(1), lr, 1)
+        np.testing.assert_array_equal(p, -1.0)
+    for bad in (True, np.timedelta64(1), "1", None):
+        with pytest.raises(TypeError, match="takes"):
+            run(optimizers.sgd_kernel(False, False), osig, p, g, state, np.zeros(1), bad, 1)
 
 
 BOUNDS = textwrap.dedent("""

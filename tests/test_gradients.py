@@ -85,3 +85,6 @@ def test_model_loss_and_grad_matches_finite_differences(act, loss, rng):
     # and the kernels agree with the reference network
     ref_value, ref_grads = reference_loss_and_grad(params, [l.activation for l in model.layers], X, y, loss)
     assert value == pytest.approx(ref_value, rel=1e-12)
+    assert len(ref_grads) == len(grads)
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13)

@@ -242,3 +242,15 @@ def test_saved_files_get_the_mode_a_plain_write_would(tmp_path, what):
         assert sorted(os.listdir(target.parent)) == sorted([name, "plain"])
     finally:
         os.umask(old)
+
+
+def test_the_finite_check_raises_nothing_of_its_own_under_strict_numpy_errors():
+    from fastnn.kernels._checks import PARALLEL_CHECK_BYTES, all_finite
+
+    for rows in (4, PARALLEL_CHECK_BYTES // 4 // 64 + 3):  # one pass, and in parts on threads
+        a = np.full((rows, 64), 3e38, np.float32)
+        a[rows // 2:] = -3e38  # finite, but the parts' sums are +inf and -inf
+        with np.errstate(all="raise"):
+            assert all_finite(a)
+            a[0, 0], a[-1, -1] = np.inf, -np.inf
+            assert not all_finite(a)

@@ -165,9 +165,19 @@ def test_validation_split_holds_out_random_rows_and_records_metrics(rng):
     history = model.fit(X, y, optimizer=fastnn.Adam(), epochs=2, batch_size=10, validation_split=0.2,
                         callbacks=[lambda epoch, h: seen.append((epoch, len(h["val_loss"]))) or False])
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} and seen == [(1, 1), (2, 2)]
-    held = fastnn.Sequential(fastnn.Dense(1, 4, activation="tanh"), fastnn.Dense(4, 2), seed=0)._rng.permutation(100)[:20]
-    assert held.max() < 80 or held.min() < 80  # not simply the last 20 rows
-    assert not np.array_equal(np.sort(held), np.arange(80, 100))
+    # the rows fit held out: the plan's split, and the rows the recorded val_loss was computed on
+    from fastnn import training
+    probe = fastnn.Sequential(fastnn.Dense(1, 4, activation="tanh"), fastnn.Dense(4, 2), seed=0)
+    plan = training.plan(probe, X, y, loss="softmax_cross_entropy", optimizer=fastnn.Adam(), epochs=1,
+                         batch_size=10, validation_split=0.2)
+    held, kept = plan.validation[0][:, 0].astype(int), plan.X[:, 0].astype(int)
+    assert len(held) == 20 and sorted(np.concatenate([held, kept]).tolist()) == list(range(100))
+    assert not np.array_equal(np.sort(held), np.arange(80, 100))  # not simply the last 20 rows
+    scores = model.evaluate(X[held], y[held])
+    assert history["val_loss"][-1] == pytest.approx(scores["loss"], rel=1e-6)
+    assert history["val_accuracy"][-1] == scores["accuracy"]
+    others = np.setdiff1d(np.arange(100), held)[:20]
+    assert model.evaluate(X[others], y[others])["loss"] != pytest.approx(scores["loss"], rel=1e-6)
     with pytest.raises(ValueError, match="validation_split must be a number in"):
         model.fit(X, y, optimizer=fastnn.Adam(), validation_split=1.5)
     with pytest.raises(ValueError, match="not both"):

@@ -1,7 +1,8 @@
 """The kernels' inner loops vectorise: checked in the code LLVM generates, not hoped for.
 
 LLVM's loop vectoriser names the body of every loop it vectorises ``vector.body`` (on any
-target), so the optimised IR of a kernel shows how many of its loops run on vectors. A
+target; ``vector.body1``, ... for the next), so the optimised IR of a kernel shows how many of
+its loops run on vectors. A
 change that puts a load and a store to one address in a loop, or a reduction LLVM may not
 reorder, makes a count drop and fails here. Kernels are compiled afresh (cached code has no
 IR to read), from the same Python function and options as the library's.
@@ -23,15 +24,16 @@ def vector_loops(dispatcher, signature) -> int:
     fresh = numba.njit(**{**options, "cache": False})(dispatcher.py_func)
     fresh.compile(signature)
     ir = fresh.overloads[tuple(signature.args)].library.get_llvm_str()
-    return len(re.findall(r"^vector\.body[\w.]*:", ir, re.M))
+    return len(re.findall(r"^vector\.body\d*:", ir, re.M))
 
 
-# the fewest vectorised loops each kernel must have, and which loops they are
+# The vectorised loops each kernel has today (numba 0.68, LLVM 20, x86-64, both dtypes): fewer
+# means a loop went scalar. (identity's fused backward has one more: LLVM splits a loop there.)
 DENSE = {
     "forward": (1, "bias and activation over the product"),
     "backward": (1, "activation derivative and bias gradient"),
-    "small_forward": (2, "the single-output dot product; the single-input row"),
-    "small_backward": (4, "dz and db; the rows of dW; dx for one output; dz, db and dW for one input"),
+    "small_forward": (3, "the single-output dot product; the single-input rows"),
+    "small_backward": (5, "dz and db; the rows of dW; dx for one output; dz, db and dW for one input"),
 }
 
 
@@ -47,6 +49,10 @@ def test_dense_kernel_loops_vectorise(dtype, act, form):
                "small_forward": lambda: dense.small_forward_kernel(code, keep_z),
                "small_backward": lambda: dense.small_backward_kernel(code)}[form]
     fewest, which = DENSE[form]
+    if dtype == np.float64 and act == "tanh" and form.endswith("forward"):
+        # float64 tanh is the C library's, one call per element: LLVM 14 (numba 0.59) leaves those
+        # loops scalar, newer LLVMs wrap the calls in a vector loop. Nothing to require here.
+        fewest = 0 if form == "forward" else 1
     found = vector_loops(factory(), fsig if form.endswith("forward") else bsig)
     assert found >= fewest, f"{form} {act}: {found} vectorised loops, expected {fewest} ({which})"
 
@@ -58,7 +64,7 @@ def test_optimizer_and_loss_loops_vectorise(dtype):
                    optimizers.sgd_kernel(True, True), optimizers.adam_kernel(False), optimizers.adam_kernel(True)):
         assert vector_loops(kernel, osig) >= 1, kernel.py_func.__qualname__
     loss_sig = losses.signatures(dtype)[0]
-    assert vector_loops(losses._mse, loss_sig) >= 1  # the loop over outputs (its sums may reorder)
+    assert vector_loops(losses._mse, loss_sig) >= 2  # the weights' sum, and the loop over outputs
     # cross-entropy: the gradient's scaling; its max and exp-sum loops keep their order (see the kernel)
     assert vector_loops(losses._softmax_cross_entropy, loss_sig) >= 1
 

@@ -83,7 +83,9 @@ def flush_subnormals(typingctx):
     paths 10-100x slower: momentum buffers of parameters whose gradient is exactly zero decay
     into them, and a 784-256-128-10 step at batch 32 went from 0.5 to 1.3 ms after 800 steps.
     Inputs keep their values (no DAZ: with it, inf times a subnormal weight would be NaN).
-    XLA flushes too. (Plain Python, profile: nothing to set.)"""
+    XLA flushes too. (Plain Python, profile: nothing to set.) An exception on the way out
+    leaves FTZ off (``_clear_flush``: IEEE's default, which a caller that had set FTZ itself
+    would have to set again)."""
     def codegen(context, builder, signature, args):
         if not X86:
             return context.get_constant(types.int32, 0)
@@ -132,47 +134,78 @@ def invoke_value(kernel, args):
     return value
 
 
-_SCALARS = (int, float, bool, np.integer, np.floating, np.bool_)
-
-
 @functools.cache
 def _expected(declared_args):
-    """Per declared argument: (NumPy dtype, ndim) for an array, None for a scalar."""
-    return tuple((numba.np.numpy_support.as_dtype(t.dtype), t.ndim) if isinstance(t, types.Array) else None
-                 for t in declared_args)
+    """Per declared argument: ("array", NumPy dtype, ndim), or ("float" | "int" | "bool",)."""
+    kinds = []
+    for t in declared_args:
+        if isinstance(t, types.Array):
+            kinds.append(("array", numba.np.numpy_support.as_dtype(t.dtype), t.ndim))
+        elif isinstance(t, types.Boolean):
+            kinds.append(("bool",))
+        elif isinstance(t, types.Integer):
+            kinds.append(("int",))
+        elif isinstance(t, types.Float):
+            kinds.append(("float",))
+        else:
+            raise TypeError(f"kernels called from Python take arrays and numbers, not {t}")
+    return tuple(kinds)
 
 
-def _matches(value, expected) -> bool:
-    if expected is None:
-        return isinstance(value, _SCALARS)
-    return (isinstance(value, np.ndarray) and value.dtype == expected[0] and value.ndim == expected[1]
-            and value.flags.c_contiguous and value.flags.aligned)
+_NUMBERS = {"float": (float, int, np.floating, np.integer), "int": (int, np.integer), "bool": (bool, np.bool_)}
+_CONVERT = {"float": float, "int": int, "bool": bool}
+
+
+def _argument(value, expected):
+    """``value`` as the kernel reads it, or None when it does not fit ``expected``. Numbers are
+    converted to the declared type (passed as they are, an int would be read as a float's
+    bits); arrays must match dtype, dimensions and C layout, and carry no mask."""
+    kind = expected[0]
+    if kind == "array":
+        ok = (isinstance(value, np.ndarray) and not isinstance(value, np.ma.MaskedArray)
+              and value.dtype == expected[1] and value.ndim == expected[2] and value.flags.c_contiguous
+              and value.flags.aligned)
+        return value if ok else None
+    if (isinstance(value, _NUMBERS[kind]) and not isinstance(value, (np.timedelta64, np.datetime64))
+            and (kind == "bool" or not isinstance(value, (bool, np.bool_)))):
+        return _CONVERT[kind](value)
+    return None
 
 
 def run(dispatcher, signature, *args):
     """Call the kernel ``dispatcher`` compiled for ``signature`` from Python (public wrappers,
     ``fastnn profile``): through ``invoke``, since kernels have no Python entry of their own.
-    The arguments must match the signature (dtype, dimensions, C layout): checked here, so a
-    wrong call is an error, never memory read as something else. Kernels return nothing or a
-    float64."""
+    The arguments must match the signature (dtype, dimensions, C layout; numbers are
+    converted to the declared type): checked here, so a wrong call is an error, never memory
+    read as something else. Writability is the caller's to check (a kernel's signature does
+    not say which arrays it writes). Kernels return nothing or a float64."""
     if not JIT:
         return dispatcher(*args)
-    trampoline, fn = checked(dispatcher, signature, args)
+    trampoline, fn, args = checked(dispatcher, signature, args)
     return trampoline(fn, args)
 
 
 def checked(dispatcher, signature, args):
-    """``(trampoline, address)`` for calling ``dispatcher`` with ``args`` as ``trampoline(address,
-    args)`` (what ``run`` does), after checking ``args`` against the compiled signature."""
+    """``(trampoline, address, arguments)`` for calling ``dispatcher`` as ``trampoline(address,
+    arguments)`` (what ``run`` does), after checking and converting ``args`` (``_argument``)."""
     fn = address(dispatcher, signature)
     declared = SIGNATURES[fn]
-    if len(args) != len(declared.args) or not all(map(_matches, args, _expected(tuple(declared.args)))):
-        raise TypeError(f"{dispatcher.__name__} takes {declared.args}, got {tuple(numba.typeof(a) for a in args)}")
+    kinds = _expected(tuple(declared.args))
+    converted = tuple(map(_argument, args, kinds)) if len(args) == len(kinds) else None
+    if converted is None or any(c is None for c in converted):
+        raise TypeError(f"{dispatcher.__name__} takes {declared.args}, got ({', '.join(map(_describe, args))})")
     if declared.return_type == types.none:
-        return _invoke_none, fn
+        return _invoke_none, fn, converted
     if declared.return_type != types.float64:
         raise TypeError(f"kernels called from Python return nothing or a float64, not {declared.return_type}")
-    return invoke_value, fn
+    return invoke_value, fn, converted
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        layout = "C" if value.flags.c_contiguous else "not C-contiguous"
+        return f"{type(value).__name__}({value.dtype}, {value.ndim}-D, {layout})"
+    return type(value).__name__
 
 
 def _invoke_none(fn, args):
@@ -218,6 +251,7 @@ def typed_rows(typingctx, raw, like):
         itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(dtype)))
         with cgutils.if_unlikely(builder, builder.icmp_signed("!=", builder.srem(row_bytes, itemsize),
                                                               context.get_constant(types.intp, 0))):
+            _clear_flush(builder)  # (a driver's own restore_fp will not run)
             context.call_conv.return_user_exc(builder, IndexError, ("target rows are not whole items",))
         data = builder.bitcast(src.data, context.get_data_type(dtype).as_pointer())
         view = make_array(result)(context, builder)
@@ -247,6 +281,7 @@ def build_view(context, builder, flat_type, flat, start, shape, used=None):
         if used is not None:
             outside = builder.and_(outside, used)
         with cgutils.if_unlikely(builder, outside):
+            _clear_flush(builder)
             context.call_conv.return_user_exc(builder, IndexError, ("a layer view reaches outside its buffer",))
     view_type = types.Array(flat_type.dtype, len(shape), "C")
     view = make_array(view_type)(context, builder)
