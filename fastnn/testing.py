@@ -191,13 +191,15 @@ class KernelCase:
             x, W, b = r(n, i), r(i, o, s=1 / np.sqrt(i)), r(o)
             z = x @ W + b
             out = R.activation_forward(z, act)
+            # the buffers as training passes them: z is out (unless the activation needs z), and
+            # the backward works in place on dout (dz is dout), which relu leaves as it is
             if kernel == "dense_forward":
-                self.inputs, self.outputs = (x, W, b, act), (np.empty((n, o), self.dtype), np.empty((n, o), self.dtype))
+                self.inputs = (x, W, b, act)
                 self.flops = 2 * n * i * o
             else:
                 self.inputs = (r(n, o), x, W, out, z, act)
-                self.outputs = tuple(np.empty(s, self.dtype) for s in ((i, o), (o,), (n, i), (n, o)))
                 self.flops = 4 * n * i * o
+            self.outputs = self._outputs_for(self.inputs)
         elif kernel in ("activation_forward", "activation_backward"):
             n, o = d["N"], d["O"]
             z = r(n, o, s=2.0)
@@ -232,6 +234,17 @@ class KernelCase:
     def group(self):
         return case_group(self.kernel, self.dims, self.act)
 
+    def _outputs_for(self, inputs, fill=None):
+        """The output buffers for a dense kernel run on ``inputs``, aliased as training aliases
+        them; other buffers new (filled with ``fill`` when given, so nothing stale passes)."""
+        from .kernels.activations import NEEDS_PREACTIVATION, code_of
+        new = (lambda shape: np.empty(shape, self.dtype)) if fill is None else (lambda shape: np.full(shape, fill, self.dtype))
+        n, i, o = self.dims["N"], self.dims["I"], self.dims["O"]
+        if self.kernel == "dense_forward":
+            out = new((n, o))
+            return (out, new((n, o)) if code_of(self.act) in NEEDS_PREACTIVATION else out)
+        return (new((i, o)), new((o,)), new((n, i)), inputs[0])
+
     def run_numba(self, inputs=None, outputs=None):
         fn = getattr(self._K, self.kernel)
         inputs = self.inputs if inputs is None else inputs
@@ -249,7 +262,12 @@ class KernelCase:
         """Assert that the kernel matches the reference on this case (values and gradients)."""
         fresh = lambda: tuple(a.copy() if isinstance(a, np.ndarray) else a for a in self.inputs)
         expected = self.run_numpy(fresh())
-        got = self.run_numba(fresh(), tuple(np.full_like(o, np.nan) for o in self.outputs))
+        inputs = fresh()
+        if self.kernel.startswith("dense"):
+            outputs = self._outputs_for(inputs, fill=np.nan)
+        else:
+            outputs = tuple(np.full_like(o, np.nan) for o in self.outputs)
+        got = self.run_numba(inputs, outputs)
         if not isinstance(expected, tuple):
             expected, got = (expected,), (got,)
         if self.kernel == "dense_forward":

@@ -127,3 +127,15 @@ def test_bench_command_writes_a_table_and_json(tmp_path, capsys):
 def test_bench_rejects_unknown_cases(capsys):
     assert cli.main(["bench", "--cases", "nope"]) == 2
     assert "unknown case(s) ['nope']" in capsys.readouterr().err
+
+
+def test_kernel_benchmarks_pass_buffers_as_training_does():
+    from fastnn.testing import KernelCase
+
+    forward = KernelCase("dense_forward", dict(N=4, I=3, O=2))
+    assert forward.outputs[0] is forward.outputs[1]  # z is out: the forward without a z write
+    gelu = KernelCase("dense_forward", dict(N=4, I=3, O=2), act="gelu")
+    assert gelu.outputs[0] is not gelu.outputs[1]  # gelu keeps z, as in training
+    backward = KernelCase("dense_backward", dict(N=4, I=3, O=2))
+    assert backward.outputs[3] is backward.inputs[0]  # dz is dout: in place, no copy
+    backward.check()
