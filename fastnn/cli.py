@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from .kernels._checks import positive, positive_int
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -22,14 +24,14 @@ def _hidden(text: str):
 
 
 def _positive(kind):
+    """An argparse type: a number > 0 of ``kind``, checked as the library checks its arguments."""
     def parse(text):
         try:
             value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
+            return positive_int("value", value) if kind is int else positive("value", value)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}") from None
+    parse.__name__ = kind.__name__  # (argparse names the type in its messages)
     return parse
 
 

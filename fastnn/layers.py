@@ -1,23 +1,13 @@
 """Layers. A layer describes its shape and activation; the model owns the numbers."""
 from __future__ import annotations
 
-import operator
 
 import numpy as np
 
+from .kernels._checks import positive_int
 from .kernels.activations import NAMES, RELU, LEAKY_RELU, GELU, code_of
 
 _RELU_LIKE = frozenset({RELU, LEAKY_RELU, GELU})
-
-
-def _positive_int(name, value):
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
-    return v
 
 
 class Dense:
@@ -36,8 +26,8 @@ class Dense:
     """
 
     def __init__(self, in_features, out_features, activation=None):
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         self.code = code_of(activation)
         self.activation = NAMES[self.code]
         self.W = None

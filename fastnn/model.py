@@ -15,7 +15,7 @@ import numpy as np
 
 from ._files import atomic_write
 from .engine import Engine, raw_rows_of
-from .kernels._checks import all_finite
+from .kernels._checks import all_finite, positive_int
 from .layers import Dense, Dropout
 from .losses import check_loss, prepare_targets
 from .optim import Optimizer
@@ -302,7 +302,7 @@ class Sequential:
 
     def predict(self, X, batch_size=1024):
         """Last-layer outputs (logits for a classifier), shape (N, out_features)."""
-        return self._engine.predict(self._inputs(X), _positive_count("batch_size", batch_size))
+        return self._engine.predict(self._inputs(X), positive_int("batch_size", batch_size))
 
     def predict_proba(self, X, batch_size=1024):
         """Softmax of the logits: class probabilities, shape (N, out_features)."""
@@ -397,9 +397,4 @@ def _check_optimizer(optimizer):
                         f"got {type(optimizer).__name__}")
 
 
-def _positive_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+

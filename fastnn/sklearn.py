@@ -20,7 +20,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .callbacks import EarlyStopping
 from .layers import Dense
-from .model import Sequential
+from .kernels._checks import positive, positive_int
+from .model import Sequential, softmax
 from .optim import Adam
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -53,17 +54,14 @@ class _BaseMLP(BaseEstimator):
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
         sizes = [self.hidden_layer_sizes] if np.isscalar(self.hidden_layer_sizes) else list(self.hidden_layer_sizes)
-        if any(int(s) != s or s < 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
+        for s in sizes:
+            positive_int("hidden_layer_sizes", s)
         for name in ("alpha", "tol"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.learning_rate_init <= 0:
-            raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
-        if int(self.max_iter) != self.max_iter or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if self.batch_size != "auto" and (int(self.batch_size) != self.batch_size or self.batch_size < 1):
-            raise ValueError(f"batch_size must be 'auto' or an integer >= 1, got {self.batch_size!r}")
+            positive(name, getattr(self, name), allow_zero=True)
+        positive("learning_rate_init", self.learning_rate_init)
+        positive_int("max_iter", self.max_iter)
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            positive_int("batch_size (or 'auto')", self.batch_size)
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
         return [int(s) for s in sizes]
@@ -160,10 +158,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict_proba(self, X):
         """Class probabilities, (n_samples, n_classes) in the order of ``classes_``."""
-        logits = self._predict_raw(X)
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)
+        return softmax(self._predict_raw(X))
 
     def predict(self, X):
         """The most likely class label for each row."""

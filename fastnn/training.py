@@ -17,6 +17,7 @@ import numpy as np
 
 from .callbacks import EarlyStopping
 from .engine import raw_rows_of
+from .kernels._checks import positive_int
 from .kernels.train import OK, Epoch
 from .losses import check_loss
 from .schedules import Constant, Schedule
@@ -70,12 +71,12 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
          lr_schedule=None, checkpoint_dir=None, resume=False, validation_split=0.0, early_stopping=None,
          callbacks=(), settings=None):
     """Check every argument of ``fit`` and prepare the run; raises before anything is trained."""
-    from .model import _check_optimizer, _positive_count
+    from .model import _check_optimizer
 
     check_loss(loss)
     _check_optimizer(optimizer)
-    epochs = _positive_count("epochs", epochs)
-    batch_size = _positive_count("batch_size", batch_size)
+    epochs = positive_int("epochs", epochs)
+    batch_size = positive_int("batch_size", batch_size)
     X, y = model._data(X, y, loss)
     model._check_writable()
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):

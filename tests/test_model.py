@@ -205,8 +205,8 @@ def test_read_only_inputs_such_as_memmaps_work(tmp_path, rng):
     (lambda m, X, y: m.predict(X[0]), ValueError, r"X must be 2-D \(samples, features\), got shape \(784,\)"),
     (lambda m, X, y: m.predict(X[:0]), ValueError, "X is empty"),
     (lambda m, X, y: m.predict(np.array([["a"] * 784])), TypeError, "X must be numeric"),
-    (lambda m, X, y: m.fit(X, y, optimizer=fastnn.SGD(lr=0.1), batch_size=0), ValueError, "batch_size must be >= 1"),
-    (lambda m, X, y: m.fit(X, y, optimizer=fastnn.SGD(lr=0.1), epochs=-1), ValueError, "epochs must be >= 1"),
+    (lambda m, X, y: m.fit(X, y, optimizer=fastnn.SGD(lr=0.1), batch_size=0), ValueError, "batch_size must be an integer >= 1"),
+    (lambda m, X, y: m.fit(X, y, optimizer=fastnn.SGD(lr=0.1), epochs=-1), ValueError, "epochs must be an integer >= 1"),
     (lambda m, X, y: m.fit(X, y), TypeError, "optimizer must be a fastnn optimizer"),
     (lambda m, X, y: m.loss_and_grad(X, y, loss="hinge"), ValueError, "unknown loss 'hinge'"),
     (lambda m, X, y: m.loss_and_grad(X, np.ones((4, 3)), loss="mse"), ValueError, r"y must have shape \(4, 10\)"),
@@ -222,7 +222,7 @@ def test_bad_input_gets_a_clear_error(call, error, message, rng):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: fastnn.Dense(0, 3), "in_features must be >= 1"),
+    (lambda: fastnn.Dense(0, 3), "in_features must be an integer >= 1"),
     (lambda: fastnn.Dense(3, 2.5), "out_features must be an integer"),
     (lambda: fastnn.Dense(3, 2, activation="swish"), "unknown activation 'swish'"),
     (lambda: fastnn.Sequential(fastnn.Dense(3, 4), fastnn.Dense(5, 2)), "layer 1 has in_features=5 but the Dense before it has out_features=4"),

@@ -8,6 +8,7 @@ import textwrap
 import time
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -254,3 +255,20 @@ def test_the_finite_check_raises_nothing_of_its_own_under_strict_numpy_errors():
             assert all_finite(a)
             a[0, 0], a[-1, -1] = np.inf, -np.inf
             assert not all_finite(a)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gradient_guard_sees_every_non_finite_value_and_nothing_else(dtype):
+    # the guard the compiled step runs before any optimizer write; the same code in every lane
+    # (an earlier float version was folded away by LLVM 14's fast-math and passed an inf)
+    from fastnn.kernels import _compose, _jit, train
+    sig = numba.float64(_jit.array_type(dtype, 1))
+    info = np.finfo(dtype)
+    finite = np.array([0.0, -0.0, info.max, -info.max, info.tiny, info.smallest_subnormal, 1.0], dtype)
+    assert _compose.run(train.gradients_finite, sig, finite) == 1.0
+    assert _compose.run(train.gradients_finite, sig, np.zeros(0, dtype)) == 1.0
+    for bad in (np.inf, -np.inf, np.nan, -np.nan):
+        for at in (0, 5, 1000):  # first element, inside a vector, in the tail
+            g = np.ones(1001, dtype)
+            g[at] = bad
+            assert _compose.run(train.gradients_finite, sig, g) == 0.0, (bad, at)

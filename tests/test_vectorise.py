@@ -84,3 +84,9 @@ def test_the_count_sees_a_loop_that_cannot_vectorise():
     sig = numba.types.none(_jit.array_type(np.float32, 1))
     assert vector_loops(running, sig) == 0
     assert vector_loops(scaled, sig) >= 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gradient_guard_vectorises(dtype):
+    from fastnn.kernels import train
+    assert vector_loops(train.gradients_finite, numba.float64(_jit.array_type(dtype, 1))) >= 1

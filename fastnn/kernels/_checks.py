@@ -75,6 +75,15 @@ def label_array(name: str, labels, n: int, classes: int) -> np.ndarray:
     return labels
 
 
+def positive_int(name: str, value) -> int:
+    """An integer >= 1 (a count or a size): Python or NumPy integers, not bools or floats."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return int(value)
+
+
 def positive(name: str, value, *, allow_zero: bool = False) -> float:
     v = float(value)
     if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):

@@ -38,7 +38,7 @@ from numba.core import caching, config
 from numba.extending import intrinsic, overload, register_jitable
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
-# Reassociation only for plain reductions whose order cannot matter (all_finite): elsewhere it
+# Reassociation only for sums of terms that cannot cancel (MSE, the fused small layers): elsewhere it
 # changed results, found by the fuzz tests. LLVM turned `total += m + log(s) - logit` into
 # `(total + m) - logit`, so one row with a logit of 1e30 wiped out every other row's loss, and
 # `b2*v + (1 - b2)*g*g` into `... + g*g - b2*g*g`, NaN where the reference has inf. The

@@ -59,7 +59,7 @@ from numba import types
 from numba.core import cgutils, config
 
 from ._compose import _clear_flush, build_view, call, call_value, flush_subnormals, restore_fp, typed_rows
-from ._jit import REDUCTION, intrinsic_with_twin, kernel
+from ._jit import intrinsic_with_twin, kernel
 from .losses import BAD_TARGET
 
 OK, DIVERGED, BAD_TARGETS = 0, 1, 2  # what a step or an epoch reports
@@ -238,13 +238,18 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
     return loss
 
 
-@kernel(python_entry=False, fastmath=REDUCTION)
+@kernel(python_entry=False, fastmath=frozenset())
 def gradients_finite(g):
-    """The finite guard: 1.0 when no element of the flat g is NaN or +-inf, else 0.0."""
-    acc = 0.0
+    """The finite guard: 1.0 when no element of the flat g is NaN or +-inf, else 0.0.
+
+    x - x is 0 for finite x and NaN for NaN and +-inf. Compiled with no fast-math flags at all,
+    so LLVM may not assume x - x == 0: with fastnn's flags, LLVM 14 folded the earlier test (sum
+    g * 0.0) to 0 and an overflowing gradient went through. An or over comparisons needs no
+    reordering of float sums, so the loop vectorises without them."""
+    bad = False
     for i in range(g.size):
-        acc += g[i] * 0.0  # NaN*0 and inf*0 are NaN; finite*0 is 0
-    return 1.0 if acc == 0.0 else 0.0
+        bad |= g[i] - g[i] != 0.0
+    return 0.0 if bad else 1.0
 
 
 @kernel
