@@ -1,0 +1,263 @@
+"""Mutation testing of fastnn's numeric core with cosmic-ray: how much of the code do the tests check?
+
+    python tools/mutation.py --workdir /tmp/fastnn-mutation [--sample 60] [--seed 0]
+
+Needs the test extras and ``pip install cosmic-ray coverage``. Works on a clone of the committed
+code in ``WORKDIR/src`` (the working tree is never mutated), in four steps:
+
+1. Map lines to tests: run the unit-level test files once under coverage, with
+   ``NUMBA_DISABLE_JIT=1`` and ``FASTNN_CACHE=0`` (kernels run as Python, so coverage sees
+   them and a mutant costs no compile), one coverage context per test; record which tests
+   pass and how long each takes.
+2. ``cosmic-ray init`` over MUTATED (operators in SKIPPED_OPERATORS left out), then keep a
+   seeded sample of ``--sample`` mutants per file (all of them with ``--sample 0``).
+3. ``cosmic-ray exec``: for each mutant, ``tools/mutation.py test`` finds the lines the mutant
+   changed (``git diff``) and runs the passing tests that cover them, fastest first, stopping
+   at the first failure. A mutant no test covers survives.
+4. Report killed / survived per file, leaving out the mutants listed as equivalent in
+   ``tests/mutation_equivalents.txt`` (each with its reason), and list every other survivor.
+
+A full run (``--sample 0``, about 3,000 mutants) takes hours on two cores; the sampled run
+estimates each file's score. The README records the last run's numbers and date.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import random
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+MUTATED = ["fastnn/kernels", "fastnn/reference.py", "fastnn/optim.py", "fastnn/losses.py", "fastnn/layers.py",
+           "fastnn/model.py"]
+# Files whose code runs only when compiled (intrinsics, code generation, address tables): under
+# NUMBA_DISABLE_JIT no test can reach them, so mutating them measures nothing.
+NOT_MUTATED = ["fastnn/kernels/_jit.py", "fastnn/kernels/_compose.py", "fastnn/kernels/_blas.py",
+               "fastnn/kernels/__init__.py"]
+TEST_FILES = ["tests/test_approximations.py", "tests/test_fuzz.py", "tests/test_gradients.py",
+              "tests/test_kernels.py", "tests/test_model.py", "tests/test_robustness.py",
+              "tests/test_schedules.py", "tests/test_training.py"]
+# A binary operator is replaced by its nearest kin only (+ by -, * by /, ...), a comparison by its
+# boundary and its negation (< by <= and >=): cosmic-ray's full cross product (ten
+# replacements per operator, + by <<, ...) triples the count and adds little a test could miss.
+KEEP_BINARY = {"Add_Sub", "Sub_Add", "Mul_Div", "Div_Mul", "FloorDiv_Div", "Mod_FloorDiv", "Pow_Mul",
+               "BitOr_BitAnd", "BitAnd_BitOr", "BitXor_BitOr", "LShift_RShift", "RShift_LShift"}
+KEEP_COMPARE = {"Lt_LtE", "Lt_GtE", "LtE_Lt", "LtE_Gt", "Gt_GtE", "Gt_LtE", "GtE_Gt", "GtE_Lt", "Eq_NotEq",
+                "NotEq_Eq", "Is_IsNot", "IsNot_Is", "In_NotIn", "NotIn_In"}
+ENV = {"NUMBA_DISABLE_JIT": "1", "FASTNN_CACHE": "0", "FUZZ_EXAMPLES": "20", "OMP_NUM_THREADS": "1"}
+TOOLS = pathlib.Path(__file__).resolve().parent
+REPO = TOOLS.parent
+EQUIVALENTS = "tests/mutation_equivalents.txt"
+PER_MUTANT_SECONDS = 120
+
+
+def skipped_operator(name: str) -> bool:
+    kind, _, pair = name.split("/")[-1].partition("_")
+    if kind == "ReplaceBinaryOperator":
+        return pair not in KEEP_BINARY
+    if kind == "ReplaceComparisonOperator":
+        return pair not in KEEP_COMPARE
+    return False
+
+
+# -- step 1: which tests cover which lines ---------------------------------------------------
+
+COVERAGE_PLUGIN = '''
+import coverage
+
+
+def pytest_runtest_setup(item):
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        cov.switch_context(item.nodeid)
+'''
+
+
+def coverage_map(src: pathlib.Path, work: pathlib.Path) -> dict:
+    (work / "cov_context.py").write_text(COVERAGE_PLUGIN)
+    (work / "coveragerc").write_text(f"[run]\nsource = fastnn\ndata_file = {work / '.coverage'}\n")
+    env = {**os.environ, **ENV, "PYTHONPATH": str(work)}
+    junit = work / "junit.xml"
+    subprocess.run([sys.executable, "-m", "coverage", "run", f"--rcfile={work / 'coveragerc'}", "-m", "pytest", "-q",
+                    "-p", "no:cacheprovider", "-p", "cov_context", "-o", "addopts=", f"--junitxml={junit}",
+                    *TEST_FILES], cwd=src, env=env, check=False)
+    passing = {}
+    for case in ET.parse(junit).iter("testcase"):
+        if any(child.tag in ("failure", "error", "skipped") for child in case):
+            continue
+        module = case.get("classname").replace(".", "/") + ".py"
+        passing[f"{module}::{case.get('name')}"] = float(case.get("time", 0))
+    import coverage
+    data = coverage.CoverageData(basename=str(work / ".coverage"))
+    data.read()
+    lines = collections.defaultdict(lambda: collections.defaultdict(set))
+    for path in data.measured_files():
+        rel = os.path.relpath(path, src)
+        for line, contexts in data.contexts_by_lineno(path).items():
+            tests = {c for c in contexts if c in passing}
+            if tests:
+                lines[rel][line] |= tests
+    return {"durations": passing,
+            "lines": {f: {str(n): sorted(t) for n, t in ls.items()} for f, ls in lines.items()}}
+
+
+# -- step 3: one mutant ------------------------------------------------------------------------
+
+def changed_lines(src: pathlib.Path):
+    diff = subprocess.run(["git", "diff", "-U0", "--no-color"], cwd=src, capture_output=True, text=True).stdout
+    path, lines = None, set()
+    for line in diff.splitlines():
+        if line.startswith("+++ b/"):
+            path = line[6:]
+        m = re.match(r"@@ -(\d+)(?:,(\d+))? ", line)
+        if m:
+            start, count = int(m.group(1)), int(m.group(2) or 1)
+            lines.update(range(start, start + max(count, 1)))
+    return path, lines
+
+
+def test_mutant(map_file: pathlib.Path) -> int:
+    src = pathlib.Path.cwd()
+    info = json.loads(map_file.read_text())
+    path, lines = changed_lines(src)
+    covering = set()
+    for line in lines:
+        covering.update(info["lines"].get(path, {}).get(str(line), ()))
+    if not covering:
+        print(f"no passing test covers {path}:{sorted(lines)}")
+        return 0
+    tests = sorted(covering, key=lambda t: info["durations"][t])
+    env = {**os.environ, **ENV}
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                           *tests], cwd=src, env=env).returncode
+
+
+# -- steps 2 and 4 -----------------------------------------------------------------------------
+
+def equivalents(src: pathlib.Path) -> dict:
+    """``path:line operator occurrence -> reason`` from the equivalents file."""
+    known = {}
+    for line in (src / EQUIVALENTS).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, reason = line.partition(" -- ")
+            known[key.strip()] = reason.strip()
+    return known
+
+
+def mutant_key(item, mutation) -> str:
+    return f"{mutation.module_path}:{mutation.start_pos[0]} {mutation.operator_name} {mutation.occurrence}"
+
+
+def report(src: pathlib.Path, session: pathlib.Path, out) -> dict:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    known = equivalents(src)
+    counts = collections.defaultdict(collections.Counter)
+    survivors = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            for mutation in item.mutations:
+                path = str(mutation.module_path)
+                key = mutant_key(item, mutation)
+                if key in known:
+                    counts[path]["equivalent"] += 1
+                elif result.test_outcome == TestOutcome.KILLED:
+                    counts[path]["killed"] += 1
+                else:
+                    counts[path]["survived"] += 1
+                    line = (src / path).read_text().splitlines()[mutation.start_pos[0] - 1].strip()
+                    survivors.append(f"{key}  |  {line}")
+    print(f"| file | mutants run | equivalent | killed | survived | score |\n| --- | --- | --- | --- | --- | --- |",
+          file=out)
+    total = collections.Counter()
+    for path in sorted(counts):
+        c = counts[path]
+        total.update(c)
+        run = sum(c.values())
+        live = c["killed"] + c["survived"]
+        print(f"| {path} | {run} | {c['equivalent']} | {c['killed']} | {c['survived']} | "
+              f"{100 * c['killed'] / live if live else 100:.0f}% |", file=out)
+    live = total["killed"] + total["survived"]
+    print(f"| all | {sum(total.values())} | {total['equivalent']} | {total['killed']} | {total['survived']} | "
+          f"{100 * total['killed'] / max(live, 1):.0f}% |", file=out)
+    print("\nsurvivors (path:line operator occurrence | the line):", file=out)
+    for s in survivors:
+        print("  " + s, file=out)
+    return {p: dict(c) for p, c in counts.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "test", "report"])
+    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/fastnn-mutation"))
+    parser.add_argument("--sample", type=int, default=60, help="mutants per file (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--map", type=pathlib.Path, help="(test) the line-to-test map")
+    args = parser.parse_args(argv)
+    if args.command == "test":
+        return test_mutant(args.map)
+    work = args.workdir.resolve()
+    src, session = work / "src", work / "session.sqlite"
+    if args.command == "report":
+        report(src, session, sys.stdout)
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["rm", "-rf", str(src), str(session)], check=True)
+    subprocess.run(["git", "clone", "-q", str(REPO), str(src)], check=True)
+    started = time.time()
+    map_file = work / "coverage-map.json"
+    map_file.write_text(json.dumps(coverage_map(src, work)))
+    modules = [m for m in MUTATED]
+    config = work / "cosmic-ray.toml"
+    config.write_text(
+        "[cosmic-ray]\n"
+        f"module-path = {json.dumps(modules)}\n"
+        f"excluded-modules = {json.dumps(NOT_MUTATED)}\n"
+        f"timeout = {PER_MUTANT_SECONDS}.0\n"
+        f"test-command = \"{sys.executable} {src / 'tools' / 'mutation.py'} test --map {map_file}\"\n"
+        "[cosmic-ray.distributor]\nname = \"local\"\n")
+    subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=src, check=True)
+    keep_sample(session, args.sample, args.seed)
+    subprocess.run(["cosmic-ray", "exec", str(config), str(session)], cwd=src, check=True)
+    with open(work / "report.md", "w") as out:
+        print(f"fastnn mutation run, {time.strftime('%Y-%m-%d')}, sample {args.sample or 'all'} per file "
+              f"(seed {args.seed}), {(time.time() - started) / 60:.0f} min\n", file=out)
+        report(src, session, out)
+    print((work / "report.md").read_text())
+    return 0
+
+
+def keep_sample(session: pathlib.Path, per_file: int, seed: int):
+    """Mark as skipped every mutant of a left-out operator, and all but a seeded sample per file."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        by_file = collections.defaultdict(list)
+        skip = []
+        for item in db.pending_work_items:
+            mutation = item.mutations[0]
+            if skipped_operator(mutation.operator_name):
+                skip.append(item.job_id)
+            else:
+                by_file[str(mutation.module_path)].append(item.job_id)
+        rng = random.Random(seed)
+        for path, jobs in sorted(by_file.items()):
+            if per_file and len(jobs) > per_file:
+                kept = set(rng.sample(sorted(jobs), per_file))
+                skip += [j for j in jobs if j not in kept]
+        for job in skip:
+            db.set_result(job, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="not in this run"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
