@@ -55,6 +55,7 @@ TOOLS = pathlib.Path(__file__).resolve().parent
 REPO = TOOLS.parent
 EQUIVALENTS = "tests/mutation_equivalents.txt"
 PER_MUTANT_SECONDS = 120
+COSMIC_RAY = str(pathlib.Path(sys.executable).parent / "cosmic-ray")
 
 
 def skipped_operator(name: str) -> bool:
@@ -225,9 +226,9 @@ def main(argv=None):
         f"timeout = {PER_MUTANT_SECONDS}.0\n"
         f"test-command = \"{sys.executable} {src / 'tools' / 'mutation.py'} test --map {map_file}\"\n"
         "[cosmic-ray.distributor]\nname = \"local\"\n")
-    subprocess.run(["cosmic-ray", "init", str(config), str(session)], cwd=src, check=True)
+    subprocess.run([COSMIC_RAY, "init", str(config), str(session)], cwd=src, check=True)
     keep_sample(session, args.sample, args.seed)
-    subprocess.run(["cosmic-ray", "exec", str(config), str(session)], cwd=src, check=True)
+    subprocess.run([COSMIC_RAY, "exec", str(config), str(session)], cwd=src, check=True)
     with open(work / "report.md", "w") as out:
         print(f"fastnn mutation run, {time.strftime('%Y-%m-%d')}, sample {args.sample or 'all'} per file "
               f"(seed {args.seed}), {(time.time() - started) / 60:.0f} min\n", file=out)
