@@ -2,7 +2,7 @@
 
     python tools/mutation.py --workdir /tmp/fastnn-mutation [--sample 60] [--seed 0]
 
-Needs the test extras and ``pip install cosmic-ray coverage``. Works on a clone of the committed
+Needs the test extras and ``pip install cosmic-ray coverage pytest-timeout``. Works on a clone of the committed
 code in ``WORKDIR/src`` (the working tree is never mutated), in four steps:
 
 1. Map lines to tests: run the unit-level test files once under coverage, with
@@ -86,7 +86,7 @@ def coverage_map(src: pathlib.Path, work: pathlib.Path) -> dict:
     env = {**os.environ, **ENV, "PYTHONPATH": str(work)}
     junit = work / "junit.xml"
     subprocess.run([sys.executable, "-m", "coverage", "run", f"--rcfile={work / 'coveragerc'}", "-m", "pytest", "-q",
-                    "-p", "no:cacheprovider", "-p", "cov_context", "-o", "addopts=", f"--junitxml={junit}",
+                    "-p", "no:cacheprovider", "-p", "cov_context", "-o", "addopts=", "--timeout", "60", f"--junitxml={junit}",
                     *TEST_FILES], cwd=src, env=env, check=False)
     passing = {}
     for case in ET.parse(junit).iter("testcase"):
