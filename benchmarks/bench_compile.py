@@ -66,6 +66,8 @@ if sys.argv[1] == "cold":
     timed("tanh", lambda: net("tanh").train_step(X, y, optimizer=fastnn.Adam()))
     timed("mse", lambda: net().train_step(X, Y, loss="mse", optimizer=fastnn.Adam()))
     timed("sgd", lambda: net().train_step(X, y, optimizer=fastnn.SGD(lr=0.01, momentum=0.9)))
+    timed("bce", lambda: net().train_step(X, (Y > 0.5).astype(np.float32), loss="binary_cross_entropy",
+                                          optimizer=fastnn.Adam()))
     t = time.perf_counter()
     r["fit_loss"] = model.fit(X, y, optimizer=fastnn.Adam(), epochs=1, batch_size=32)["loss"][0]
     r["predict_sum"] = float(model.predict(X).sum())
@@ -170,7 +172,8 @@ def test_cold_first_step_and_what_follows(benchmark, tmp_path):
     benchmark.pedantic(run, rounds=rounds(benchmark))
     for r in results:  # each compiled step is the right step
         assert r["first_step_loss"] == pytest.approx(expected_first_loss(), rel=1e-5)
-        assert all(np.isfinite(r[k]) for k in ("float64_loss", "tanh_loss", "mse_loss", "sgd_loss", "fit_loss"))
+        assert all(np.isfinite(r[k]) for k in ("float64_loss", "tanh_loss", "mse_loss", "sgd_loss", "bce_loss",
+                                               "fit_loss"))
     benchmark.extra_info.update({k: float(np.median([r[k] for r in results])) for k in results[0] if k.endswith("_s")})
 
 

@@ -50,9 +50,12 @@ def save(directory, model, optimizer, rng, epoch, history, settings):
         np.savez(f, meta=np.array(json.dumps(_json_safe(meta))), params=model._flat_params, **arrays)
 
 
-def load(directory, model, optimizer, rng, settings):
+def load(directory, model, optimizer, rng, settings, extendable=False):
     """Restore a checkpoint into ``model``, ``optimizer`` and ``rng``; returns
-    ``(completed epochs, history)``, or None when there is no checkpoint yet."""
+    ``(completed epochs, history)``, or None when there is no checkpoint yet.
+
+    A run may be resumed with more epochs than it was started with (extended) when its
+    learning-rate schedule does not depend on the run's length (``extendable``)."""
     path = pathlib.Path(directory) / FILENAME
     if not path.exists():
         return None
@@ -66,7 +69,18 @@ def load(directory, model, optimizer, rng, settings):
         raise CheckpointError(f"{path} is not a fastnn checkpoint of version {VERSION}")
     if meta["architecture"] != model._architecture():
         raise CheckpointError(f"{path} belongs to another model: {meta['architecture']['layers']}")
-    if meta["settings"] != settings:
+    saved = meta["settings"]
+    if saved != settings and {**saved, "epochs": None} == {**settings, "epochs": None}:
+        if not extendable:
+            raise CheckpointError(f"{path} is a run of {saved['epochs']} epochs and this fit asks for "
+                                  f"{settings['epochs']}: its learning-rate schedule {settings['schedule']} depends "
+                                  f"on the run's length, so it cannot be extended; use a new checkpoint_dir, or "
+                                  f"epochs={saved['epochs']}")
+        if settings["epochs"] < meta["epoch"]:
+            raise CheckpointError(f"{path} has already trained {meta['epoch']} epochs, more than epochs="
+                                  f"{settings['epochs']}")
+        saved = settings  # extended: the same run, continued
+    if saved != settings:
         raise CheckpointError(f"{path} belongs to another training run (it has {meta['settings']}, this fit has "
                               f"{settings}); use another checkpoint_dir or resume=False")
     if meta["optimizer"]["type"] != type(optimizer).__name__:

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from .engine import raw_rows_of
-from .model import DivergenceError
+from .model import DivergenceError, _right
 
 
 def _mpi():
@@ -74,14 +74,17 @@ def _agree(comm, what, value):
                          f"the same model and settings")
 
 
-def fit(model, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, batch_size=32, shuffle=True,
-        verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False, comm=None, timings=None):
+def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle=True,
+        verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False, comm=None, timings=None,
+        sample_weight=None, class_weight=None):
     """Train ``model`` data-parallel on all ranks of ``comm`` (default ``MPI.COMM_WORLD``).
 
     Arguments as ``Sequential.fit``; ``batch_size`` is the global batch, which must be at least
     the number of ranks. Every rank must call this with the same model, data and settings.
     Returns the history (the same on every rank): ``loss``, plus ``accuracy`` for
-    cross-entropy, per epoch, over all ranks' rows. A dict passed as ``timings`` receives
+    cross-entropy, per epoch, over all ranks' rows. With ``sample_weight``/``class_weight`` each
+    rank's shard gradient is weighed by its share of the batch's sum of weights, so N ranks
+    compute what one process does. A dict passed as ``timings`` receives
     ``steps`` and ``allreduce_s`` (this rank's seconds inside the gradient Allreduce).
     """
     from . import training
@@ -95,12 +98,13 @@ def fit(model, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, bat
     _agree(comm, "the model", model._architecture())
     plan = training.plan(model, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                          shuffle=shuffle, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=False,
-                         settings={"ranks": size})
-    _agree(comm, "the training settings", {**plan.settings, "optimizer": repr(optimizer)})
+                         settings={"ranks": size}, sample_weight=sample_weight, class_weight=class_weight)
+    _agree(comm, "the training settings", {**plan.settings, "optimizer": repr(plan.optimizer)})
     comm.Bcast(model._flat_params, root=0)  # one starting point for every replica
     if resume and checkpoint_dir is not None:
         from . import checkpoint
-        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, plan.settings)
+        restored = checkpoint.load(checkpoint_dir, model, plan.optimizer, model._rng, plan.settings,
+                                   extendable=plan.lr_schedule.extendable)
         if restored is not None:
             plan.first_epoch, plan.history = restored
     rank = comm.Get_rank()
@@ -128,7 +132,7 @@ class _Epochs:
         self.update_fn = engine.update_fn(plan.optimizer)
         self.y = raw_rows_of(plan.y)
         self.x_buf = np.empty((self.local, plan.X.shape[1]), model.dtype)
-        self.stats = np.zeros(3)  # this rank's (loss * rows, correct rows, rows) of a batch
+        self.stats = np.zeros(3)  # this rank's (loss * weight, weight of correct rows, weight) of a batch
 
     def epoch(self, epoch, bar):
         p, model, comm, MPI = self.plan, self.model, self.comm, self.MPI
@@ -147,16 +151,19 @@ class _Epochs:
             m = hi - lo
             step = optimizer.step_count + 1
             stats[:] = 0.0
+            batch_weight = p.w[order[start:stop]].sum()  # every rank holds all rows' weights
             if m:
                 rows = order[lo:hi]
-                xb = self.x_buf[:m]
+                xb, wb = self.x_buf[:m], p.w[rows]
                 np.take(p.X, rows, axis=0, out=xb)
-                value = self.grads_fn(engine.net, self.ws, self.objective, self.drivers, xb, self.y[rows],
-                                      engine.ones[:m], step)
-                grads *= m / (stop - start)  # weight by shard size: the sum over ranks is the batch mean
-                stats[0], stats[2] = value * m, m
+                value = self.grads_fn(engine.net, self.ws, self.objective, self.drivers, xb, self.y[rows], wb, step)
+                shard_weight = float(wb.sum())
+                # each shard's mean gradient weighed by its share of the batch's weight: the sum over
+                # ranks is the batch's weighted mean, as in one process
+                grads *= shard_weight / batch_weight if batch_weight > 0 else 0.0
+                stats[0], stats[2] = value * shard_weight, shard_weight
                 if p.classify:
-                    stats[1] = np.count_nonzero(engine.output(self.ws, m).argmax(axis=1) == p.y[rows])
+                    stats[1] = float(np.dot(wb, _right(p.loss, engine.output(self.ws, m), p.y[rows])))
             else:
                 grads[...] = 0.0
             t = time.perf_counter()
@@ -166,10 +173,13 @@ class _Epochs:
                 self.timings["steps"] = self.timings.get("steps", 0) + 1
             comm.Allreduce(MPI.IN_PLACE, stats, op=MPI.SUM)
             lr = learning_rates[b]
-            # the same finite guard and update as one process: every rank sees the same sums
-            if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, lr, step) == 1.0):
+            # the same finite guard and update as one process: every rank sees the same sums; a
+            # batch of weight 0 makes no update, as in one process
+            if batch_weight > 0 and not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, lr, step) == 1.0):
                 raise DivergenceError.at(b + 1, epoch + 1, batches)
             optimizer.step_count = step
+            if p.first_loss is None and stats[2] > 0:
+                p.first_loss = stats[0] / stats[2]
             total += stats
         if self.verbose:
             parts = [f"loss {total[0] / total[2]:.4f}"] + ([f"accuracy {total[1] / total[2]:.4f}"] if p.classify else [])

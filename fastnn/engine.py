@@ -28,6 +28,7 @@ from .threads import serial_rows
 LOSS_KERNELS = {
     "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
     "mse": (loss_kernels._mse, None, False),
+    "binary_cross_entropy": (loss_kernels._binary_cross_entropy, loss_kernels._count_binary_correct, False),
 }
 DRIVERS = tuple(train.DRIVER_FUNCTIONS[field] for field in train.Drivers._fields)  # in field order
 

@@ -1,4 +1,11 @@
-"""Loss names and their targets. The numbers are computed by ``fastnn.kernels.losses``."""
+"""Loss names, their targets and row weights. The numbers are computed by ``fastnn.kernels.losses``.
+
+fastnn's own names are the kernels': ``"softmax_cross_entropy"``, ``"binary_cross_entropy"``
+and ``"mse"``. Keras' names are accepted too and mean the same loss:
+``"sparse_categorical_crossentropy"`` (integer labels) and ``"categorical_crossentropy"``
+(one-hot rows) are softmax cross-entropy, ``"binary_crossentropy"`` is binary cross-entropy
+on logits, ``"mean_squared_error"`` is mse. A model stores the canonical name.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,19 +14,58 @@ from .engine import LOSS_KERNELS
 from .kernels._checks import all_finite, labels_in_range
 
 LOSSES = tuple(LOSS_KERNELS)
+ALIASES = {"sparse_categorical_crossentropy": "softmax_cross_entropy",
+           "categorical_crossentropy": "softmax_cross_entropy",
+           "binary_crossentropy": "binary_cross_entropy",
+           "mean_squared_error": "mse"}
+CLASSIFIERS = ("softmax_cross_entropy", "binary_cross_entropy")
 
 
 def check_loss(loss):
-    """Check a loss name and return it."""
-    if not isinstance(loss, str) or loss not in LOSS_KERNELS:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)}")
-    return loss
+    """The canonical name of a loss name (fastnn's or Keras'); an unknown name lists the known ones."""
+    if isinstance(loss, str) and loss in LOSS_KERNELS:
+        return loss
+    if isinstance(loss, str) and loss in ALIASES:
+        return ALIASES[loss]
+    raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} "
+                     f"(or Keras' {sorted(ALIASES)})")
+
+
+def _class_labels(loss, y, n, outputs):
+    """Integer labels (n,) from labels of any numeric dtype, or from one-hot rows (n, outputs)."""
+    if y.ndim == 2 and y.shape == (n, outputs) and outputs > 1:
+        ones = np.count_nonzero(y == 1, axis=1)
+        if y.dtype.kind not in "biuf" or not (np.all(ones == 1) and np.count_nonzero(y) == n):
+            raise ValueError(f"y of shape ({n}, {outputs}) must be one-hot rows (a single 1 per row, the rest 0) "
+                             f"for {loss}; soft labels are not supported: pass the most likely class, "
+                             f"y.argmax(axis=1)")
+        return np.ascontiguousarray(y.argmax(axis=1), dtype=np.int64)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"y must hold integer class labels for {loss}, got dtype {y.dtype}; labels such as strings "
+                        f"must be encoded first (np.unique(y, return_inverse=True)[1])")
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) (one label per row of X) or be one-hot rows ({n}, {outputs}), "
+                         f"got {y.shape}")
+    if y.dtype.kind == "f":
+        if not all_finite(y):
+            raise ValueError("y contains NaN or inf; class labels must be whole numbers")
+        if n and not np.all(y == np.round(y)):
+            bad = y[y != np.round(y)][0]
+            raise ValueError(f"y holds values that are not whole numbers (such as {bad}), so they are not class "
+                             f"labels for {loss}; for regression use loss='mse'")
+    if n and (y.min() < 0 or y.max() >= outputs):
+        raise ValueError(f"y labels must lie in [0, {outputs}) for a model with {outputs} outputs, "
+                         f"got values from {y.min()} to {y.max()}")
+    return np.array(y, dtype=np.int64, order="C", copy=True)
 
 
 def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = True) -> np.ndarray:
-    """Check ``y`` for ``loss`` and convert it once to what the kernel reads.
+    """Check ``y`` for ``loss`` (a canonical name) and convert it once to what the kernel reads.
 
-    softmax_cross_entropy: integer labels (n,) in [0, outputs) -> int64.
+    softmax_cross_entropy: class labels (n,) in [0, outputs) (integers, or floats that are whole
+    numbers) or one-hot rows (n, outputs) -> int64 labels.
+    binary_cross_entropy: targets in [0, 1] (0/1 labels, bools or probabilities), (n, outputs),
+    or (n,) for one output -> the model's dtype.
     mse: float targets (n, outputs) -> the model's dtype (a 1-D y is taken as one output).
     ``check=False`` leaves the values (labels in range, finite targets) to the kernels, which
     check them as they read them: the per-step fast path, which then copies nothing.
@@ -29,21 +75,13 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
             if y.dtype == np.int64 and y.ndim == 1 and (not check or labels_in_range(y, outputs)):
                 return y  # already what the kernel reads
         elif y.dtype == dtype and (y.shape == (n, outputs) or (outputs == 1 and y.shape == (n,))) and (
-                not check or all_finite(y)):
+                not check or (all_finite(y) if loss == "mse" else bool(np.all((y >= 0) & (y <= 1))))):
             return y.reshape(n, outputs)
-    check_loss(loss)
+    loss = check_loss(loss)
     y = np.asarray(y)
     if loss == "softmax_cross_entropy":
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"y must hold integer class labels for {loss}, got dtype {y.dtype}; "
-                            f"convert with y.astype(np.int64)")
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"y must have shape ({n},) (one label per row of X), got {y.shape}")
-        if n and (y.min() < 0 or y.max() >= outputs):
-            raise ValueError(f"y labels must lie in [0, {outputs}) for a model with {outputs} outputs, "
-                             f"got values from {y.min()} to {y.max()}")
-        return np.array(y, dtype=np.int64, order="C", copy=True)
-    if y.dtype.kind not in "iuf":
+        return _class_labels(loss, y, n, outputs)
+    if y.dtype.kind not in ("biuf" if loss == "binary_cross_entropy" else "iuf"):
         raise TypeError(f"y must be numeric for {loss}, got dtype {y.dtype}")
     if y.ndim == 1 and outputs == 1:
         y = y.reshape(-1, 1)
@@ -52,4 +90,51 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
     y = np.array(y, dtype=dtype, order="C", copy=True)  # owned and writable, whatever came in
     if not all_finite(y):
         raise ValueError("y contains NaN or inf; remove or impute those targets")
+    if loss == "binary_cross_entropy" and not np.all((y >= 0) & (y <= 1)):
+        raise ValueError(f"y must hold 0/1 labels (or probabilities in [0, 1]) for {loss}, got values from "
+                         f"{y.min()} to {y.max()}; for regression use loss='mse', for one label out of several "
+                         f"classes loss='softmax_cross_entropy'")
     return y
+
+
+def row_weights(loss: str, y: np.ndarray, n: int, dtype, sample_weight=None, class_weight=None) -> np.ndarray:
+    """Each row's weight: ``sample_weight[i] * class_weight[label of row i]`` (ones by default).
+
+    ``y`` is what ``prepare_targets`` returned. ``class_weight`` is a dict ``{class: weight}``
+    (classes left out weigh 1) or ``"balanced"`` (n / (classes * count of the class), as
+    scikit-learn); it needs class labels: softmax cross-entropy, or binary cross-entropy with
+    one output.
+    """
+    w = np.ones(n, dtype)
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight)
+        if sw.dtype.kind not in "iuf" or sw.shape != (n,):
+            raise ValueError(f"sample_weight must be {n} numbers (one per row of X), got "
+                             f"{sw.dtype} of shape {sw.shape}")
+        if not (all_finite(sw) and np.all(sw >= 0)):
+            raise ValueError("sample_weight must be finite and >= 0")
+        w *= sw
+    if class_weight is not None:
+        if loss == "softmax_cross_entropy":
+            labels, classes = y, None
+        elif loss == "binary_cross_entropy" and y.shape[1] == 1 and np.all((y == 0) | (y == 1)):
+            labels, classes = y[:, 0].astype(np.int64), 2
+        else:
+            raise ValueError(f"class_weight needs class labels (softmax_cross_entropy, or binary_cross_entropy with "
+                             f"one output and 0/1 labels), not {loss}; use sample_weight")
+        classes = classes or int(labels.max(initial=-1)) + 1
+        if isinstance(class_weight, str) and class_weight == "balanced":
+            counts = np.bincount(labels, minlength=classes)
+            table = np.where(counts > 0, n / (np.count_nonzero(counts) * np.maximum(counts, 1)), 1.0)
+        elif isinstance(class_weight, dict):
+            table = np.ones(max(classes, 1 + max((int(k) for k in class_weight), default=-1)))
+            for k, v in class_weight.items():
+                if not (isinstance(k, (int, np.integer)) and k >= 0):
+                    raise ValueError(f"class_weight keys must be class indices >= 0, got {k!r}")
+                if not (isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and v >= 0):
+                    raise ValueError(f"class_weight[{k}] must be a finite number >= 0, got {v!r}")
+                table[int(k)] = v
+        else:
+            raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+        w *= table[labels].astype(dtype)
+    return w

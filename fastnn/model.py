@@ -17,11 +17,11 @@ from ._files import atomic_write
 from .engine import Engine, raw_rows_of
 from .kernels._checks import all_finite, positive_int
 from .layers import Dense, Dropout
-from .losses import check_loss, prepare_targets
-from .optim import Optimizer
+from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
+from .optim import Adam, Optimizer, from_name
 from .threads import one_blas_thread
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the loss; version 1 files still load
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
@@ -59,14 +59,28 @@ class Sequential:
         shuffles the data in ``fit``.
     dtype : float32 or float64
         Dtype of parameters and computation.
+    loss : str, optional
+        The model's loss (its task), as ``fit`` takes it. Without it the first ``fit`` or
+        ``train_step`` sets it. ``evaluate``, ``predict_proba`` and ``score`` use it, and
+        ``save`` keeps it.
+
+    Attributes
+    ----------
+    loss : str or None
+        The canonical loss name (``"softmax_cross_entropy"``, ``"binary_cross_entropy"``, ``"mse"``).
+    optimizer : Optimizer or None
+        The optimizer of the last ``fit``/``train_step``, reused by the next one when it names none.
+    history : dict or None
+        The last ``fit``'s history, also when it was interrupted or diverged.
 
     Examples
     --------
     >>> model = Sequential(Dense(784, 128, activation="relu"), Dense(128, 10), seed=0)
+    >>> history = model.fit(X, y, epochs=5)  # doctest: +SKIP  (Adam(lr=1e-3), cross-entropy)
     >>> history = model.fit(X, y, optimizer=SGD(lr=0.05, momentum=0.9), epochs=5)  # doctest: +SKIP
     """
 
-    def __init__(self, *layers, seed=0, dtype=np.float32):
+    def __init__(self, *layers, seed=0, dtype=np.float32, loss=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -102,6 +116,11 @@ class Sequential:
         self._flat_params = np.zeros(size, self.dtype)
         self._flat_grads = np.zeros(size, self.dtype)
         self._bind()
+        self.loss = None
+        self.optimizer = None
+        self.history = None
+        if loss is not None:
+            self.loss = self._check_head(check_loss(loss))
         self._rng = np.random.default_rng(seed)
         for layer in dense:
             layer.init_params(self._rng)
@@ -146,6 +165,69 @@ class Sequential:
         """``[W0, b0, W1, b1, ...]``: writable views; ``p[...] = v`` changes the model."""
         return list(self._params)
 
+    # -- the task: loss and optimizer ----------------------------------------------------
+
+    def _check_head(self, loss):
+        if loss == "binary_cross_entropy" and self._dense[-1].activation == "sigmoid":
+            raise ValueError("binary_cross_entropy takes logits and applies the sigmoid itself (as PyTorch's "
+                             "BCEWithLogitsLoss and Keras' from_logits=True), so a last layer with "
+                             "activation='sigmoid' would apply it twice: drop the last layer's activation")
+        return loss
+
+    def _task(self, loss, store=False):
+        """The canonical loss for a call: ``loss`` if given (it must agree with the model's),
+        else the model's, else softmax cross-entropy. ``store`` makes it the model's loss."""
+        if loss is None:
+            loss = self.loss or "softmax_cross_entropy"
+        else:
+            loss = check_loss(loss)
+            if self.loss is not None and loss != self.loss:
+                raise ValueError(f"this model's loss is {self.loss!r} (set by its first fit or its constructor), "
+                                 f"not {loss!r}: leave loss= out to use the model's, or build a new model for "
+                                 f"another task")
+        self._check_head(loss)
+        if store and self.loss is None:
+            self.loss = loss
+        return loss
+
+    def _resolve_optimizer(self, optimizer):
+        """The optimizer for a call, kept on the model: the one given; a new one for a name
+        ("adam", "adamw", "sgd"), unless the model's is one it made for the same name; with
+        none, the model's, or a new Adam(lr=1e-3) (PyTorch's, Keras' and scikit-learn's default)."""
+        if optimizer is None:
+            if self.optimizer is None:
+                self.optimizer, self._optimizer_name = Adam(), "adam"
+            return self.optimizer
+        if isinstance(optimizer, str):
+            name = optimizer.lower()
+            if self.optimizer is None or getattr(self, "_optimizer_name", None) != name:
+                self.optimizer, self._optimizer_name = from_name(name), name
+            return self.optimizer
+        _check_optimizer(optimizer)
+        self.optimizer, self._optimizer_name = optimizer, None
+        return optimizer
+
+    def count_params(self):
+        """The number of trainable numbers (weights and biases), as Keras' ``count_params``."""
+        return int(self._flat_params.size)
+
+    def summary(self, print_fn=print):
+        """Print each layer, its output shape and parameter count, and the total (Keras' ``summary``)."""
+        rows = [("layer", "output shape", "parameters")]
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dense):
+                rows.append((f"{i}: Dense({layer.in_features}, {layer.out_features}, {layer.activation})",
+                             f"(None, {layer.out_features})", f"{layer.in_features * layer.out_features + layer.out_features:,}"))
+            else:
+                rows.append((f"{i}: Dropout({layer.p_drop})", rows[-1][1], "0"))
+        widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+        rule = "-" * (sum(widths) + 4)
+        text = [line(rows[0]), rule, *map(line, rows[1:]), rule,
+                f"total parameters: {self.count_params():,} ({self.dtype.name}, "
+                f"{self._flat_params.nbytes / 1024:,.1f} KiB); loss: {self.loss or 'not set yet'}"]
+        print_fn("\n".join(text))
+
     # -- checks and conversion, once per call -------------------------------------------
 
     def _inputs(self, X, name="X", check_finite=True):
@@ -173,6 +255,11 @@ class Sequential:
         X = self._inputs(X, check_finite=check_finite)
         return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype, check=check_finite)
 
+    def _weights(self, loss, y, n, sample_weight, class_weight=None):
+        if sample_weight is None and class_weight is None:
+            return self._engine.ones[:n] if n <= self._engine.ones.shape[0] else np.ones(n, self.dtype)
+        return row_weights(loss, y, n, self.dtype, sample_weight, class_weight)
+
     def _check_writable(self, params=True):
         """Training writes the flat parameter and gradient buffers in place: refuse read-only ones."""
         if not ((self._flat_params.flags.writeable or not params) and self._flat_grads.flags.writeable):
@@ -187,8 +274,10 @@ class Sequential:
 
     # -- the step -------------------------------------------------------------------------
 
-    def loss_and_grad(self, X, y, loss="softmax_cross_entropy"):
+    def loss_and_grad(self, X, y, loss=None, sample_weight=None):
         """Mean loss on ``(X, y)`` and its gradient with respect to every parameter.
+
+        ``loss`` defaults to the model's (see ``fit``); ``sample_weight`` weighs the rows.
 
         Returns
         -------
@@ -196,25 +285,30 @@ class Sequential:
         grads : list of ndarray
             New arrays matching ``parameters()`` in order and shape.
         """
-        check_loss(loss)
+        loss = self._task(loss)
         X, y = self._data(X, y, loss)
+        w = self._weights(loss, y, X.shape[0], sample_weight)
         self._check_writable(params=False)  # (it writes gradients only)
         engine = self._engine
         ws = engine.workspace(X.shape[0])
         gradients, objective, drivers = engine.gradients_fn(loss)
-        value = gradients(engine.net, ws, objective, drivers, X, raw_rows_of(y), engine.ones[:X.shape[0]], 0)
+        value = gradients(engine.net, ws, objective, drivers, X, raw_rows_of(y), w, 0)
         return float(value), [g.copy() for g in self._grads]
 
-    def train_step(self, X, y, loss="softmax_cross_entropy", optimizer=None):
+    def train_step(self, X, y, loss=None, optimizer=None, sample_weight=None):
         """One optimizer update on the batch ``(X, y)``; returns the batch loss before it.
+
+        ``loss`` and ``optimizer`` as in ``fit`` (defaults: the model's, else cross-entropy and
+        Adam(lr=1e-3)). A batch whose ``sample_weight`` sums to 0 makes no update.
 
         Raises ``DivergenceError`` (and changes nothing) when the loss or a gradient is NaN or
         inf, and ``ValueError`` when the inputs explain it (NaN in X, a label out of range).
         """
         step = self._step
-        if step is None or step[0] != loss or step[1] is not optimizer:
+        if step is None or not ((loss is None or loss == step[0]) and (
+                step[1] is optimizer or (optimizer is None and step[1] is self.optimizer))):
             step = self._build_step(loss, optimizer)
-        _, _, fn, objective, drivers = step
+        loss, optimizer, fn, objective, drivers = step
         # types, shapes and layout here; content (labels in range, finite values) is checked by
         # the kernels, and a refused step is diagnosed below
         X, y = self._data(X, y, loss, check_finite=False)
@@ -222,7 +316,8 @@ class Sequential:
         n = X.shape[0]
         engine = self._engine
         ws = engine.workspace(n)
-        args = (engine.net, ws, objective, optimizer._compiled(engine), drivers, X, raw_rows_of(y), engine.ones[:n],
+        w = engine.ones[:n] if sample_weight is None else row_weights(loss, y, n, self.dtype, sample_weight)
+        args = (engine.net, ws, objective, optimizer._compiled(engine), drivers, X, raw_rows_of(y), w,
                 optimizer.lr, optimizer.step_count + 1)
         if n in engine.serial_rows:
             with one_blas_thread():
@@ -237,8 +332,8 @@ class Sequential:
     _step = None  # (loss, optimizer, compiled step, objective, drivers) of the last train_step
 
     def _build_step(self, loss, optimizer):
-        check_loss(loss)
-        _check_optimizer(optimizer)
+        loss = self._task(loss, store=True)
+        optimizer = self._resolve_optimizer(optimizer)
         engine = self._engine
         fn, objective, drivers = engine.step_fn(loss, optimizer)
         self._step = (loss, optimizer, fn, objective, drivers)
@@ -246,16 +341,27 @@ class Sequential:
 
     # -- training loop -------------------------------------------------------------------
 
-    def fit(self, X, y, loss="softmax_cross_entropy", optimizer=None, epochs=1, batch_size=32,
+    def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32,
             validation_data=None, shuffle=True, verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False,
-            validation_split=0.0, early_stopping=None, callbacks=()):
+            validation_split=0.0, early_stopping=None, callbacks=(), sample_weight=None, class_weight=None):
         """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
 
         Parameters
         ----------
-        X : array (N, in_features); y : labels (N,) for cross-entropy, targets (N, out) for mse
-        loss : "softmax_cross_entropy" or "mse"
-        optimizer : SGD, Adam or AdamW
+        X : array (N, in_features)
+        y : class labels (N,) or one-hot rows (N, out) for softmax cross-entropy; 0/1 labels
+            (N, out), or (N,) for one output, for binary cross-entropy; targets (N, out) for mse
+        loss : str, optional
+            ``"softmax_cross_entropy"`` (one class per row), ``"binary_cross_entropy"`` (one or
+            more independent 0/1 labels per row, on logits: the last layer has no sigmoid) or
+            ``"mse"``; Keras' names ``"sparse_categorical_crossentropy"``,
+            ``"categorical_crossentropy"``, ``"binary_crossentropy"`` and
+            ``"mean_squared_error"`` mean the same. Default: the model's loss, else softmax
+            cross-entropy; the first ``fit`` stores it with the model.
+        optimizer : SGD, Adam or AdamW, or "adam", "adamw", "sgd", optional
+            Default: the model's optimizer from an earlier call, else ``Adam(lr=1e-3)``
+            (PyTorch's, Keras' and scikit-learn's default), kept on the model. A name gets the
+            defaults of ``fastnn.optim.NAMED`` (Adam and AdamW lr 1e-3; SGD lr 0.01 as Keras).
         epochs, batch_size : int > 0
             The last partial batch is trained on, not dropped.
         validation_data : (X_val, y_val), optional
@@ -278,6 +384,13 @@ class Sequential:
             Stop when the monitored metric stops improving (and restore the best parameters).
         callbacks : sequence of callables ``(epoch, history) -> bool``
             Called after each epoch (1-based epoch); returning True stops training.
+        sample_weight : array (N,) of numbers >= 0, optional
+            Row weights: a batch's loss is sum(w_i l_i) / sum(w_i), the convention of PyTorch's
+            ``weight=`` and scikit-learn (Keras divides by the batch size instead). A batch whose
+            weights sum to 0 makes no update.
+        class_weight : dict {class index: weight} or "balanced", optional
+            Multiplies each row's weight by its class's (scikit-learn's "balanced":
+            N / (classes * rows of the class)); for class labels only.
 
         Raises
         ------
@@ -287,15 +400,20 @@ class Sequential:
 
         Returns
         -------
-        history : dict of per-epoch lists: ``loss``, plus ``accuracy`` for cross-entropy,
-            plus ``val_loss`` and ``val_accuracy`` with validation data.
+        history : dict of per-epoch lists: ``loss``, ``lr`` (the learning rate of the epoch's
+            last step), plus ``accuracy`` for the cross-entropies (for binary cross-entropy the
+            share of labels right, Keras' binary accuracy), plus ``val_loss`` and
+            ``val_accuracy`` with validation data. Also kept as ``model.history``, which holds
+            the finished epochs when training stops early (Ctrl-C raises KeyboardInterrupt
+            after the last finished step, as Keras does).
         """
         from . import training
 
         plan = training.plan(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                              validation_data=validation_data, shuffle=shuffle, verbose=verbose,
                              lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=resume,
-                             validation_split=validation_split, early_stopping=early_stopping, callbacks=callbacks)
+                             validation_split=validation_split, early_stopping=early_stopping, callbacks=callbacks,
+                             sample_weight=sample_weight, class_weight=class_weight)
         return training.run(self, plan, training.CompiledEpochs(self, plan))
 
     # -- inference -----------------------------------------------------------------------
@@ -305,22 +423,50 @@ class Sequential:
         return self._engine.predict(self._inputs(X), positive_int("batch_size", batch_size))
 
     def predict_proba(self, X, batch_size=1024):
-        """Softmax of the logits: class probabilities, shape (N, out_features)."""
-        return softmax(self.predict(X, batch_size))
+        """Probabilities, shape (N, out_features): the softmax of the logits for softmax
+        cross-entropy (the default), each logit's sigmoid for binary cross-entropy; an error
+        for a regression (mse) model, whose outputs are not probabilities."""
+        loss = self.loss or "softmax_cross_entropy"
+        if loss not in CLASSIFIERS:
+            raise ValueError(f"this model's loss is {loss!r} (regression): its outputs are not probabilities; "
+                             f"use predict")
+        out = self.predict(X, batch_size)
+        return softmax(out) if loss == "softmax_cross_entropy" else sigmoid(out)
 
-    def _evaluate(self, X, y, loss):
+    def _evaluate(self, X, y, loss, w=None):
         out = self._engine.predict(X, 1024)
-        value = self._engine.loss(loss, out, y, np.ones(X.shape[0], self.dtype))
+        w = np.ones(X.shape[0], self.dtype) if w is None else w
+        if not w.sum() > 0:
+            raise ValueError("the sample weights sum to 0: there is nothing to evaluate")
+        value = self._engine.loss(loss, out, y, w)
         scores = {"loss": float(value)}
-        if loss == "softmax_cross_entropy":
-            scores["accuracy"] = float(np.mean(out.argmax(axis=1) == y))
+        if loss in CLASSIFIERS:
+            scores["accuracy"] = float(np.average(_right(loss, out, y), weights=w))
         return scores
 
-    def evaluate(self, X, y, loss="softmax_cross_entropy"):
-        """``{"loss": mean loss}``, plus ``"accuracy"`` for cross-entropy."""
-        check_loss(loss)
+    def evaluate(self, X, y, loss=None, sample_weight=None, class_weight=None):
+        """``{"loss": mean loss}``, plus ``"accuracy"`` for the cross-entropies (for binary
+        cross-entropy the share of labels right: Keras' binary accuracy). ``loss`` defaults to
+        the model's; the rows are weighed as in ``fit``."""
+        loss = self._task(loss)
         X, y = self._data(X, y, loss)
-        return self._evaluate(X, y, loss)
+        return self._evaluate(X, y, loss, row_weights(loss, y, X.shape[0], self.dtype, sample_weight, class_weight))
+
+    def score(self, X, y, sample_weight=None):
+        """One number, higher is better, from the model's loss: accuracy for the cross-entropies
+        (as ``evaluate``), the coefficient of determination R^2 for mse (scikit-learn's
+        ``score``, averaged uniformly over outputs)."""
+        loss = self._task(None)
+        X, y = self._data(X, y, loss)
+        w = row_weights(loss, y, X.shape[0], self.dtype, sample_weight)
+        out = self.predict(X)
+        if loss in CLASSIFIERS:
+            return float(np.average(_right(loss, out, y), weights=w))
+        mean = np.average(y, axis=0, weights=w)
+        residual = np.average((y - out) ** 2, axis=0, weights=w)
+        total = np.average((y - mean) ** 2, axis=0, weights=w)
+        r2 = np.where(total > 0, 1 - residual / np.where(total > 0, total, 1), np.where(residual > 0, 0.0, 1.0))
+        return float(np.mean(r2))
 
     # -- files ---------------------------------------------------------------------------
 
@@ -333,7 +479,7 @@ class Sequential:
         """
         path = os.fspath(path)
         arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self._architecture(),
-                "seed": self.seed if isinstance(self.seed, int) else None}
+                "seed": self.seed if isinstance(self.seed, int) else None, "loss": self.loss}
         arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
         with atomic_write(path) as f:
             np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
@@ -357,6 +503,20 @@ def softmax(logits):
     return logits
 
 
+def sigmoid(logits):
+    """Element-wise logistic function, in place on ``logits`` (which it returns); no overflow."""
+    e = np.exp(-np.abs(logits))
+    np.divide(np.where(logits >= 0, 1.0, e), 1.0 + e, out=logits)
+    return logits
+
+
+def _right(loss, out, y):
+    """Per row: 1 when the class is right (softmax), the share of labels right (binary)."""
+    if loss == "softmax_cross_entropy":
+        return out.argmax(axis=1) == y
+    return np.mean((out > 0) == (y >= 0.5), axis=1)
+
+
 def load(path) -> Sequential:
     """Read a model written by ``Sequential.save``; validates everything, never unpickles."""
     path = os.fspath(path)
@@ -371,12 +531,12 @@ def load(path) -> Sequential:
         arch = json.loads(str(files.pop("architecture")))
         if arch.get("format") != "fastnn.Sequential":
             raise ValueError("it is not a fastnn model")
-        if arch.get("version") != FORMAT_VERSION:
-            raise ValueError(f"format version {arch.get('version')!r}, this fastnn reads {FORMAT_VERSION}")
+        if arch.get("version") not in (1, FORMAT_VERSION):
+            raise ValueError(f"format version {arch.get('version')!r}, this fastnn reads 1 to {FORMAT_VERSION}")
         dtype = _DTYPES[arch["dtype"]]
         layers = [Dropout(s["p_drop"]) if "p_drop" in s else Dense(s["in_features"], s["out_features"], s["activation"])
                   for s in arch["layers"]]
-        model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype)
+        model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype, loss=arch.get("loss"))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a valid fastnn model file: {e}") from None
     expected = [f"param_{i}" for i in range(len(model._params))]

@@ -191,3 +191,18 @@ class AdamW(Adam):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(lr, betas, eps, weight_decay)
+
+
+# Names a model's fit and train_step accept in place of an optimizer, with the defaults each gets:
+# Adam and AdamW as in PyTorch and Keras (lr 1e-3; AdamW weight decay 1e-2 as PyTorch's), SGD
+# at Keras' lr 0.01 (PyTorch's SGD has no default lr).
+NAMED = {"adam": lambda: Adam(), "adamw": lambda: AdamW(), "sgd": lambda: SGD(lr=0.01)}
+
+
+def from_name(name: str) -> Optimizer:
+    """A new optimizer for one of ``NAMED``'s names (any case)."""
+    make = NAMED.get(name.lower()) if isinstance(name, str) else None
+    if make is None:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(NAMED)}, or an optimizer such as "
+                         f"fastnn.SGD(lr=0.05, momentum=0.9)")
+    return make()

@@ -88,6 +88,19 @@ def mse(pred, target):
     return float(np.mean(diff * diff, dtype=np.float64)), diff * (2 / diff.size)
 
 
+def binary_cross_entropy(logits, target):
+    """``(mean loss, dlogits)`` of sigmoid + binary cross-entropy over all elements; logits and
+    target (N, K), targets in [0, 1]: -mean(t log s + (1 - t) log(1 - s)), s = sigmoid(logits)."""
+    s = _sigmoid(logits)
+    with np.errstate(divide="ignore"):  # log(0) only where its weight t or 1 - t is 0 ...
+        log_s, log_1s = np.log(s), np.log1p(-s)
+    # ... but 0 * -inf is NaN: for saturated logits use the logit itself (log s = x - log(1 + e^x))
+    log_s = np.where(np.isfinite(log_s), log_s, logits)
+    log_1s = np.where(np.isfinite(log_1s), log_1s, -logits)
+    loss = -np.mean(target * log_s + (1 - target) * log_1s, dtype=np.float64)
+    return float(loss), (s - target) / target.size
+
+
 def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     """One SGD step (PyTorch's formula); returns ``(new p, new v)``."""
     g = g + weight_decay * p

@@ -10,7 +10,12 @@ import numpy as np
 
 
 class Schedule:
-    """Base class: ``factors(t, total_steps)`` gives the multiplier for an array of steps t."""
+    """Base class: ``factors(t, total_steps)`` gives the multiplier for an array of steps t.
+
+    ``extendable``: whether the factors ignore ``total_steps``, so that a finished run resumed
+    with more epochs continues the same schedule (``fit(..., resume=True)``)."""
+
+    extendable = False
 
     def factors(self, t: np.ndarray, total_steps: int) -> np.ndarray:
         raise NotImplementedError
@@ -23,6 +28,8 @@ class Schedule:
 class Constant(Schedule):
     """The optimizer's ``lr`` at every step."""
 
+    extendable = True
+
     def factors(self, t, total_steps):
         return np.ones(len(t))
 
@@ -33,6 +40,8 @@ class Constant(Schedule):
 class StepDecay(Schedule):
     """Multiply ``lr`` by ``gamma`` every ``step_size`` steps (``torch.optim.lr_scheduler.StepLR``):
     the factor is gamma^floor(t / step_size)."""
+
+    extendable = True
 
     def __init__(self, step_size: int, gamma: float = 0.1):
         if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:

@@ -16,6 +16,7 @@ TOLERANCE = {
 }
 
 ACTIVATIONS = tuple(CODES)  # identity, relu, leaky_relu, sigmoid, tanh, gelu
+LOSS_KERNELS = ("softmax_cross_entropy", "mse", "binary_cross_entropy")  # the fused loss kernels
 
 # (N, I, O) for layer-level checks: N = 1, odd sizes, I or O = 1, and MNIST-like shapes.
 DENSE_SHAPES = ((1, 1, 1), (1, 7, 3), (3, 1, 5), (5, 4, 1), (17, 33, 9), (9, 3, 40), (64, 1, 64), (64, 64, 1),
@@ -95,6 +96,15 @@ def finite_difference(f, x, direction=None, h=1e-6):
     return grad
 
 
+def targets(rng, loss, n, outputs, dtype):
+    """Random targets for ``loss``: class labels (n,), 0/1 labels (n, outputs) or values (n, outputs)."""
+    if loss == "softmax_cross_entropy":
+        return rng.integers(0, outputs, n)
+    if loss == "binary_cross_entropy":
+        return (rng.random((n, outputs)) < 0.5).astype(dtype)
+    return rng.standard_normal((n, outputs)).astype(dtype)
+
+
 # -- a whole network from the reference: the oracle for the model's training step --------
 
 def reference_loss_and_grad(params, activations, X, y, loss):
@@ -108,10 +118,7 @@ def reference_loss_and_grad(params, activations, X, y, loss):
         a = R.activation_forward(z, act)
         zs.append(z)
         outs.append(a)
-    if loss == "softmax_cross_entropy":
-        value, dout = R.softmax_cross_entropy(a, y)
-    else:
-        value, dout = R.mse(a, y)
+    value, dout = getattr(R, loss)(a, y)
     grads = [None] * len(params)
     for k in range(len(activations) - 1, -1, -1):
         dW, db, dx = R.dense_backward(dout, inputs[k], params[2 * k], outs[k], zs[k], activations[k],
@@ -209,9 +216,10 @@ class KernelCase:
             else:
                 self.inputs, self.outputs = (r(n, o), R.activation_forward(z, act), z, act), (np.empty((n, o), self.dtype),)
                 self.nbytes = 4 * z.nbytes
-        elif kernel in ("softmax_cross_entropy", "mse"):
+        elif kernel in LOSS_KERNELS:
             n, c = d["N"], d["C"]
-            target = rng.integers(0, c, n) if kernel == "softmax_cross_entropy" else r(n, c)
+            target = {"softmax_cross_entropy": lambda: rng.integers(0, c, n), "mse": lambda: r(n, c),
+                      "binary_cross_entropy": lambda: (rng.random((n, c)) < 0.5).astype(self.dtype)}[kernel]()
             self.inputs, self.outputs = (r(n, c, s=3.0), target), (np.empty((n, c), self.dtype),)
             self.nbytes = 2 * n * c * self.dtype.itemsize
         elif kernel in ("dropout_forward", "dropout_backward"):
@@ -272,7 +280,7 @@ class KernelCase:
             expected, got = (expected,), (got,)
         if self.kernel == "dense_forward":
             got = got[:1]
-        if self.kernel in ("softmax_cross_entropy", "mse"):
+        if self.kernel in LOSS_KERNELS:
             expected = (np.array(expected[0]), expected[1])
             got = (np.array(got[0]), got[1])
         for k, (g, e) in enumerate(zip(got, expected)):
@@ -293,7 +301,7 @@ def kernel_case_specs():
         elif kernel.startswith("activation"):
             specs += [(kernel, dict(N=d["N"], O=d["O"]), "relu") for d in layers]
             specs += [(kernel, dict(N=128, O=256), a) for a in CODES if a != "relu"]
-        elif kernel in ("softmax_cross_entropy", "mse"):
+        elif kernel in LOSS_KERNELS:
             specs += [(kernel, dict(N=n, C=10), "relu") for n in BATCHES]
         elif kernel.startswith("dropout"):
             specs += [(kernel, dict(N=n, O=o), "relu") for n in BATCHES for o in (256, 128)]

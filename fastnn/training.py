@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,11 +20,16 @@ from .callbacks import EarlyStopping
 from .engine import raw_rows_of
 from .kernels._checks import positive_int
 from .kernels.train import OK, Epoch
-from .losses import check_loss
+from .losses import CLASSIFIERS, row_weights
 from .schedules import Constant, Schedule
 from .threads import one_blas_thread
 
 CHUNK_SECONDS = 0.1  # the compiled epoch returns to Python this often (progress bar, Ctrl-C)
+EXPLOSION = 100.0  # warn when an epoch's mean loss exceeds this many times the run's first loss
+
+
+class LossExplosionWarning(RuntimeWarning):
+    """The training loss grew far above where it started: the learning rate is likely too high."""
 
 
 @dataclass
@@ -45,6 +51,8 @@ class Plan:
     callbacks: tuple
     history: dict = field(default_factory=dict)
     first_epoch: int = 0
+    first_loss: float | None = None  # the loss of this run's first step (the explosion rule's yardstick)
+    warned: bool = False
 
     @property
     def batches(self):
@@ -52,7 +60,7 @@ class Plan:
 
     @property
     def classify(self):
-        return self.loss == "softmax_cross_entropy"
+        return self.loss in CLASSIFIERS
 
     def learning_rates(self, epoch, out=None):
         """Each batch's learning rate in ``epoch``: the optimizer's lr times the schedule."""
@@ -69,15 +77,14 @@ class Plan:
 
 def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None, shuffle=True, verbose=0,
          lr_schedule=None, checkpoint_dir=None, resume=False, validation_split=0.0, early_stopping=None,
-         callbacks=(), settings=None):
-    """Check every argument of ``fit`` and prepare the run; raises before anything is trained."""
-    from .model import _check_optimizer
-
-    check_loss(loss)
-    _check_optimizer(optimizer)
+         callbacks=(), settings=None, sample_weight=None, class_weight=None):
+    """Check every argument of ``fit`` and prepare the run; raises before anything is trained.
+    The model keeps the loss (if it had none) and the optimizer."""
+    loss = model._task(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
     X, y = model._data(X, y, loss)
+    w = row_weights(loss, y, X.shape[0], model.dtype, sample_weight, class_weight)
     model._check_writable()
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
@@ -90,8 +97,8 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
                              f"training or validation set")
         rows = model._rng.permutation(X.shape[0])  # a random hold-out, not the last rows
         held_rows, kept_rows = np.sort(rows[:held]), np.sort(rows[held:])
-        validation_data = (X[held_rows], y[held_rows])
-        X, y = np.ascontiguousarray(X[kept_rows]), np.ascontiguousarray(y[kept_rows])
+        validation_data = (X[held_rows], y[held_rows], w[held_rows])
+        X, y, w = np.ascontiguousarray(X[kept_rows]), np.ascontiguousarray(y[kept_rows]), w[kept_rows]
     for cb in callbacks:
         if not callable(cb):
             raise TypeError(f"callbacks must be callables (epoch, history) -> bool, got {cb!r}")
@@ -101,9 +108,11 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         early_stopping.start()
     validation = None
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = model._data(*validation_data, loss)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or (X_val, y_val, sample_weight_val)")
+        Xv, yv = model._data(*validation_data[:2], loss)
+        wv = validation_data[2] if len(validation_data) == 3 else None
+        validation = (Xv, yv, row_weights(loss, yv, Xv.shape[0], model.dtype, wv))
     if lr_schedule is None:
         lr_schedule = Constant()
     elif not isinstance(lr_schedule, Schedule):
@@ -111,12 +120,15 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
                         f"got {type(lr_schedule).__name__}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    optimizer = model._resolve_optimizer(optimizer)
     run_settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "samples": X.shape[0],
                     "shuffle": bool(shuffle), "schedule": repr(lr_schedule), "validation": validation is not None,
                     **(settings or {})}
-    p = Plan(X, y, np.ones(X.shape[0], model.dtype), loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
+    if not w.sum() > 0:
+        raise ValueError("the sample weights sum to 0: there is nothing to train on")
+    p = Plan(X, y, w, loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
              lr_schedule, validation, checkpoint_dir, run_settings, early_stopping, tuple(callbacks))
-    p.history = {"loss": []}
+    p.history = {"loss": [], "lr": []}
     if p.classify:
         p.history["accuracy"] = []
     if validation is not None:
@@ -125,9 +137,13 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
             p.history["val_accuracy"] = []
     if resume:
         from . import checkpoint
-        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, run_settings)
+        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, run_settings,
+                                   extendable=lr_schedule.extendable)
         if restored is not None:
             p.first_epoch, p.history = restored
+            p.history.setdefault("lr", [])
+    model._task(loss, store=True)
+    model.history = p.history
     return p
 
 
@@ -153,10 +169,17 @@ def end_of_epoch(model, p, epoch, loss, accuracy, bar):
     """Record the epoch, evaluate, checkpoint; True when training should stop."""
     history = p.history
     history["loss"].append(loss)
+    history["lr"].append(float(p.learning_rates(epoch)[-1]))
     if p.classify:
         history["accuracy"].append(accuracy)
+    if p.first_loss is not None and loss > EXPLOSION * p.first_loss and not p.warned:
+        p.warned = True
+        warnings.warn(f"the training loss grew from {p.first_loss:.4g} (the first step) to {loss:.4g} (epoch "
+                      f"{epoch + 1}): the learning rate {history['lr'][-1]:.4g} is likely too high; lower it",
+                      LossExplosionWarning, stacklevel=4)
     if p.validation is not None:
-        scores = model._evaluate(*p.validation, p.loss)
+        Xv, yv, wv = p.validation
+        scores = model._evaluate(Xv, yv, p.loss, wv)
         history["val_loss"].append(scores["loss"])
         if p.classify:
             history["val_accuracy"].append(scores["accuracy"])
@@ -185,6 +208,7 @@ class CompiledEpochs:
         self.epoch_args = Epoch(X, y, p.w, np.empty(0, np.int64), p.shuffle, p.batch_size, np.empty(p.batches),
                                 np.empty((rows, X.shape[1]), np.uint8), np.empty((rows, y.shape[1]), np.uint8),
                                 np.empty(rows, model.dtype), np.empty(p.batches))
+        self.weight = float(p.w.sum())
         self.fn = None
 
     def _build(self, bar, epoch):
@@ -217,6 +241,8 @@ class CompiledEpochs:
                                                                 self.drivers, args, first, stop,
                                                                 optimizer.step_count + 1)
             optimizer.step_count += done
+            if p.first_loss is None and done:
+                p.first_loss = float(args.losses[first])
             if status != OK:
                 from .model import DivergenceError
                 raise DivergenceError.at(first + done + 1, epoch + 1, batches)
@@ -228,7 +254,7 @@ class CompiledEpochs:
             per_batch = (time.perf_counter() - start) / (stop - first)
             chunk = max(1, int(CHUNK_SECONDS / max(per_batch, 1e-9)))
             first = stop
-        return loss_sum, correct, float(n)
+        return loss_sum, correct, self.weight
 
 
 def _progress(p, epoch):

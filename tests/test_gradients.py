@@ -4,7 +4,7 @@ import pytest
 
 import fastnn
 import fastnn.reference as R
-from fastnn.testing import ACTIVATIONS, finite_difference, reference_loss_and_grad
+from fastnn.testing import ACTIVATIONS, finite_difference, reference_loss_and_grad, targets
 
 
 def smooth_inputs(rng, shape):
@@ -52,6 +52,14 @@ def test_mse_gradient_matches_finite_differences(rng):
     np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-9)
 
 
+def test_binary_cross_entropy_gradient_matches_finite_differences(rng):
+    logits, target = rng.standard_normal((4, 3)) * 3, rng.random((4, 3))
+    target[0] = (target[0] > 0.5)  # 0/1 labels and probabilities
+    _, d = R.binary_cross_entropy(logits, target)
+    numeric = finite_difference(lambda l: R.binary_cross_entropy(l, target)[0], logits)
+    np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-9)
+
+
 def test_big_shapes_checked_along_a_random_direction(rng):
     x, W, b = rng.standard_normal((64, 300)), rng.standard_normal((300, 40)) * 0.05, rng.standard_normal(40)
     labels = rng.integers(0, 40, 64)
@@ -64,12 +72,12 @@ def test_big_shapes_checked_along_a_random_direction(rng):
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
 def test_model_loss_and_grad_matches_finite_differences(act, loss, rng):
     model = fastnn.Sequential(fastnn.Dense(3, 5, activation=act), fastnn.Dense(5, 4, activation=act),
                               fastnn.Dense(4, 2), seed=1, dtype=np.float64)
     X = rng.standard_normal((6, 3))
-    y = rng.integers(0, 2, 6) if loss == "softmax_cross_entropy" else rng.standard_normal((6, 2))
+    y = targets(rng, loss, 6, 2, np.float64)
     value, grads = model.loss_and_grad(X, y, loss=loss)
     params = model.parameters()
     for p, g in zip(params, grads):

@@ -131,6 +131,40 @@ def test_mse(n, c, dtype, rng):
     assert_close(d, rd)
 
 
+@pytest.mark.parametrize("n,k", [(1, 1), (9, 1), (5, 3)])
+def test_binary_cross_entropy(n, k, dtype, rng):
+    logits = randn(rng, (n, k), dtype) * 4
+    target = (rng.random((n, k)) < 0.5).astype(dtype)
+    target[0] = 0.25  # a probability, not only 0/1
+    loss, d = K.binary_cross_entropy(logits, target)
+    rloss, rd = R.binary_cross_entropy(logits, target)
+    assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+    assert_close(d, rd)
+
+
+def test_binary_cross_entropy_is_stable_for_huge_logits(dtype):
+    logits = np.array([[1e4, -1e4], [-1e4, 1e4], [0.0, 50.0]], dtype)
+    target = np.array([[1, 0], [1, 0], [1, 1]], dtype)
+    loss, d = K.binary_cross_entropy(logits, target)
+    # right answers cost (almost) nothing, wrong ones cost |logit|, a logit of 0 costs log 2
+    assert loss == pytest.approx((0 + 0 + 1e4 + 1e4 + np.log(2) + 0) / 6, rel=1e-6)
+    np.testing.assert_allclose(d, np.array([[0, 0], [-1, 1], [-0.5, 0]]) / 6, atol=1e-7)
+
+
+def test_binary_cross_entropy_weights_rows_and_refuses_bad_targets(dtype, rng):
+    logits, target = randn(rng, (6, 2), dtype), (rng.random((6, 2)) < 0.5).astype(dtype)
+    w = rng.random(6).astype(dtype)
+    loss, d = K.binary_cross_entropy(logits, target, weights=w)
+    rows = [R.binary_cross_entropy(logits[i:i + 1], target[i:i + 1]) for i in range(6)]
+    assert loss == pytest.approx(sum(w[i] * rows[i][0] for i in range(6)) / w.sum(), rel=1e-5)
+    assert_close(d, np.concatenate([w[i] * rows[i][1] for i in range(6)]) / w.sum())
+    for bad in (1.5, -0.1, np.nan):
+        t = target.copy()
+        t[3, 1] = bad
+        with pytest.raises(ValueError, match=r"target must hold values in \[0, 1\]"):
+            K.binary_cross_entropy(logits, t)
+
+
 SGD_CASES = [dict(lr=0.1), dict(lr=0.1, weight_decay=0.01), dict(lr=0.05, momentum=0.9),
              dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)]
 

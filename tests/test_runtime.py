@@ -190,6 +190,7 @@ def test_two_python_threads_train_two_models_at_once():
 
 ALLOCATIONS = textwrap.dedent("""
     import json, sys, tracemalloc, numpy as np, fastnn
+    from fastnn.testing import targets
     from fastnn import training
     from numba.core.runtime import rtsys
     training.CHUNK_SECONDS = 1e9  # an epoch in two compiled calls however fast the machine is
@@ -197,7 +198,7 @@ ALLOCATIONS = textwrap.dedent("""
     rng = np.random.default_rng(0)
     n, outputs = 4096, 64  # a batch's targets or outputs: 1 MB, which no step may copy
     X = rng.random((n, 32), dtype=np.float32)
-    y = rng.integers(0, outputs, n) if loss == "softmax_cross_entropy" else rng.random((n, outputs), dtype=np.float32)
+    y = targets(rng, loss, n, outputs, np.float32)
     model = fastnn.Sequential(fastnn.Dense(32, 64, activation="gelu"), fastnn.Dropout(p_drop=0.1),
                               fastnn.Dense(64, outputs), seed=0)
     opt = {"sgd": fastnn.SGD(lr=1e-3), "momentum": fastnn.SGD(lr=1e-3, momentum=0.9, nesterov=True),
@@ -229,7 +230,7 @@ ALLOCATIONS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
 def test_steady_state_steps_allocate_nothing(loss, optimizer):
     # Numba counts its allocations only when asked at start. What it counts on a call from

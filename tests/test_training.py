@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.testing import finite_difference, reference_train
+from fastnn.testing import finite_difference, reference_train, targets
 
 OPTIMIZERS = {
     "sgd": (lambda: fastnn.SGD(lr=0.1), dict(lr=0.1)),
@@ -19,7 +19,7 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
 def test_five_training_steps_match_the_reference(name, loss, dtype, rng):
     make_opt, hyper = OPTIMIZERS[name]
     acts = ["relu", "gelu", "tanh"]
@@ -28,7 +28,7 @@ def test_five_training_steps_match_the_reference(name, loss, dtype, rng):
     batches = []
     for n in (8, 8, 5):  # includes a partial batch
         X = rng.standard_normal((n, 12)).astype(dtype)
-        y = rng.integers(0, 3, n) if loss == "softmax_cross_entropy" else rng.standard_normal((n, 3)).astype(dtype)
+        y = targets(rng, loss, n, 3, dtype)
         batches.append((X, y))
     start = [p.copy() for p in model.parameters()]
     opt = make_opt()
@@ -126,19 +126,19 @@ def test_fit_lowers_the_loss_and_trains_the_last_partial_batch(rng):
     model = fastnn.Sequential(fastnn.Dense(4, 8, activation="relu"), fastnn.Dense(8, 2), seed=0)
     opt = fastnn.SGD(lr=0.1)
     history = model.fit(X, y, optimizer=opt, epochs=5, batch_size=16, validation_data=(X, y))
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history) == {"loss", "lr", "accuracy", "val_loss", "val_accuracy"}
     assert all(len(v) == 5 for v in history.values())
     assert history["loss"][-1] < history["loss"][0]
     assert opt.step_count == 5 * 4  # 16 + 16 + 16 + 2: the partial batch is a step too
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
 def test_fit_is_the_same_sequence_of_train_steps(shuffle, loss, rng):
     def make():
         return fastnn.Sequential(fastnn.Dense(6, 9, activation="gelu"), fastnn.Dense(9, 3), seed=4)
     X = rng.standard_normal((37, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 37) if loss == "softmax_cross_entropy" else rng.standard_normal((37, 3)).astype(np.float32)
+    y = targets(rng, loss, 37, 3, np.float32)
     fitted, stepped = make(), make()
     opt_a, opt_b = fastnn.Adam(lr=1e-2), fastnn.Adam(lr=1e-2)
     history = fitted.fit(X, y, loss=loss, optimizer=opt_a, epochs=3, batch_size=8, shuffle=shuffle)
@@ -164,7 +164,7 @@ def test_validation_split_holds_out_random_rows_and_records_metrics(rng):
     seen = []
     history = model.fit(X, y, optimizer=fastnn.Adam(), epochs=2, batch_size=10, validation_split=0.2,
                         callbacks=[lambda epoch, h: seen.append((epoch, len(h["val_loss"]))) or False])
-    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} and seen == [(1, 1), (2, 2)]
+    assert set(history) == {"loss", "lr", "accuracy", "val_loss", "val_accuracy"} and seen == [(1, 1), (2, 2)]
     # the rows fit held out: the plan's split, and the rows the recorded val_loss was computed on
     from fastnn import training
     probe = fastnn.Sequential(fastnn.Dense(1, 4, activation="tanh"), fastnn.Dense(4, 2), seed=0)

@@ -3,12 +3,14 @@
 Shapes: N = batch, C = classes / outputs.
     logits (N, C) float, labels (N,) int64 in [0, C), dlogits (N, C)
     pred (N, C) float, target (N, C) float, dpred (N, C)
+    logits (N, K) float, target (N, K) float in [0, 1], dlogits (N, K)   binary cross-entropy
     weights (N,) float: each row's weight (ones for a plain mean)
 Kernels take the targets as raw bytes, ``y`` (N, row bytes) uint8 (``_jit.raw_rows_of``), and
 read them back as their own dtype (``typed_rows``): then every loss has one signature and
 one compiled driver serves them all.
 The loss is the weighted mean over rows, sum_i w_i l_i / sum_i w_i, of each row's loss l_i:
-cross-entropy for softmax_cross_entropy, the mean over the row's C elements for mse; with
+cross-entropy for softmax_cross_entropy, the mean over the row's C (or K) elements for mse
+and binary_cross_entropy; with
 unit weights these are PyTorch's defaults (mean over rows; mean over all elements). Rows of
 weight 0 contribute nothing; if every weight is 0 the loss and its gradient are 0. Sums are
 accumulated in float64 whatever the array dtype.
@@ -109,6 +111,54 @@ def _mse(pred, y, weights, dpred):
     return total * inv_w / c
 
 
+# Binary cross-entropy on logits, one independent label per column (binary and multi-label
+# classification; PyTorch's BCEWithLogitsLoss): loss_ij = log(1 + e^x) - t x, written as
+# max(x, 0) - t x + log1p(e^-|x|), which neither overflows nor loses log1p's small values for
+# logits of any size. d(loss)/d(x_ij) = w_i / sum(w) * (sigmoid(x_ij) - t_ij) / K.
+# A target outside [0, 1] (or NaN) makes it return BAD_TARGET and write nothing.
+@kernel(python_entry=False)
+def _binary_cross_entropy(logits, y, weights, dlogits):
+    n, k = logits.shape
+    target = typed_rows(y, logits)
+    total_weight = 0.0
+    for i in range(n):
+        for j in range(k):
+            if not (target[i, j] >= 0.0 and target[i, j] <= 1.0):
+                return BAD_TARGET
+        total_weight += weights[i]
+    inv_w = 1.0 / total_weight if total_weight != 0.0 else 0.0
+    total = 0.0
+    for i in range(n):
+        w = weights[i]
+        scale = w * inv_w / k
+        row = 0.0
+        for j in range(k):
+            x, t = logits[i, j], target[i, j]
+            e = exp_(-abs(x))
+            row += (x if x > 0.0 else 0.0) - t * x + math.log1p(e)
+            p = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+            dlogits[i, j] = (p - t) * scale
+        if w != 0.0:
+            total += w * row
+    return total * inv_w / k
+
+
+@kernel(python_entry=False)
+def _count_binary_correct(logits, y, weights):
+    """sum of w_i times the share of row i's labels predicted right (logit > 0 for target >= 0.5):
+    Keras' binary accuracy, which for multi-label data is the mean over labels."""
+    target = typed_rows(y, logits)
+    n, k = logits.shape
+    correct = 0.0
+    for i in range(n):
+        right = 0
+        for j in range(k):
+            if (logits[i, j] > 0.0) == (target[i, j] >= 0.5):
+                right += 1
+        correct += weights[i] * right / k
+    return correct
+
+
 def _grad_output(name, g, like):
     if g is None:
         return np.empty_like(like)
@@ -183,3 +233,39 @@ def mse(pred, target, dpred=None, weights=None):
     _checks.no_overlap("dpred", dpred, ("pred", pred), allow_same=True)
     _checks.no_overlap("dpred", dpred, ("target", target), ("weights", weights))
     return float(run(_mse, signatures(pred.dtype)[0], pred, raw_rows_of(target), weights, dpred)), dpred
+
+
+def binary_cross_entropy(logits, target, dlogits=None, weights=None):
+    """Mean binary cross-entropy of sigmoid(logits) against targets in [0, 1], and its gradient.
+
+    Fused and stable for logits of any size (PyTorch's ``BCEWithLogitsLoss``; Keras'
+    ``binary_crossentropy(from_logits=True)``): the mean over all N x K elements, each column
+    an independent binary label.
+
+    Parameters
+    ----------
+    logits : ndarray (N, K), float32 or float64, C-contiguous
+    target : ndarray (N, K) of logits' dtype, values in [0, 1] (0/1 labels, or probabilities)
+    dlogits : ndarray (N, K), optional
+        Receives d(loss)/d(logits) (overwritten); allocated when omitted. It may be ``logits``
+        itself but may not overlap target.
+    weights : ndarray (N,) of logits' dtype, optional
+        Row weights >= 0: the loss is sum_i w_i mean_j(l_ij) / sum_i w_i.
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray (N, K)
+    """
+    _checks.float_array("logits", logits, ndim=2)
+    _checks.nonempty("logits", logits)
+    _checks.float_array("target", target, ndim=2, dtype=logits.dtype)
+    _checks.shape("target", target, logits.shape)
+    if not (np.all(target >= 0) and np.all(target <= 1)):  # (NaN fails both)
+        raise ValueError("target must hold values in [0, 1] (0/1 labels or probabilities)")
+    dlogits = _grad_output("dlogits", dlogits, logits)
+    weights = _weights(weights, logits.shape[0], logits.dtype)
+    _checks.no_overlap("dlogits", dlogits, ("logits", logits), allow_same=True)
+    _checks.no_overlap("dlogits", dlogits, ("target", target), ("weights", weights))
+    return float(run(_binary_cross_entropy, signatures(logits.dtype)[0], logits, raw_rows_of(target), weights,
+                     dlogits)), dlogits

@@ -268,10 +268,17 @@ def update(net, opt, lr, step):
 def step(net, ws, objective, opt, drivers, X, y, w, lr, t):
     """One step (optimizer step number t): gradients, then update. Returns the loss before the
     update, NaN when the step was refused (a NaN or inf loss or gradient; nothing written), or
-    BAD_TARGET."""
+    BAD_TARGET. A batch whose weights w sum to 0 has nothing to learn from: no update (Adam's
+    moments would still move the parameters)."""
     mode = flush_subnormals()  # once here, not again in each driver it calls
     loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, t))
-    if loss != BAD_TARGET and not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
+    weighed = False
+    for i in range(w.shape[0]):
+        if w[i] != 0.0:
+            weighed = True
+            break
+    if loss != BAD_TARGET and weighed and not (
+            math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
         loss = math.nan
     restore_fp(mode)
     return loss

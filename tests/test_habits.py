@@ -1,0 +1,382 @@
+"""What Keras, PyTorch and scikit-learn users expect: defaults, names, a model that knows its task,
+binary and multi-label classification, row and class weights, inspection, extending and
+interrupting a run, and a warning when the loss explodes."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.checkpoint import CheckpointError
+from fastnn.testing import finite_difference, reference_loss_and_grad
+from fastnn.training import LossExplosionWarning
+
+
+def blobs(n=96, classes=3, features=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, features)) * 3
+    y = rng.integers(0, classes, n)
+    return (centres[y] + rng.standard_normal((n, features))).astype(np.float32), y
+
+
+def net(inputs=4, outputs=3, seed=0, **kw):
+    return fastnn.Sequential(fastnn.Dense(inputs, 8, activation="tanh"), fastnn.Dense(8, outputs), seed=seed, **kw)
+
+
+# -- defaults and names ------------------------------------------------------------------
+
+def test_fit_without_an_optimizer_uses_one_adam_kept_and_reused():
+    X, y = blobs()
+    model = net()
+    model.fit(X, y, epochs=2)
+    opt = model.optimizer
+    assert type(opt) is fastnn.Adam and opt.lr == 1e-3 and opt.betas == (0.9, 0.999)
+    steps = opt.step_count
+    assert steps == 2 * 3  # 96 rows in batches of 32
+    model.fit(X, y)
+    model.train_step(X[:8], y[:8])
+    assert model.optimizer is opt and opt.step_count == steps + 3 + 1  # its moments carry on
+    # the same as passing that Adam explicitly, step for step
+    twin = net()
+    explicit = fastnn.Adam(lr=1e-3)
+    twin.fit(X, y, optimizer=explicit, epochs=2)
+    twin.fit(X, y, optimizer=explicit)
+    twin.train_step(X[:8], y[:8], optimizer=explicit)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("name,kind,lr", [("adam", fastnn.Adam, 1e-3), ("AdamW", fastnn.AdamW, 1e-3),
+                                          ("sgd", fastnn.SGD, 0.01)])
+def test_optimizer_names_give_the_documented_defaults(name, kind, lr):
+    X, y = blobs()
+    model = net()
+    model.fit(X, y, optimizer=name)
+    opt = model.optimizer
+    assert type(opt) is kind and opt.lr == lr
+    if kind is fastnn.AdamW:
+        assert opt.weight_decay == 1e-2
+    model.fit(X, y, optimizer=name.lower())
+    assert model.optimizer is opt  # the same name continues with the same optimizer
+    model.fit(X, y, optimizer="adam" if name.lower() != "adam" else "sgd")
+    assert model.optimizer is not opt
+
+
+@pytest.mark.parametrize("alias,canonical", [("sparse_categorical_crossentropy", "softmax_cross_entropy"),
+                                             ("categorical_crossentropy", "softmax_cross_entropy"),
+                                             ("binary_crossentropy", "binary_cross_entropy"),
+                                             ("mean_squared_error", "mse")])
+def test_keras_loss_names_mean_fastnns_losses(alias, canonical, rng):
+    X = rng.standard_normal((16, 4)).astype(np.float32)
+    y = {"softmax_cross_entropy": rng.integers(0, 3, 16), "binary_cross_entropy": rng.integers(0, 2, (16, 3)),
+         "mse": rng.standard_normal((16, 3))}[canonical]
+    if alias == "categorical_crossentropy":
+        y = np.eye(3)[y]
+    a, b = net(), net()
+    assert a.loss_and_grad(X, y, loss=alias)[0] == b.loss_and_grad(X, y, loss=canonical)[0]
+    a.fit(X, y, loss=alias)
+    assert a.loss == canonical
+
+
+# -- the model knows its task -------------------------------------------------------------
+
+def test_the_first_fit_stores_the_loss_and_later_calls_use_it(tmp_path, rng):
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    Y = rng.standard_normal((40, 3)).astype(np.float32)
+    model = net()
+    assert model.loss is None
+    model.fit(X, Y, loss="mse", epochs=2)
+    assert model.loss == "mse"
+    scores = model.evaluate(X, Y)  # no loss needed any more
+    assert set(scores) == {"loss"} and scores["loss"] == pytest.approx(np.mean((model.predict(X) - Y) ** 2), rel=1e-5)
+    model.fit(X, Y)  # mse again
+    with pytest.raises(ValueError, match=r"this model's loss is 'mse' .* not 'softmax_cross_entropy'"):
+        model.evaluate(X, Y[:, 0].astype(int), loss="softmax_cross_entropy")
+    with pytest.raises(ValueError, match=r"'mse' \(regression\): its outputs are not probabilities; use predict"):
+        model.predict_proba(X)
+    r2 = model.score(X, Y)
+    resid, total = ((Y - model.predict(X)) ** 2).sum(axis=0), ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+    assert r2 == pytest.approx(np.mean(1 - resid / total), rel=1e-5)
+    model.save(tmp_path / "m.npz")
+    loaded = fastnn.load(tmp_path / "m.npz")
+    assert loaded.loss == "mse" and loaded.evaluate(X, Y) == model.evaluate(X, Y)
+
+
+def test_a_loss_given_to_the_constructor_is_the_models():
+    X, y = blobs()
+    model = net(loss="sparse_categorical_crossentropy")
+    assert model.loss == "softmax_cross_entropy"
+    with pytest.raises(ValueError, match="this model's loss is 'softmax_cross_entropy'"):
+        model.fit(X, y.astype(np.float32)[:, None].repeat(3, axis=1), loss="mse")
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        net(loss="hinge")
+
+
+def test_a_version_1_model_file_still_loads(tmp_path):
+    model = net()
+    path = tmp_path / "v1.npz"
+    arch = {"format": "fastnn.Sequential", "version": 1, **model._architecture(), "seed": 0}
+    np.savez(path, architecture=np.array(json.dumps(arch)),
+             **{f"param_{i}": p for i, p in enumerate(model.parameters())})
+    loaded = fastnn.load(path)
+    assert loaded.loss is None
+    for p, q in zip(model.parameters(), loaded.parameters()):
+        np.testing.assert_array_equal(p, q)
+    model.save(tmp_path / "v2.npz")
+    with zipfile.ZipFile(tmp_path / "v2.npz") as z:
+        assert json.loads(np.load(z.open("architecture.npy")).item())["version"] == 2
+
+
+def test_float_labels_that_are_whole_numbers_are_class_labels_and_others_say_use_mse():
+    X, y = blobs()
+    a, b = net(), net()
+    assert a.loss_and_grad(X, y.astype(np.float64))[0] == b.loss_and_grad(X, y)[0]
+    with pytest.raises(ValueError, match=r"not whole numbers \(such as \d+\.5\).*use loss='mse'"):
+        a.fit(X, y + 0.5)
+
+
+def test_one_hot_targets_train_like_labels_and_soft_labels_are_refused():
+    X, y = blobs()
+    a, b = net(), net()
+    ha = a.fit(X, y, epochs=2)
+    hb = b.fit(X, np.eye(3, dtype=np.float32)[y], loss="categorical_crossentropy", epochs=2)
+    assert ha == hb
+    assert b.evaluate(X, np.eye(3)[y]) == a.evaluate(X, y)
+    soft = np.full((len(y), 3), 1 / 3)
+    with pytest.raises(ValueError, match="one-hot rows .* soft labels are not supported"):
+        b.fit(X, soft)
+
+
+# -- binary and multi-label ---------------------------------------------------------------
+
+def multilabel(n=200, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    Y = (X[:, :k] + 0.3 * rng.standard_normal((n, k)) > 0).astype(np.float32)  # label j: feature j > 0
+    return X, Y
+
+
+def test_binary_cross_entropy_learns_binary_and_multi_label_tasks():
+    X, Y = multilabel()
+    model = net(outputs=3)
+    history = model.fit(X, Y, loss="binary_crossentropy", epochs=30, optimizer=fastnn.Adam(lr=0.01))
+    assert model.loss == "binary_cross_entropy"
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    out = model.predict(X)
+    share_right = np.mean((out > 0) == (Y > 0.5))  # Keras' binary accuracy: the mean over labels
+    scores = model.evaluate(X, Y)
+    assert scores["accuracy"] == pytest.approx(share_right) and scores["accuracy"] > 0.85
+    assert history["accuracy"][-1] > 0.85
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba, 1 / (1 + np.exp(-out.astype(np.float64))), rtol=1e-6)
+    # one output: labels of shape (N,), booleans or integers
+    one = net(outputs=1)
+    h1 = one.fit(X, Y[:, 0] > 0.5, loss="binary_cross_entropy", epochs=30, optimizer=fastnn.Adam(lr=0.01))
+    assert h1["accuracy"][-1] > 0.85
+    with pytest.raises(ValueError, match=r"0/1 labels .* for regression use loss='mse'"):
+        one.fit(X, Y[:, 0] * 2)
+
+
+def test_binary_cross_entropy_refuses_a_sigmoid_output_layer():
+    model = fastnn.Sequential(fastnn.Dense(4, 1, activation="sigmoid"))
+    X, Y = multilabel(k=1)
+    with pytest.raises(ValueError, match="would apply it twice: drop the last layer's activation"):
+        model.fit(X, Y, loss="binary_crossentropy")
+    with pytest.raises(ValueError, match="would apply it twice"):
+        fastnn.Sequential(fastnn.Dense(4, 1, activation="sigmoid"), loss="binary_cross_entropy")
+
+
+def test_binary_cross_entropy_model_gradient_matches_the_reference_and_finite_differences(rng):
+    model = fastnn.Sequential(fastnn.Dense(3, 5, activation="gelu"), fastnn.Dense(5, 2), seed=1, dtype=np.float64)
+    X, Y = rng.standard_normal((6, 3)), (rng.random((6, 2)) < 0.5).astype(np.float64)
+    value, grads = model.loss_and_grad(X, Y, loss="binary_cross_entropy")
+    rvalue, rgrads = reference_loss_and_grad([p.copy() for p in model.parameters()], ["gelu", "identity"], X, Y,
+                                             "binary_cross_entropy")
+    assert value == pytest.approx(rvalue, rel=1e-12)
+    for g, r in zip(grads, rgrads):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13)
+    W = model.parameters()[0]
+    original = W.copy()
+
+    def f(v):
+        W[...] = v
+        return model.loss_and_grad(X, Y, loss="binary_cross_entropy")[0]
+    numeric = finite_difference(f, original)
+    W[...] = original
+    np.testing.assert_allclose(grads[0], numeric, rtol=1e-6, atol=1e-9)
+
+
+# -- row and class weights ------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "binary_cross_entropy", "mse"])
+def test_integer_sample_weights_equal_repeated_rows(loss, rng):
+    X = rng.standard_normal((12, 4)).astype(np.float64)
+    y = {"softmax_cross_entropy": rng.integers(0, 3, 12), "binary_cross_entropy": rng.integers(0, 2, (12, 3)),
+         "mse": rng.standard_normal((12, 3))}[loss]
+    w = rng.integers(0, 4, 12)
+    w[0] = 1
+    weighted, repeated = net(dtype=np.float64), net(dtype=np.float64)
+    # one batch per step, no shuffling: the weighted mean is the mean over repeated rows
+    weighted.fit(X, y, loss=loss, sample_weight=w, batch_size=12, epochs=3, shuffle=False)
+    repeated.fit(np.repeat(X, w, axis=0), np.repeat(y, w, axis=0), loss=loss, batch_size=int(w.sum()), epochs=3,
+                 shuffle=False)
+    for p, q in zip(weighted.parameters(), repeated.parameters()):
+        np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
+    assert weighted.evaluate(X, y, sample_weight=w)["loss"] == pytest.approx(
+        repeated.evaluate(np.repeat(X, w, axis=0), np.repeat(y, w, axis=0))["loss"], rel=1e-10)
+
+
+def test_class_weight_is_a_sample_weight_per_class():
+    X, y = blobs()
+    table = {0: 1.0, 1: 3.0, 2: 0.5}
+    a, b = net(), net()
+    a.fit(X, y, class_weight=table, epochs=2)
+    b.fit(X, y, sample_weight=np.array([table[c] for c in y]), epochs=2)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p, q)
+    counts = np.bincount(y)
+    c, d = net(), net()
+    c.fit(X, y, class_weight="balanced")
+    d.fit(X, y, sample_weight=len(y) / (3 * counts[y]))
+    for p, q in zip(c.parameters(), d.parameters()):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match="class_weight needs class labels"):
+        net().fit(X, np.ones((len(y), 3)), loss="mse", class_weight={0: 2.0})
+
+
+def test_a_batch_of_weight_zero_makes_no_update():
+    X, y = blobs(n=8)
+    model = net()
+    before = [p.copy() for p in model.parameters()]
+    model.train_step(X, y, sample_weight=np.zeros(8))  # Adam would move on zero gradients
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+    w = np.zeros(8)
+    w[:4] = 1.0  # with batches of 4: the second batch weighs nothing
+    a, b = net(), net()
+    a.fit(X, y, sample_weight=w, batch_size=4, shuffle=False, optimizer=fastnn.Adam(lr=0.01))
+    b.fit(X[:4], y[:4], batch_size=4, shuffle=False, optimizer=fastnn.Adam(lr=0.01))
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match="sample weights sum to 0"):
+        net().fit(X, y, sample_weight=np.zeros(8))
+    with pytest.raises(ValueError, match="sample_weight must be finite and >= 0"):
+        net().fit(X, y, sample_weight=-np.ones(8))
+    with pytest.raises(ValueError, match=r"sample_weight must be 8 numbers"):
+        net().fit(X, y, sample_weight=np.ones(7))
+
+
+# -- inspection ----------------------------------------------------------------------------
+
+def test_summary_lists_layers_shapes_and_parameter_counts():
+    model = fastnn.Sequential(fastnn.Dense(784, 128, activation="relu"), fastnn.Dropout(0.2), fastnn.Dense(128, 10))
+    lines = []
+    model.summary(print_fn=lines.append)
+    text = lines[0]
+    assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10 == 101_770
+    assert "Dense(784, 128, relu)" in text and "(None, 128)" in text and "100,480" in text
+    assert "Dropout(0.2)" in text and "1,290" in text and "total parameters: 101,770" in text
+
+
+def test_history_is_kept_on_the_model_with_the_learning_rate_per_epoch():
+    X, y = blobs()
+    model = net()
+    history = model.fit(X, y, epochs=4, optimizer=fastnn.SGD(lr=0.1),
+                        lr_schedule=fastnn.StepDecay(step_size=6, gamma=0.5))  # 3 steps per epoch
+    assert model.history is history
+    assert history["lr"] == [0.1, 0.1, 0.05, 0.05]  # the lr of each epoch's last step: 0.1 * 0.5^(t // 6)
+
+
+# -- extending and interrupting -------------------------------------------------------------
+
+def test_a_finished_run_resumed_with_more_epochs_continues_it(tmp_path):
+    X, y = blobs()
+    whole = net()
+    whole.fit(X, y, epochs=5, optimizer=fastnn.SGD(lr=0.1, momentum=0.9))
+    short = net()
+    short.fit(X, y, epochs=3, optimizer=fastnn.SGD(lr=0.1, momentum=0.9), checkpoint_dir=tmp_path)
+    again = net()
+    history = again.fit(X, y, epochs=5, optimizer=fastnn.SGD(lr=0.1, momentum=0.9), checkpoint_dir=tmp_path,
+                        resume=True)
+    assert len(history["loss"]) == 5
+    for p, q in zip(whole.parameters(), again.parameters()):
+        np.testing.assert_array_equal(p, q)
+    cosine = tmp_path / "cosine"
+    net().fit(X, y, epochs=2, checkpoint_dir=cosine, lr_schedule=fastnn.Cosine())
+    with pytest.raises(CheckpointError, match="depends on the run's length, so it cannot be extended"):
+        net().fit(X, y, epochs=4, checkpoint_dir=cosine, lr_schedule=fastnn.Cosine(), resume=True)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_ctrl_c_stops_fit_quickly_and_keeps_the_finished_epochs(tmp_path, verbose):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, numpy as np, fastnn
+        rng = np.random.default_rng(0)
+        X, y = rng.random((20000, 64), dtype=np.float32), rng.integers(0, 10, 20000)
+        model = fastnn.Sequential(fastnn.Dense(64, 256, activation="relu"), fastnn.Dense(256, 10))
+        model.fit(X[:64], y[:64])  # compiled before the clock starts
+        class Announce:
+            def __call__(self, epoch, history):
+                print("epoch", epoch, flush=True)
+        try:
+            model.fit(X, y, epochs=1000, batch_size=16, verbose={verbose}, callbacks=[Announce()])
+        except KeyboardInterrupt:
+            print("interrupted", time.perf_counter(), len(model.history["loss"]),
+                  bool(np.all(np.isfinite(model.parameters()[0]))), flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        while True:
+            line = proc.stdout.readline()
+            if line.startswith("epoch") and int(line.split()[1]) >= 2:
+                break
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        words = proc.stdout.readline().split()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert words[0] == "interrupted"
+    assert float(words[1]) - sent < 0.5  # (perf_counter is one clock across processes on Linux)
+    assert int(words[2]) >= 2 and words[3] == "True"
+
+
+# -- a loss that explodes --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    from fastnn.datasets import load_mnist_5k
+    (X, y), _ = load_mnist_5k()
+    return X[:2000], y[:2000]
+
+
+@pytest.mark.parametrize("optimizer", [fastnn.SGD(lr=1e6), fastnn.Adam(lr=1e10)], ids=["sgd-1e6", "adam-1e10"])
+def test_an_exploding_loss_warns_once_naming_the_learning_rate(digits, optimizer):
+    X, y = digits
+    model = fastnn.Sequential(fastnn.Dense(784, 32, activation="relu"), fastnn.Dense(32, 10))
+    with pytest.warns(LossExplosionWarning, match=re.escape(f"learning rate {optimizer.lr:.4g} is likely too high")) \
+            as seen:
+        try:
+            model.fit(X, y, optimizer=optimizer, epochs=3, batch_size=64)
+        except fastnn.DivergenceError:
+            pass  # NaN or inf still raises; the warning came first
+    assert len([w for w in seen if issubclass(w.category, LossExplosionWarning)]) == 1
+
+
+def test_a_normal_run_on_the_digits_does_not_warn(digits):
+    X, y = digits
+    model = fastnn.Sequential(fastnn.Dense(784, 32, activation="relu"), fastnn.Dense(32, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossExplosionWarning)
+        history = model.fit(X, y, optimizer=fastnn.SGD(lr=0.1, momentum=0.9), epochs=3, batch_size=64)
+    assert history["accuracy"][-1] > 0.8
