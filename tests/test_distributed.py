@@ -58,6 +58,10 @@ SCRIPT = textwrap.dedent("""
             checkpoint.save = save_then_maybe_die
             return distributed.fit(model, X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=4, batch_size=batch,
                                    checkpoint_dir=os.path.dirname(out) + "/ck-" + sys.argv[4], resume=True)
+        elif mode in WEIGHTED:
+            targets, loss, w, classes = weighted(mode, X, y)
+            return distributed.fit(model, X, targets, loss=loss, sample_weight=w, class_weight=classes,
+                                   optimizer=fastnn.Adam(lr=1e-2), epochs=3, batch_size=batch, shuffle=True)
         else:
             epochs = 3
         return distributed.fit(model, X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=epochs, batch_size=batch,
@@ -65,8 +69,24 @@ SCRIPT = textwrap.dedent("""
 
     history = distributed.abort_on_error(train)
     if rank == 0 and mode != "overflow":
-        np.save(out, np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]))
+        np.save(out, np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]
+                                    + [np.array(history.get("accuracy", []))]))
 """)
+
+WEIGHTS = """
+WEIGHTED = ("weighted", "binary")
+
+
+def weighted(mode, X, y):
+    # row weights with zeros (some shards of a batch weigh nothing); cross-entropy with class
+    # weights, or binary cross-entropy on one-hot rows: (y, sample_weight, class_weight, loss)
+    w = np.random.default_rng(1).random(len(y)) * (np.arange(len(y)) % 5 != 0)
+    if mode == "weighted":
+        return y, "softmax_cross_entropy", w, {0: 2.0, 3: 0.5}
+    return np.eye(4)[y], "binary_cross_entropy", w, None
+"""
+SCRIPT = SCRIPT.replace("\ndef train():", WEIGHTS + "\n\ndef train():", 1)
+exec(WEIGHTS)
 
 
 def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120, tag="a"):
@@ -80,13 +100,19 @@ def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120, tag="a"):
     return proc, out
 
 
-def one_process(batch):
+def one_process(batch, mode="ok"):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((203, 12)), rng.integers(0, 4, 203)
     model = fastnn.Sequential(fastnn.Dense(12, 10, activation="tanh"), fastnn.Dense(10, 4), seed=5, dtype=np.float64)
-    history = model.fit(X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=3, batch_size=batch, shuffle=True,
-                        lr_schedule=fastnn.Cosine(warmup_steps=3))
-    return np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])])
+    if mode in WEIGHTED:
+        targets, loss, w, classes = weighted(mode, X, y)
+        history = model.fit(X, targets, loss=loss, sample_weight=w, class_weight=classes,
+                            optimizer=fastnn.Adam(lr=1e-2), epochs=3, batch_size=batch, shuffle=True)
+    else:
+        history = model.fit(X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=3, batch_size=batch, shuffle=True,
+                            lr_schedule=fastnn.Cosine(warmup_steps=3))
+    return np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]
+                          + [np.array(history.get("accuracy", []))])
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -96,6 +122,14 @@ def test_ranks_equal_one_process_with_the_global_batch(tmp_path, ranks):
     proc, out = run_ranks(tmp_path, ranks, 32)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(out), one_process(32), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", WEIGHTED)
+def test_weighted_ranks_equal_one_process(tmp_path, mode):
+    # each rank's shard weighed by its share of the batch's weight: 3 ranks are one process
+    proc, out = run_ranks(tmp_path, 3, 32, mode=mode)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(out), one_process(32, mode), rtol=1e-9, atol=1e-12)
 
 
 def test_a_failing_rank_stops_every_rank_with_a_clear_error(tmp_path):

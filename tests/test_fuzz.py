@@ -97,6 +97,14 @@ def test_losses_match_the_reference(data, n, c, dtype):
     rloss, rd = ref(R.mse, logits, target)
     assert_close(np.array(loss), np.array(rloss), dtype=dtype)
     assert_close(d, rd)
+    # binary cross-entropy: labels and probabilities; an infinite logit has no agreed loss (t * inf
+    # is NaN for t = 0 in any formula), so those become NaN, which must propagate like the reference's
+    probs = data.draw(hnp.arrays(dtype, (n, c), elements=st.sampled_from([0.0, 1.0, 0.25, 0.5, 1.0 - 2.0**-10])))
+    finite_or_nan = np.where(np.isinf(logits), np.nan, logits)
+    loss, d = K.binary_cross_entropy(finite_or_nan, probs)
+    rloss, rd = ref(R.binary_cross_entropy, finite_or_nan, probs)
+    assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+    assert_close(d, rd)
 
 
 @FUZZ

@@ -135,7 +135,8 @@ def _binary_cross_entropy(logits, y, weights, dlogits):
         for j in range(k):
             x, t = logits[i, j], target[i, j]
             e = exp_(-abs(x))
-            row += (x if x > 0.0 else 0.0) - t * x + math.log1p(e)
+            # max(x, 0) - t x, as (1 - t) x or -t x: no cancellation between two large terms
+            row += ((1.0 - t) * x if x > 0.0 else -t * x) + math.log1p(e)
             p = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
             dlogits[i, j] = (p - t) * scale
         if w != 0.0:
