@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from ._install import install_hint
 from .engine import raw_rows_of
 from .model import DivergenceError, _right
 
@@ -33,7 +34,7 @@ def _mpi():
     try:
         from mpi4py import MPI
     except ImportError:
-        raise ImportError('distributed training needs mpi4py and an MPI library: pip install "fastnn[mpi]"') from None
+        raise ImportError("distributed training needs mpi4py and an MPI library: " + install_hint("mpi")) from None
     return MPI
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-INSTALL_HINT = 'pictures need matplotlib: pip install "fastnn[plot]"'
+from ._install import install_hint
+
+INSTALL_HINT = "pictures need matplotlib: " + install_hint("plot")
 
 
 class MissingPlotExtra(ImportError):

@@ -22,7 +22,8 @@ Constructor parameters, fitted attributes and stopping rules are those of
   that term per batch with the batch's weights; here with the epoch's last weights).
 - The classifier trains float32 input in float32 (faster) and anything else in float64; the
   regressor always trains in float64, so a target's scale does not cost it precision.
-Requires scikit-learn (``pip install "fastnn[sklearn]"``); fastnn itself does not.
+Requires scikit-learn (``pip install "fastnn-cpu[sklearn]"``, or ``pip install ".[sklearn]"`` in a
+checkout); fastnn itself does not.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ import pytest
 
 import fastnn
 from fastnn import cli, story
+from fastnn import plots
 from fastnn.plots import MissingPlotExtra
 
 from .conftest import require
@@ -138,9 +139,9 @@ def test_pictures(tmp_path, capsys):
 
 def test_without_matplotlib_the_numbers_still_print(tmp_path, capsys, monkeypatch):
     def missing(*args):
-        raise MissingPlotExtra('pictures need matplotlib: pip install "fastnn[plot]"')
+        raise MissingPlotExtra(plots.INSTALL_HINT)
 
     monkeypatch.setattr("fastnn.plots.require_matplotlib", missing)
     code, out, err = run(capsys, "approx", "abs", "--epochs", "50", "--plot", str(tmp_path / "fit.png"))
-    assert code == 1 and "MSE fell" in out and 'pip install "fastnn[plot]"' in err
+    assert code == 1 and "MSE fell" in out and 'pip install "fastnn-cpu[plot]"' in err
     assert not (tmp_path / "fit.png").exists()
