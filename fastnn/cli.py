@@ -5,10 +5,12 @@ import argparse
 import pathlib
 import sys
 import time
+import warnings
 
 import numpy as np
 
 from .kernels._checks import positive, positive_int
+from .training import LossExplosionWarning
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -107,20 +109,40 @@ def cmd_train(args) -> int:
           f"batch {recipe['batch_size']}, {recipe['epochs']} epochs on {what}")
     compiled_before = compile_seconds()
     start = time.perf_counter()
-    history = model.fit(X, y, optimizer=optimizer, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-                        verbose=1, lr_schedule=schedule, validation_data=(Xt, yt) if args.plot else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LossExplosionWarning)
+        history = model.fit(X, y, optimizer=optimizer, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                            verbose=1, lr_schedule=schedule, validation_data=(Xt, yt) if args.plot else None)
     seconds = time.perf_counter() - start
     scores = model.evaluate(Xt, yt)
     compile_s = compile_seconds() - compiled_before  # fit's and evaluate's, 0 once cached
     print(f"test accuracy {scores['accuracy']:.2%} (loss {scores['loss']:.4f}) after {recipe['epochs']} epochs: "
           f"{seconds - min(compile_s, seconds):.1f} s of training"
           + (f", {compile_s:.1f} s of compiling (cached for the next run)" if compile_s else ""))
+    failed = _failed_to_learn([w.message for w in caught if issubclass(w.category, LossExplosionWarning)],
+                              scores["accuracy"], yt)
+    if failed and not args.force:
+        print(f"error: training failed to learn: {failed}; nothing saved (--force saves the model anyway)",
+              file=sys.stderr)
+        return 1
     out = args.out if args.out is not None else _free_name("fastnn-model")
     model.save(out)
     print(f"saved {out}")
+    if failed:
+        print(f"warning: training failed to learn: {failed} (saved anyway: --force)", file=sys.stderr)
     if args.plot:
         return _plot(plots.training_curves, history, args.plot)
     return 0
+
+
+def _failed_to_learn(explosions, accuracy, y_test):
+    """Why a run failed to learn ("" if it did not): the loss exploded (the habits rule), or the
+    test accuracy is no better than always answering the most frequent class."""
+    reasons = [str(explosions[0])] if explosions else []
+    chance = np.bincount(np.asarray(y_test)).max() / len(y_test)
+    if accuracy <= chance + 0.01:
+        reasons.append(f"the test accuracy {accuracy:.2%} is at chance (always the most frequent class: {chance:.2%})")
+    return "; ".join(reasons)
 
 
 def _train_distributed(args) -> int:
@@ -307,6 +329,9 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # bad input or files: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # DivergenceError: nothing was saved
+        print(f"error: {e} Nothing was saved.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
                                    extendable=plan.lr_schedule.extendable)
         if restored is not None:
             plan.first_epoch, plan.history = restored
+            plan.history.setdefault("lr", [])
+            model.history = plan.history
     rank = comm.Get_rank()
     plan.verbose = 0  # rank 0 prints a line per epoch instead of a bar
     runner = _Epochs(model, plan, comm, MPI, timings, verbose=verbose and rank == 0)

@@ -44,8 +44,8 @@ def _class_labels(loss, y, n, outputs):
         raise TypeError(f"y must hold integer class labels for {loss}, got dtype {y.dtype}; labels such as strings "
                         f"must be encoded first (np.unique(y, return_inverse=True)[1])")
     if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"y must have shape ({n},) (one label per row of X) or be one-hot rows ({n}, {outputs}), "
-                         f"got {y.shape}")
+        one_hot = f" or be one-hot rows ({n}, {outputs})" if outputs > 1 else ""
+        raise ValueError(f"y must have shape ({n},) (one label per row of X){one_hot}, got {y.shape}")
     if y.dtype.kind == "f":
         if not all_finite(y):
             raise ValueError("y contains NaN or inf; class labels must be whole numbers")
@@ -137,4 +137,7 @@ def row_weights(loss: str, y: np.ndarray, n: int, dtype, sample_weight=None, cla
         else:
             raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
         w *= table[labels].astype(dtype)
+    if not all_finite(w):
+        raise ValueError(f"row weights overflow {np.dtype(dtype).name}: scale sample_weight and class_weight down "
+                         f"(only their ratios matter)")
     return w

@@ -387,7 +387,7 @@ class Sequential:
         sample_weight : array (N,) of numbers >= 0, optional
             Row weights: a batch's loss is sum(w_i l_i) / sum(w_i), the convention of PyTorch's
             ``weight=`` and scikit-learn (Keras divides by the batch size instead). A batch whose
-            weights sum to 0 makes no update.
+            weights sum to 0 makes no update (it still counts as a step of the optimizer).
         class_weight : dict {class index: weight} or "balanced", optional
             Multiplies each row's weight by its class's (scikit-learn's "balanced":
             N / (classes * rows of the class)); for class labels only.

@@ -31,6 +31,13 @@ class Optimizer:
         if name in self._hyper and name != "lr":  # a constant or switch the kernel reads; lr goes per step
             object.__setattr__(self, "_tuple", None)
 
+    def __getstate__(self):
+        # the compiled tuple holds a kernel's address, valid in this process only: a copy or an
+        # unpickled optimizer builds its own on its first step
+        state = self.__dict__.copy()
+        state["_tuple"], state["_owner"] = None, None
+        return state
+
     @property
     def _buffers(self) -> tuple:
         """Names of the state buffers (rows of each state array)."""

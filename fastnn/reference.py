@@ -91,14 +91,11 @@ def mse(pred, target):
 def binary_cross_entropy(logits, target):
     """``(mean loss, dlogits)`` of sigmoid + binary cross-entropy over all elements; logits and
     target (N, K), targets in [0, 1]: -mean(t log s + (1 - t) log(1 - s)), s = sigmoid(logits)."""
-    s = _sigmoid(logits)
-    with np.errstate(divide="ignore"):  # log(0) only where its weight t or 1 - t is 0 ...
-        log_s, log_1s = np.log(s), np.log1p(-s)
-    # ... but 0 * -inf is NaN: for saturated logits use the logit itself (log s = x - log(1 + e^x))
-    log_s = np.where(np.isfinite(log_s), log_s, logits)
-    log_1s = np.where(np.isfinite(log_1s), log_1s, -logits)
-    loss = -np.mean(target * log_s + (1 - target) * log_1s, dtype=np.float64)
-    return float(loss), (s - target) / target.size
+    # in float64 whatever the dtype, with -log s = log(1 + e^-x) and -log(1 - s) = log(1 + e^x)
+    # from logaddexp: no rounded sigmoid near 0 or 1 to take the log of
+    x, t = logits.astype(np.float64), target.astype(np.float64)
+    loss = np.mean(t * np.logaddexp(0.0, -x) + (1 - t) * np.logaddexp(0.0, x))
+    return float(loss), ((_sigmoid(x) - t) / t.size).astype(logits.dtype)
 
 
 def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):

@@ -16,7 +16,9 @@ Constructor parameters, fitted attributes and stopping rules are those of
 - Binary problems train one logistic output (binary cross-entropy), as scikit-learn does;
   more classes a softmax output (``out_activation_``).
 - ``alpha`` (L2 penalty) becomes weight decay ``alpha / batch_size`` on the gradient, as
-  scikit-learn adds ``alpha * W / batch_size``; here it applies to the biases too.
+  scikit-learn adds ``alpha * W / batch_size``; here it applies to the biases too, and with
+  ``sample_weight`` it stays ``alpha / batch_size`` (scikit-learn divides by the batch's sum of
+  weights). The early-stopping score is unweighted, as scikit-learn's.
 - ``loss_curve_``: each epoch's mean training loss in scikit-learn's terms: log-loss, or half the
   squared error for the regressor, plus 0.5 * alpha * sum(W^2) / batch_size (scikit-learn adds
   that term per batch with the batch's weights; here with the epoch's last weights).
@@ -164,6 +166,8 @@ class _BaseMLP(BaseEstimator):
     def _train(self, X, y, epochs, batch_size, sample_weight=None, incremental=False):
         """scikit-learn's epoch loop (``_fit_stochastic``): one fastnn epoch at a time, then the
         learning-rate schedule and the stopping rules."""
+        if not incremental:  # as scikit-learn: every fit (warm or not) gets a new optimizer and count
+            self.optimizer_, self._no_improvement_count = None, 0
         optimizer = self._optimizer(batch_size)
         model = self.model_
         validation = None

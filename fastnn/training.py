@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -112,7 +113,9 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
             raise ValueError("validation_data must be a pair (X_val, y_val) or (X_val, y_val, sample_weight_val)")
         Xv, yv = model._data(*validation_data[:2], loss)
         wv = validation_data[2] if len(validation_data) == 3 else None
-        validation = (Xv, yv, row_weights(loss, yv, Xv.shape[0], model.dtype, wv))
+        validation = (Xv, yv, row_weights(loss, yv, Xv.shape[0], model.dtype, wv, class_weight))
+    if validation is not None and not validation[2].sum() > 0:
+        raise ValueError("the validation rows' weights sum to 0: there is nothing to validate on")
     if lr_schedule is None:
         lr_schedule = Constant()
     elif not isinstance(lr_schedule, Schedule):
@@ -120,12 +123,14 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
                         f"got {type(lr_schedule).__name__}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
-    optimizer = model._resolve_optimizer(optimizer)
+    if not w.sum() > 0:
+        raise ValueError("the sample weights sum to 0: there is nothing to train on")
     run_settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "samples": X.shape[0],
                     "shuffle": bool(shuffle), "schedule": repr(lr_schedule), "validation": validation is not None,
                     **(settings or {})}
-    if not w.sum() > 0:
-        raise ValueError("the sample weights sum to 0: there is nothing to train on")
+    if sample_weight is not None or class_weight is not None:  # a resumed run must weigh rows alike
+        run_settings["weights"] = hashlib.sha256(np.ascontiguousarray(w, np.float64).tobytes()).hexdigest()[:16]
+    optimizer = model._resolve_optimizer(optimizer)  # (kept on the model: only once every check passed)
     p = Plan(X, y, w, loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
              lr_schedule, validation, checkpoint_dir, run_settings, early_stopping, tuple(callbacks))
     p.history = {"loss": [], "lr": []}
@@ -241,8 +246,9 @@ class CompiledEpochs:
                                                                 self.drivers, args, first, stop,
                                                                 optimizer.step_count + 1)
             optimizer.step_count += done
-            if p.first_loss is None and done:
-                p.first_loss = float(args.losses[first])
+            if p.first_loss is None:  # the first step with a loss (a batch of weight 0 has none)
+                weighed = args.losses[first:first + done][args.losses[first:first + done] > 0]
+                p.first_loss = float(weighed[0]) if weighed.size else None
             if status != OK:
                 from .model import DivergenceError
                 raise DivergenceError.at(first + done + 1, epoch + 1, batches)

@@ -1,4 +1,9 @@
 """The command line: train, evaluate, approx, linear, show-weights."""
+import pathlib
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -38,7 +43,8 @@ def test_train_and_evaluate_on_idx_files(tmp_path, capsys):
     data.mkdir()
     write_mnist(data, n_train=64, n_test=32)
     model = tmp_path / "m.npz"
-    code, out, _ = run(capsys, "train", "--data", str(data), "--epochs", "1", "--hidden", "8", "--out", str(model))
+    code, out, _ = run(capsys, "train", "--data", str(data), "--epochs", "1", "--hidden", "8", "--out", str(model),
+                          "--force")  # 64 random images: chance accuracy is expected here
     assert code == 0 and "64 train / 32 test" in out and model.exists()
     code, out, _ = run(capsys, "evaluate", str(model), "--data", str(data))
     assert code == 0 and "confusion matrix" in out
@@ -145,3 +151,35 @@ def test_without_matplotlib_the_numbers_still_print(tmp_path, capsys, monkeypatc
     code, out, err = run(capsys, "approx", "abs", "--epochs", "50", "--plot", str(tmp_path / "fit.png"))
     assert code == 1 and "MSE fell" in out and 'pip install "fastnn-cpu[plot]"' in err
     assert not (tmp_path / "fit.png").exists()
+
+
+FASTNN = pathlib.Path(sys.executable).parent / "fastnn"  # the installed entry point
+
+
+def command(*argv, cwd):
+    return subprocess.run([str(FASTNN), *argv], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_a_run_that_fails_to_learn_says_so_and_saves_nothing_unless_forced(tmp_path):
+    out = tmp_path / "m.npz"
+    proc = command("train", "--lr", "1e6", "--epochs", "1", "--hidden", "8", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 1 and not out.exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training failed to learn: the training loss grew from ")
+    assert "the learning rate 1e+06 is likely too high" in last and last.endswith(
+        "nothing saved (--force saves the model anyway)")
+    proc = command("train", "--lr", "1e6", "--epochs", "1", "--hidden", "8", "--out", str(out), "--force",
+                   cwd=tmp_path)
+    assert proc.returncode == 0 and out.exists() and "warning: training failed to learn" in proc.stderr
+    assert "(saved anyway: --force)" in proc.stderr
+
+
+def test_divergence_in_train_is_one_error_line_and_saves_nothing(tmp_path):
+    out = tmp_path / "m.npz"
+    proc = command("train", "--optimizer", "sgd", "--lr", "1e30", "--epochs", "1", "--hidden", "8", "--out", str(out),
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and not out.exists() and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: the loss or its gradients became NaN or inf in epoch 1 at step \d+ of 63; the model "
+                        r"keeps the parameters of the last finite step\. Lower the learning rate or check the data\. "
+                        r"Nothing was saved\.", last)

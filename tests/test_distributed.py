@@ -1,4 +1,5 @@
 """Data-parallel training over MPI: real ranks started with mpiexec on this machine."""
+import inspect
 import os
 import pathlib
 import subprocess
@@ -68,25 +69,27 @@ SCRIPT = textwrap.dedent("""
                                shuffle=True, lr_schedule=fastnn.Cosine(warmup_steps=3))
 
     history = distributed.abort_on_error(train)
+    if mode.startswith("ckpt"):  # a resumed run's model.history holds every epoch, restored ones too
+        history = model.history
     if rank == 0 and mode != "overflow":
         np.save(out, np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]
                                     + [np.array(history.get("accuracy", []))]))
 """)
 
-WEIGHTS = """
 WEIGHTED = ("weighted", "binary")
 
 
 def weighted(mode, X, y):
     # row weights with zeros (some shards of a batch weigh nothing); cross-entropy with class
-    # weights, or binary cross-entropy on one-hot rows: (y, sample_weight, class_weight, loss)
+    # weights, or binary cross-entropy on one-hot rows: (y, loss, sample_weight, class_weight)
     w = np.random.default_rng(1).random(len(y)) * (np.arange(len(y)) % 5 != 0)
     if mode == "weighted":
         return y, "softmax_cross_entropy", w, {0: 2.0, 3: 0.5}
     return np.eye(4)[y], "binary_cross_entropy", w, None
-"""
-SCRIPT = SCRIPT.replace("\ndef train():", WEIGHTS + "\n\ndef train():", 1)
-exec(WEIGHTS)
+
+
+# the ranks' script gets the same function
+SCRIPT = SCRIPT.replace("\ndef train():", f"\nWEIGHTED = {WEIGHTED!r}\n{inspect.getsource(weighted)}\n\ndef train():", 1)
 
 
 def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120, tag="a"):

@@ -338,6 +338,7 @@ def test_ctrl_c_stops_fit_quickly_and_keeps_the_finished_epochs(tmp_path, verbos
     try:
         while True:
             line = proc.stdout.readline()
+            assert line, "the training process ended before its second epoch"
             if line.startswith("epoch") and int(line.split()[1]) >= 2:
                 break
         sent = time.perf_counter()
@@ -380,3 +381,54 @@ def test_a_normal_run_on_the_digits_does_not_warn(digits):
         warnings.simplefilter("error", LossExplosionWarning)
         history = model.fit(X, y, optimizer=fastnn.SGD(lr=0.1, momentum=0.9), epochs=3, batch_size=64)
     assert history["accuracy"][-1] > 0.8
+
+
+# -- found in review --------------------------------------------------------------------------
+
+def test_a_model_pickled_after_fit_trains_in_another_process(tmp_path):
+    # the model keeps its optimizer, whose compiled tuple holds a kernel address of this process
+    import pickle
+    X, y = blobs()
+    model = net()
+    model.fit(X, y)
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    code = ("import pickle, sys, numpy as np\n"
+            f"m = pickle.loads(open({str(tmp_path / 'm.pkl')!r}, 'rb').read())\n"
+            "rng = np.random.default_rng(0)\n"
+            "h = m.fit(rng.standard_normal((64, 4)).astype(np.float32), rng.integers(0, 3, 64))\n"
+            "print(m.optimizer.step_count, len(h['loss']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(3 + 2), "1"]  # the optimizer carried on from its 3 steps
+
+
+def test_a_first_batch_of_weight_zero_is_not_the_explosion_yardstick():
+    X, y = blobs()
+    w = np.ones(len(y))
+    w[:32] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossExplosionWarning)
+        net().fit(X, y, sample_weight=w, batch_size=32, shuffle=False, epochs=2)
+
+
+def test_weights_are_checked_before_anything_trains(tmp_path):
+    X, y = blobs()
+    model = net()
+    before = [p.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="validation rows' weights sum to 0"):
+        model.fit(X, y, validation_data=(X, y, np.zeros(len(y))))
+    with pytest.raises(ValueError, match="row weights overflow float32"):
+        model.fit(X, y, sample_weight=np.full(len(y), 1e39))
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+    assert model.optimizer is None  # a refused fit keeps no optimizer
+    model.fit(X, y, sample_weight=np.ones(len(y)), checkpoint_dir=tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match="another training run"):
+        net().fit(X, y, sample_weight=np.arange(len(y)) % 3, checkpoint_dir=tmp_path, epochs=1, resume=True)
+
+
+def test_one_output_labels_say_what_shape_they_need():
+    X, y = blobs()
+    model = fastnn.Sequential(fastnn.Dense(4, 1))
+    with pytest.raises(ValueError, match=r"y must have shape \(96,\) \(one label per row of X\), got \(96, 1\)"):
+        model.loss_and_grad(X, np.zeros((96, 1), int), loss="softmax_cross_entropy")

@@ -163,9 +163,12 @@ def test_warm_start_continues_and_sample_weight_weighs_rows():
     with pytest.warns(ConvergenceWarning):
         clf.fit(X, y)
     first = clf.coefs_[0].copy()
+    clf.set_params(learning_rate_init=0.002)
     with pytest.warns(ConvergenceWarning):
         clf.fit(X, y)
-    assert clf.n_iter_ == 6 and clf.optimizer_.step_count == 6 * 2 and not np.array_equal(first, clf.coefs_[0])
+    # the network carries on; the optimizer is new, with the new settings (as scikit-learn's)
+    assert clf.n_iter_ == 6 and not np.array_equal(first, clf.coefs_[0])
+    assert clf.optimizer_.step_count == 3 * 2 and clf.optimizer_.lr == 0.002
     # full batches without shuffling: integer weights are repeated rows
     w = np.random.default_rng(1).integers(1, 4, len(y))
     opts = dict(hidden_layer_sizes=(8,), max_iter=4, batch_size=10_000, shuffle=False, random_state=0, tol=0)
