@@ -1,0 +1,116 @@
+"""Targets, weights and metrics at their edges: what the loss kernels refuse, how rows of weight 0
+count, how ties are scored, and which targets the per-step path takes without a copy.
+(Written against the mutants that survived ``tools/mutation.py``: each test fails if one of
+those changes were made.)"""
+import numpy as np
+import pytest
+
+import fastnn
+import fastnn.kernels as K
+from fastnn.kernels import _checks
+from fastnn.kernels import losses as loss_kernels
+from fastnn.kernels._compose import raw_rows_of, run
+from fastnn.losses import prepare_targets
+
+
+def metric(logits, labels, weights=None):
+    weights = np.ones(len(labels), logits.dtype) if weights is None else weights
+    return run(loss_kernels._count_correct, loss_kernels.signatures(logits.dtype)[1], logits,
+               raw_rows_of(np.asarray(labels, np.int64)), weights)
+
+
+def test_labels_in_range_at_both_ends():
+    assert _checks.labels_in_range(np.array([0, 2], np.int64), 3)
+    assert not _checks.labels_in_range(np.array([0, 3], np.int64), 3)  # == classes
+    assert not _checks.labels_in_range(np.array([-1, 2], np.int64), 3)
+    assert _checks.labels_in_range(np.zeros(0, np.int64), 3)  # nothing to check
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_the_per_step_path_refuses_a_label_just_out_of_range(bad):
+    # train_step leaves labels to the kernel (no check in Python): it must refuse exactly c and -1
+    model = fastnn.Sequential(fastnn.Dense(2, 3), seed=0, dtype=np.float64)
+    before = [p.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"y labels must lie in \[0, 3\)"):
+        model.train_step(np.ones((2, 2)), np.array([0, bad], np.int64), optimizer=fastnn.SGD(lr=0.1))
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+    model.train_step(np.ones((2, 2)), np.array([0, 2], np.int64), optimizer=fastnn.SGD(lr=0.1))  # c - 1 is fine
+
+
+def test_accuracy_counts_the_first_largest_logit_on_ties_and_weighs_rows():
+    logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 0.0, 0.0]])
+    assert metric(logits, [0, 1, 0]) == 3.0  # ties go to the first largest, as np.argmax
+    assert metric(logits, [1, 2, 0]) == 1.0
+    assert metric(logits, [2, 0, 1]) == 0.0
+    assert metric(logits, [0, 1, 0], np.array([0.5, 2.0, 0.0])) == 2.5
+
+
+def test_a_row_of_weight_zero_adds_nothing_even_when_its_loss_is_infinite():
+    logits = np.array([[0.0, 1e308, -1e308], [0.0, 1.0, 2.0]])
+    labels = np.array([2, 0])  # row 0's loss is 2e308: inf
+    loss, d = K.softmax_cross_entropy(logits, labels, weights=np.array([0.0, 1.0]))
+    ref = K.softmax_cross_entropy(logits[1:], labels[1:])
+    assert loss == pytest.approx(ref[0], rel=1e-12)
+    np.testing.assert_array_equal(d[0], 0.0)
+    np.testing.assert_allclose(d[1], ref[1][0], rtol=1e-12)
+    assert K.softmax_cross_entropy(logits, labels, weights=np.zeros(2))[0] == 0.0  # every weight 0: 0, not NaN
+
+
+def test_mse_weights_scale_each_row_of_the_gradient():
+    pred, target = np.array([[1.0, 3.0], [2.0, 0.0]]), np.zeros((2, 2))
+    w = np.array([1.0, 3.0])
+    loss, d = K.mse(pred, target, weights=w)
+    # loss = (1 * (1 + 9) / 2 + 3 * (4 + 0) / 2) / 4 = 2.75; d_ij = w_i / 4 * 2 (p - t) / 2
+    assert loss == pytest.approx(2.75, rel=1e-12)
+    np.testing.assert_allclose(d, np.array([[1 * 1.0, 1 * 3.0], [3 * 2.0, 0.0]]) / 4, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,target", [(K.mse, lambda: np.zeros((3, 2))),
+                                           (K.binary_cross_entropy, lambda: np.zeros((3, 2))),
+                                           (K.softmax_cross_entropy, lambda: np.array([0, 1, 0]))])
+def test_loss_wrappers_refuse_negative_or_nan_weights(kernel, target):
+    for bad in (-1.0, np.nan):
+        w = np.ones(3)
+        w[1] = bad
+        with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+            kernel(np.ones((3, 2)), target(), weights=w)
+    kernel(np.ones((3, 2)), target(), weights=np.array([0.0, 1.0, 2.0]))  # 0 is a weight
+
+
+# -- the per-step path: targets already in the kernel's form are used as they are -------------
+
+def test_labels_already_int64_are_taken_without_a_copy_and_checked_only_when_asked():
+    y = np.array([0, 2, 1], np.int64)
+    assert prepare_targets("softmax_cross_entropy", y, 3, 3, np.float32) is y
+    bad = np.array([0, 5, 1], np.int64)
+    assert prepare_targets("softmax_cross_entropy", bad, 3, 3, np.float32, check=False) is bad  # the kernel checks
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        prepare_targets("softmax_cross_entropy", bad, 3, 3, np.float32)
+    converted = prepare_targets("softmax_cross_entropy", y.astype(np.int32), 3, 3, np.float32)
+    assert converted.dtype == np.int64 and converted is not y and (converted == y).all()
+
+
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_float_targets_in_the_models_dtype_are_taken_without_a_copy(loss):
+    y = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], np.float32)
+    got = prepare_targets(loss, y, 3, 2, np.float32)
+    assert np.shares_memory(got, y) and got.shape == (3, 2)
+    one = np.array([1.0, 0.0, 1.0], np.float32)  # one output: (n,) is taken as (n, 1)
+    got = prepare_targets(loss, one, 3, 1, np.float32)
+    assert np.shares_memory(got, one) and got.shape == (3, 1)
+    converted = prepare_targets(loss, y.astype(np.float64), 3, 2, np.float32)
+    assert converted.dtype == np.float32 and not np.shares_memory(converted, y)
+    with pytest.raises(ValueError, match=r"y must have shape \(3, 2\)"):
+        prepare_targets(loss, one, 3, 2, np.float32)  # (n,) only for one output
+    with pytest.raises(ValueError, match=r"y must have shape \(3, 1\)"):
+        prepare_targets(loss, y, 3, 1, np.float32)
+
+
+def test_the_fast_path_still_checks_values_when_asked():
+    y = np.array([[0.0], [np.nan], [1.0]], np.float32)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        prepare_targets("mse", y, 3, 1, np.float32)
+    assert prepare_targets("mse", y, 3, 1, np.float32, check=False) is not None  # left to the kernel
+    with pytest.raises(ValueError, match=r"0/1 labels"):
+        prepare_targets("binary_cross_entropy", np.array([[0.5], [2.0], [1.0]], np.float32), 3, 1, np.float32)
