@@ -24,6 +24,8 @@ def atomic_write(path):
         previous = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         previous = None
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path}: the folder {directory} does not exist; create it first")
     tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:

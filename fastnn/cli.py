@@ -15,14 +15,22 @@ from .training import LossExplosionWarning
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-def _hidden(text: str):
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated integers such as 256,128, got {text!r}")
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {text!r}")
-    return sizes
+def _sizes(option: str, example: str):
+    """An argparse type for ``option``: comma-separated layer sizes >= 1, such as ``example``."""
+    def parse(text):
+        try:
+            sizes = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be comma-separated integers such as {example}, "
+                                             f"got {text!r}") from None
+        if not sizes or any(s < 1 for s in sizes):
+            raise argparse.ArgumentTypeError(f"{option} sizes must be integers >= 1, got {text!r}")
+        return sizes
+    parse.__name__ = "sizes"
+    return parse
+
+
+_hidden = _sizes("--hidden", "256,128")
 
 
 def _positive(kind):
@@ -313,7 +321,8 @@ def main(argv=None) -> int:
     bench.set_defaults(run=lambda a: __import__("fastnn.bench", fromlist=["main"]).main(a))
 
     prof = sub.add_parser("profile", help="time each kernel of a training step")
-    prof.add_argument("--sizes", type=_hidden, default=[784, 256, 128, 10], help="layer sizes (default 784,256,128,10)")
+    prof.add_argument("--sizes", type=_sizes("--sizes", "784,256,128,10"), default=[784, 256, 128, 10],
+                      help="layer sizes (default 784,256,128,10)")
     prof.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity"])
     prof.add_argument("--batch-size", type=_positive(int), default=128)
     prof.add_argument("--steps", type=_positive(int), default=200)

@@ -520,13 +520,28 @@ def _right(loss, out, y):
 def load(path) -> Sequential:
     """Read a model written by ``Sequential.save``; validates everything, never unpickles."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a fastnn model file: it is not an .npz archive (a model is one, written by "
+                         f"Sequential.save), or the archive is cut short")
     try:
         with np.load(path, allow_pickle=False) as f:
             files = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{path} is not a readable fastnn model file ({e})") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(f"{path} is not a fastnn model file: it holds pickled Python objects, which fastnn "
+                             f"never loads (they can run code)") from None
+        raise ValueError(f"{path} is not a readable fastnn model file: the archive is damaged ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{path} is not a readable fastnn model file: the archive is damaged ({e})") from None
+    if "architecture" not in files:
+        if "meta" in files and "params" in files:
+            raise ValueError(f"{path} is a fastnn training checkpoint, not a model: continue training with "
+                             f"model.fit(..., checkpoint_dir=<its folder>, resume=True) on a model of the same "
+                             f"layers, then model.save(...)")
+        raise ValueError(f"{path} is an .npz archive but not a fastnn model: it holds {sorted(files)[:5]}, "
+                         f"where Sequential.save writes 'architecture' and 'param_0', 'param_1', ...")
     try:
         arch = json.loads(str(files.pop("architecture")))
         if arch.get("format") != "fastnn.Sequential":

@@ -60,8 +60,13 @@ def parse_expression(text: str):
                 and len(node.args) == 1 and not node.keywords):
             fn, arg = FUNCTIONS[node.func.id], build(node.args[0])
             return lambda x: fn(arg(x))
-        raise ValueError(f"{ast.dump(node)[:40]}... is not allowed in {text!r}; use numbers, x, pi, e, "
-                         f"+ - * / ** and {sorted(FUNCTIONS)}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in FUNCTIONS:
+            raise ValueError(f"`{node.func.id}` is not an allowed function in {text!r}; allowed: "
+                             f"{', '.join(sorted(FUNCTIONS))}")
+        if isinstance(node, ast.Call):
+            raise ValueError(f"`{ast.unparse(node)}` in {text!r}: a function takes exactly one argument, as sin(x)")
+        raise ValueError(f"`{ast.unparse(node)}` is not allowed in {text!r}; use numbers, x, pi, e, "
+                         f"+ - * / ** and the functions {', '.join(sorted(FUNCTIONS))}")
 
     fn = build(tree)
 

@@ -60,7 +60,7 @@ def test_bad_data_and_bad_models_are_clear_errors(tmp_path, capsys):
     assert code == 2 and "is not a folder of MNIST IDX files" in err
     (tmp_path / "bad.npz").write_bytes(b"not a model")
     code, _, err = run(capsys, "evaluate", str(tmp_path / "bad.npz"))
-    assert code == 2 and "not a readable fastnn model file" in err
+    assert code == 2 and "is not a fastnn model file: it is not an .npz archive" in err
     fastnn.Sequential(fastnn.Dense(3, 2)).save(tmp_path / "small.npz")
     code, _, err = run(capsys, "evaluate", str(tmp_path / "small.npz"))
     assert code == 2 and "a digit classifier maps 784 to 10" in err
@@ -183,3 +183,17 @@ def test_divergence_in_train_is_one_error_line_and_saves_nothing(tmp_path):
     assert re.fullmatch(r"error: the loss or its gradients became NaN or inf in epoch 1 at step \d+ of 63; the model "
                         r"keeps the parameters of the last finite step\. Lower the learning rate or check the data\. "
                         r"Nothing was saved\.", last)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["approx", "--expr", "sinh(x)+foo(x)"],
+     "error: `foo` is not an allowed function in 'sinh(x)+foo(x)'; allowed: abs, arctan, cos, cosh, exp, floor, log, "
+     "sign, sin, sinh, sqrt, tan, tanh"),
+    (["profile", "--sizes", "784,abc"],
+     "fastnn profile: error: argument --sizes: --sizes must be comma-separated integers such as 784,256,128,10, "
+     "got '784,abc'"),
+    (["evaluate", "nowhere.npz"], "error: no model file nowhere.npz"),
+])
+def test_messages_name_what_was_wrong(tmp_path, argv, message):
+    proc = command(*argv, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message

@@ -139,12 +139,26 @@ def test_load_rejects_foreign_truncated_and_tampered_files(tmp_path):
     model.save(good)
     truncated = tmp_path / "t.npz"
     truncated.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(ValueError, match="not a readable fastnn model file"):
+    with pytest.raises(ValueError, match=r"is not a fastnn model file: it is not an \.npz archive .* or the archive is "
+                                         r"cut short"):
         fastnn.load(truncated)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError, match=r"notes.txt is not a fastnn model file: it is not an \.npz archive"):
+        fastnn.load(text)
     foreign = tmp_path / "f.npz"
     np.savez(foreign, a=np.ones(3))
-    with pytest.raises(ValueError, match="not a valid fastnn model file"):
+    with pytest.raises(ValueError, match=r"is an \.npz archive but not a fastnn model: it holds \['a'\], where "
+                                         r"Sequential.save writes 'architecture'"):
         fastnn.load(foreign)
+    model.fit(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(ValueError, match=r"is a fastnn training checkpoint, not a model: continue training with "
+                                         r"model.fit\(\.\.\., checkpoint_dir=<its folder>, resume=True\)"):
+        fastnn.load(tmp_path / "ck" / "checkpoint.npz")
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        fastnn.load(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match=r"the folder .*nodir does not exist; create it first"):
+        model.save(tmp_path / "nodir" / "m.npz")
     with np.load(good) as f:
         arrays = dict(f)
     arch = json.loads(str(arrays["architecture"]))
@@ -159,7 +173,7 @@ def test_load_rejects_foreign_truncated_and_tampered_files(tmp_path):
         fastnn.load(tampered)
     pickled = tmp_path / "p.npz"
     np.savez(pickled, architecture=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(ValueError, match="not a readable fastnn model file"):
+    with pytest.raises(ValueError, match="holds pickled Python objects, which fastnn never loads"):
         fastnn.load(pickled)
 
 
