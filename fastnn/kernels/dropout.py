@@ -72,8 +72,9 @@ def _dropout_backward(dy, p_drop, seed, step, layer, y):
 def _check(name, a, p_drop, seed, step, layer):
     _checks.float_array(name, a, ndim=2)
     _checks.writable(name, a)
-    if not 0.0 <= p_drop < 1.0:
-        raise ValueError(f"p_drop must lie in [0, 1), got {p_drop!r}")
+    if isinstance(p_drop, (bool, np.bool_)) or not isinstance(p_drop, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= p_drop < 1.0:
+        raise ValueError(f"p_drop must be a number in [0, 1), got {p_drop!r}")
     for arg, value in (("seed", seed), ("step", step), ("layer", layer)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{arg} must be an integer >= 0, got {value!r}")

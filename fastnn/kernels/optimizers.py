@@ -151,8 +151,7 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     ``(p, m, v)``.
     """
     _check_flat(p, g, ("m", m), ("v", v))
-    if int(step) != step or step < 1:
-        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    step = _checks.positive_int("step", step)
     lr = _checks.positive("lr", lr)
     for name, beta in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= beta < 1.0:
