@@ -60,7 +60,13 @@ def _free_name(stem: str) -> pathlib.Path:
 RECIPES = {
     "mnist": dict(optimizer="adam", lr=2e-3, epochs=8, batch_size=128, schedule="cosine"),
     "bundled": dict(optimizer="adam", lr=1e-3, epochs=10, batch_size=64, schedule="constant"),
+    "table": dict(optimizer="adam", lr=1e-3, epochs=30, batch_size=32, schedule="constant"),  # a user's own data
 }
+HIDDEN = {"mnist": [256, 128], "bundled": [256, 128], "table": [64, 64]}
+
+
+def _own_data(path) -> bool:
+    return path is not None and path.suffix.lower() in (".npz", ".csv")
 
 
 def _load_data(data):
@@ -83,14 +89,14 @@ def _plot(draw, *args):
         return 1
 
 
-def _setup(args, kind):
+def _setup(args, kind, inputs=784, outputs=10, loss="softmax_cross_entropy"):
     """The model, optimizer, schedule and recipe that ``fastnn train`` uses for ``args``."""
     import fastnn
 
     recipe = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in RECIPES[kind].items()}
-    sizes = [784, *args.hidden, 10]
+    sizes = [inputs, *(args.hidden or HIDDEN[kind]), outputs]
     layers = [fastnn.Dense(a, b, activation=args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
-    model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], 10), seed=args.seed)
+    model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], outputs), seed=args.seed, loss=loss)
     lr = recipe["lr"]
     optimizer = {"adam": lambda: fastnn.Adam(lr=lr), "adamw": lambda: fastnn.AdamW(lr=lr),
                  "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[recipe["optimizer"]]()
@@ -111,24 +117,90 @@ def cmd_train(args) -> int:
         return distributed.abort_on_error(lambda: _train_distributed(args))
     if args.threads:
         fastnn.set_num_threads(args.threads)
+    if _own_data(args.data):
+        return _train_table(args)
     ((X, y), (Xt, yt)), what, kind = _load_data(args.data)
     model, optimizer, schedule, recipe, sizes = _setup(args, kind)
     print(f"training {'-'.join(map(str, sizes))} {args.activation} with {optimizer}, {schedule}, "
           f"batch {recipe['batch_size']}, {recipe['epochs']} epochs on {what}")
     compiled_before = compile_seconds()
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", LossExplosionWarning)
-        history = model.fit(X, y, optimizer=optimizer, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-                            verbose=1, lr_schedule=schedule, validation_data=(Xt, yt) if args.plot else None)
+    history, explosions = _fit_watched(model, X, y, optimizer, recipe, schedule, args,
+                                       validation=(Xt, yt) if args.plot else None)
     seconds = time.perf_counter() - start
     scores = model.evaluate(Xt, yt)
     compile_s = compile_seconds() - compiled_before  # fit's and evaluate's, 0 once cached
     print(f"test accuracy {scores['accuracy']:.2%} (loss {scores['loss']:.4f}) after {recipe['epochs']} epochs: "
           f"{seconds - min(compile_s, seconds):.1f} s of training"
           + (f", {compile_s:.1f} s of compiling (cached for the next run)" if compile_s else ""))
-    failed = _failed_to_learn([w.message for w in caught if issubclass(w.category, LossExplosionWarning)],
-                              scores["accuracy"], yt)
+    return _save_unless_failed(model, args, _failed_to_learn(explosions, scores["accuracy"], yt), history, plots)
+
+
+def _fit_watched(model, X, y, optimizer, recipe, schedule, args, validation=None):
+    """``fit`` as ``fastnn train`` runs it: a progress bar, checkpoints, and the loss-explosion
+    warnings collected (they decide whether the run failed to learn)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LossExplosionWarning)
+        history = model.fit(X, y, optimizer=optimizer, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                            verbose=1, lr_schedule=schedule, validation_data=validation,
+                            checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    return history, [w.message for w in caught if issubclass(w.category, LossExplosionWarning)]
+
+
+def _train_table(args) -> int:
+    """``fastnn train --data FILE.npz|FILE.csv``: the user's own table, classified or regressed."""
+    from . import plots, tabular
+
+    table = tabular.read_table(args.data, args.target)
+    task, why = tabular.infer_task(table.y)
+    if args.task is not None:
+        print(f"task: {args.task} (--task; without it: {task}, as {why})")
+        task = args.task
+    else:
+        other = "regress" if task == "classify" else "classify"
+        print(f"task: {task}, as {why}; override with --task {other}")
+    if task == "regress" and table.y.dtype.kind not in "biuf":
+        raise tabular.DataError(f"--task regress needs numeric labels; {args.data}'s are text")
+    X, y, Xt, yt = table.X, table.y, table.X_test, table.y_test
+    if Xt is None:
+        train_rows, test_rows = tabular.holdout(len(X), 0.2, seed=args.seed)
+        X, y, Xt, yt = X[train_rows], y[train_rows], X[test_rows], y[test_rows]
+        print(f"no test set in {args.data.name}: holding out a seeded 20% ({len(yt):,} of {len(table.y):,} rows, "
+              f"--seed {args.seed}) to test on")
+    prep = tabular.Preparation.fit(X, np.concatenate([y, yt]) if task == "classify" else y, task)
+    classify = task == "classify"
+    outputs = len(prep.classes) if classify else 1
+    model, optimizer, schedule, recipe, sizes = _setup(args, "table", X.shape[1], outputs,
+                                                       "softmax_cross_entropy" if classify else "mse")
+    model.preparation = prep
+    targets = prep.labels if classify else prep.targets
+    Xp, yp, Xtp, ytp = prep.inputs(X), targets(y), prep.inputs(Xt), targets(yt)
+    print(f"training {'-'.join(map(str, sizes))} {args.activation} with {optimizer}, batch {recipe['batch_size']}, "
+          f"{recipe['epochs']} epochs on {args.data.name} ({len(X):,} train / {len(Xt):,} test rows"
+          + (f", {outputs} classes" if classify else "") + "); inputs standardised"
+          + ("" if classify else ", target standardised"))
+    history, explosions = _fit_watched(model, Xp, yp, optimizer, recipe, schedule, args,
+                                       validation=(Xtp, ytp) if args.plot else None)
+    if classify:
+        accuracy = model.evaluate(Xtp, ytp)["accuracy"]
+        print(f"test accuracy {accuracy:.2%} ({len(yt):,} rows)")
+        failed = _failed_to_learn(explosions, accuracy, ytp)
+    else:
+        pred = prep.outputs(model.predict(Xtp))[:, 0]
+        rmse, r2 = _regression_scores(pred, np.asarray(yt, np.float64))
+        print(f"test RMSE {rmse:.4g}, R^2 {r2:.4f} ({len(yt):,} rows)")
+        failed = "; ".join([str(explosions[0])] if explosions else []
+                           + ([f"R^2 {r2:.4f} on the test rows: no better than predicting the mean"] if r2 <= 0 else []))
+    return _save_unless_failed(model, args, failed, history, plots)
+
+
+def _regression_scores(pred, y):
+    rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
+    total = float(np.sum((y - y.mean()) ** 2))
+    return rmse, (1.0 - float(np.sum((pred - y) ** 2)) / total) if total > 0 else 0.0
+
+
+def _save_unless_failed(model, args, failed, history, plots):
     if failed and not args.force:
         print(f"error: training failed to learn: {failed}; nothing saved (--force saves the model anyway)",
               file=sys.stderr)
@@ -180,14 +252,34 @@ def _train_distributed(args) -> int:
     return 0
 
 
+def _check_overlap(model, X, args) -> bool:
+    """Say how many evaluation rows the model was trained on; False (refuse) above 1% unless
+    --allow-overlap: scores on training rows say little about new data."""
+    share = model.seen_in_training(X)
+    if share is None:
+        print("share of these rows seen in training: too few rows to tell")
+        return True
+    print(f"share of these rows seen in training: {share:.1%}")
+    if share > 0.01 and not args.allow_overlap:
+        print(f"error: {share:.1%} of the evaluation rows are rows {args.model.name} was trained on, so its score "
+              f"here would overstate how it does on new data; evaluate on held-out rows, or pass --allow-overlap",
+              file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_evaluate(args) -> int:
     import fastnn
 
     model = fastnn.load(args.model)
+    if model.preparation is not None or _own_data(args.data):
+        return _evaluate_table(model, args)
     if model.in_features != 784 or model.out_features != 10:
         raise ValueError(f"{args.model} maps {model.in_features} inputs to {model.out_features} outputs; "
                          f"a digit classifier maps 784 to 10")
     (_, (Xt, yt)), what, _ = _load_data(args.data)
+    if not _check_overlap(model, Xt, args):
+        return 1
     pred = model.predict(Xt).argmax(axis=1)
     confusion = np.zeros((10, 10), dtype=np.int64)
     np.add.at(confusion, (yt, pred), 1)
@@ -196,6 +288,88 @@ def cmd_evaluate(args) -> int:
     print("      " + "".join(f"{c:>6}" for c in range(10)))
     for r in range(10):
         print(f"{r:>6}" + "".join(f"{v:>6}" for v in confusion[r]))
+    return 0
+
+
+def _table_inputs(model, args, predicting):
+    from . import tabular
+
+    if args.data is None:
+        raise ValueError(f"{args.model} was trained on a table: give its rows with --data FILE.npz|FILE.csv")
+    table = tabular.read_table(args.data, args.target, features=model.in_features if predicting else None)
+    if not predicting and table.X_test is not None:  # an .npz with a test split: evaluate on it
+        table.X, table.y = table.X_test, table.y_test
+    if table.X.shape[1] != model.in_features:
+        raise tabular.DataError(f"{args.data} has {table.X.shape[1]} feature columns; {args.model} takes "
+                                f"{model.in_features}")
+    prep = model.preparation
+    X = prep.inputs(table.X, model.dtype) if prep is not None else table.X.astype(model.dtype)
+    return table, X
+
+
+def _evaluate_table(model, args) -> int:
+    table, X = _table_inputs(model, args, predicting=False)
+    if table.y is None:
+        raise ValueError(f"{args.data} has no labels to evaluate against")
+    if not _check_overlap(model, X, args):
+        return 1
+    prep = model.preparation
+    if model.loss == "mse":
+        out = model.predict(X)
+        pred = (prep.outputs(out) if prep is not None else out)[:, 0]
+        rmse, r2 = _regression_scores(pred, np.asarray(table.y, np.float64))
+        print(f"{args.model} on {args.data.name} ({len(X):,} rows): RMSE {rmse:.4g}, R^2 {r2:.4f}")
+        return 0
+    y = prep.labels(table.y) if prep is not None else np.asarray(table.y, np.int64)
+    accuracy = float(np.mean(model.predict(X).argmax(axis=1) == y))
+    print(f"{args.model} on {args.data.name} ({len(X):,} rows): accuracy {accuracy:.2%}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import fastnn
+
+    if args.out is not None and args.out.exists() and not args.force:
+        print(f"error: {args.out} exists; pass --force to overwrite it or choose another --out", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.suffix.lower() not in (".csv", ".npy"):
+        raise ValueError(f"--out {args.out}: predictions are written as .csv or .npy")
+    model = fastnn.load(args.model)
+    _, X = _table_inputs(model, args, predicting=True)
+    prep = model.preparation
+    if model.loss == "mse":
+        out = model.predict(X)
+        values = prep.outputs(out) if prep is not None else out
+        header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{j}" for j in range(values.shape[1])]
+        rows, array = values.tolist(), values[:, 0] if values.shape[1] == 1 else values
+    else:
+        proba = model.predict_proba(X).astype(np.float64)
+        if proba.shape[1] == 1:  # one sigmoid output: two classes
+            proba = np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
+        classes = prep.classes if prep is not None else np.arange(proba.shape[1])
+        labels = classes[proba.argmax(axis=1)]
+        header = ["label", *(f"p_{c}" for c in classes.tolist())]
+        rows = [[label, *p] for label, p in zip(labels.tolist(), proba.tolist())]
+        array = labels
+    if args.out is not None and args.out.suffix.lower() == ".npy":
+        from ._files import atomic_write
+        with atomic_write(args.out) as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+        print(f"wrote {len(X):,} predictions to {args.out}")
+        return 0
+    import csv
+    import io
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
+    if args.out is None:
+        sys.stdout.write(text.getvalue())
+        return 0
+    from ._files import atomic_write
+    with atomic_write(args.out) as f:
+        f.write(text.getvalue().encode())
+    print(f"wrote {len(X):,} predictions to {args.out}")
     return 0
 
 
@@ -270,9 +444,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastnn", description="Fast multi-layer perceptrons on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a digit classifier (bundled digits unless --data)")
-    train.add_argument("--data", type=pathlib.Path, help="folder of the four MNIST IDX files")
-    train.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
+    train = sub.add_parser("train", help="train a network: the bundled digits, MNIST, or your own .npz/.csv (--data)")
+    train.add_argument("--data", type=pathlib.Path,
+                       help="a folder of the four MNIST IDX files, or your own data: an .npz (X, y, optionally "
+                            "X_test, y_test) or a .csv (numeric features and a label column)")
+    train.add_argument("--target", help="the .csv's label column: a header name or a column number (default: last)")
+    train.add_argument("--task", choices=["classify", "regress"],
+                       help="default: classify text labels and up to 50 distinct whole numbers, regress the rest")
+    train.add_argument("--hidden", type=_hidden, help="hidden sizes (default 256,128 for digits, 64,64 for your data)")
     train.add_argument("--activation", default="relu",
                        choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity"])
     train.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
@@ -285,14 +464,29 @@ def main(argv=None) -> int:
     train.add_argument("--out", type=pathlib.Path, help="where to save the model (default: a new fastnn-model*.npz)")
     train.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     train.add_argument("--plot", type=pathlib.Path, help="draw loss and accuracy per epoch to this PNG")
+    train.add_argument("--checkpoint-dir", type=pathlib.Path,
+                       help="write a checkpoint after every epoch (atomically) to this folder")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI ranks: mpiexec -n 2 fastnn train --distributed")
     train.set_defaults(run=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="accuracy and confusion matrix of a saved digit model")
+    evaluate = sub.add_parser("evaluate", help="score a saved model (digits: accuracy and confusion matrix)")
     evaluate.add_argument("model", type=pathlib.Path)
-    evaluate.add_argument("--data", type=pathlib.Path, help="folder of MNIST IDX files (default: the bundled test split)")
+    evaluate.add_argument("--data", type=pathlib.Path,
+                          help="folder of MNIST IDX files (default: the bundled test split), or an .npz/.csv table")
+    evaluate.add_argument("--target", help="the .csv's label column (default: last)")
+    evaluate.add_argument("--allow-overlap", action="store_true",
+                          help="evaluate even when more than 1%% of the rows were training rows")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="predictions of a saved model for the rows of an .npz (X) or .csv")
+    predict.add_argument("model", type=pathlib.Path)
+    predict.add_argument("data", type=pathlib.Path)
+    predict.add_argument("--out", type=pathlib.Path, help="a .csv or .npy file (default: CSV on standard output)")
+    predict.add_argument("--target", help="the .csv's label column, dropped if present (default: last)")
+    predict.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    predict.set_defaults(run=cmd_predict)
 
     approx = sub.add_parser("approx", help="universal approximation: fit a 1-D function with 1 to 64 neurons")
     approx.add_argument("target", nargs="?", default="sin", choices=sorted(__import__("fastnn.story").story.BUILTIN_TARGETS))

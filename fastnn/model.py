@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 import zipfile
 
 import numpy as np
 
 from ._files import atomic_write
 from .engine import Engine, raw_rows_of
+from .fingerprint import Fingerprint
 from .kernels._checks import all_finite, positive_int
 from .layers import Dense, Dropout
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
 from .threads import one_blas_thread
 
-FORMAT_VERSION = 2  # 2 adds the loss; version 1 files still load
+FORMAT_VERSION = 2  # 2 adds the loss, the training rows' fingerprint, the command line's preparation; 1 loads
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
@@ -72,6 +74,9 @@ class Sequential:
         The optimizer of the last ``fit``/``train_step``, reused by the next one when it names none.
     history : dict or None
         The last ``fit``'s history, also when it was interrupted or diverged.
+    preparation : fastnn.tabular.Preparation or None
+        How the command line prepared raw rows for this model (input scaling, class labels,
+        target scaling); saved with it. None for a model trained from Python.
 
     Examples
     --------
@@ -119,6 +124,8 @@ class Sequential:
         self.loss = None
         self.optimizer = None
         self.history = None
+        self.preparation = None
+        self._fingerprint = Fingerprint()  # of the rows fit trained on (see evaluate)
         if loss is not None:
             self.loss = self._check_head(check_loss(loss))
         self._rng = np.random.default_rng(seed)
@@ -136,7 +143,7 @@ class Sequential:
     def __getstate__(self):
         # views do not survive a copy or a pickle: keep the flat buffers, rebuild the views
         state = self.__dict__.copy()
-        for key in ("_params", "_grads", "_engine", "_step"):
+        for key in ("_params", "_grads", "_engine", "_step", "_fingerprinted"):
             state.pop(key, None)
         return state
 
@@ -206,6 +213,21 @@ class Sequential:
         _check_optimizer(optimizer)
         self.optimizer, self._optimizer_name = optimizer, None
         return optimizer
+
+    _fingerprinted = None  # a weak reference to the last array whose rows were fingerprinted
+
+    def _record_rows(self, X):
+        """Add the rows ``fit`` trains on to the fingerprint (once per array: scikit-learn's
+        estimators call fit once per epoch with the same one)."""
+        if self._fingerprinted is None or self._fingerprinted() is not X:
+            self._fingerprint.add(X)
+            self._fingerprinted = weakref.ref(X)
+
+    def seen_in_training(self, X):
+        """The estimated share of the rows of ``X`` that this model was trained on (from the
+        fingerprint ``fit`` keeps of its training rows), or None when ``X`` has too few rows to
+        tell. Rows are compared as the model reads them (its dtype)."""
+        return self._fingerprint.share_seen(self._inputs(X, check_finite=False))
 
     def count_params(self):
         """The number of trainable numbers (weights and biases), as Keras' ``count_params``."""
@@ -444,13 +466,21 @@ class Sequential:
             scores["accuracy"] = float(np.average(_right(loss, out, y), weights=w))
         return scores
 
+    def _overlap(self, X, scores):
+        if self._fingerprint.hashes.size:
+            scores["seen_in_training"] = self._fingerprint.share_seen(X)
+        return scores
+
     def evaluate(self, X, y, loss=None, sample_weight=None, class_weight=None):
         """``{"loss": mean loss}``, plus ``"accuracy"`` for the cross-entropies (for binary
         cross-entropy the share of labels right: Keras' binary accuracy). ``loss`` defaults to
-        the model's; the rows are weighed as in ``fit``."""
+        the model's; the rows are weighed as in ``fit``. For a model trained by ``fit``, also
+        ``"seen_in_training"``: the estimated share of these rows it was trained on (see
+        ``seen_in_training``); scores on training rows say little about new data."""
         loss = self._task(loss)
         X, y = self._data(X, y, loss)
-        return self._evaluate(X, y, loss, row_weights(loss, y, X.shape[0], self.dtype, sample_weight, class_weight))
+        scores = self._evaluate(X, y, loss, row_weights(loss, y, X.shape[0], self.dtype, sample_weight, class_weight))
+        return self._overlap(X, scores)
 
     def score(self, X, y, sample_weight=None):
         """One number, higher is better, from the model's loss: accuracy for the cross-entropies
@@ -479,8 +509,12 @@ class Sequential:
         """
         path = os.fspath(path)
         arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self._architecture(),
-                "seed": self.seed if isinstance(self.seed, int) else None, "loss": self.loss}
+                "seed": self.seed if isinstance(self.seed, int) else None, "loss": self.loss,
+                "fingerprint_stride": self._fingerprint.stride}
         arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
+        arrays["fingerprint"] = self._fingerprint.hashes
+        if self.preparation is not None:
+            arrays.update({f"prep_{k}": v for k, v in vars(self.preparation).items() if v is not None})
         with atomic_write(path) as f:
             np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
 
@@ -554,6 +588,16 @@ def load(path) -> Sequential:
         model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype, loss=arch.get("loss"))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a valid fastnn model file: {e}") from None
+    fingerprint = files.pop("fingerprint", None)
+    if fingerprint is not None:
+        model._fingerprint = Fingerprint(fingerprint, arch.get("fingerprint_stride", 1))
+    prep = {k[len("prep_"):]: files.pop(k) for k in list(files) if k.startswith("prep_")}
+    if prep:
+        from .tabular import Preparation
+        try:
+            model.preparation = Preparation(**prep)
+        except TypeError as e:
+            raise ValueError(f"{path} is not a valid fastnn model file: its preparation is incomplete ({e})") from None
     expected = [f"param_{i}" for i in range(len(model._params))]
     if sorted(files) != sorted(expected):
         raise ValueError(f"{path} is not a valid fastnn model file: arrays {sorted(files)}, expected {expected}")

@@ -149,6 +149,7 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
             p.history.setdefault("lr", [])
     model._task(loss, store=True)
     model.history = p.history
+    model._record_rows(X)
     return p
 
 

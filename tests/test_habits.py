@@ -96,7 +96,8 @@ def test_the_first_fit_stores_the_loss_and_later_calls_use_it(tmp_path, rng):
     model.fit(X, Y, loss="mse", epochs=2)
     assert model.loss == "mse"
     scores = model.evaluate(X, Y)  # no loss needed any more
-    assert set(scores) == {"loss"} and scores["loss"] == pytest.approx(np.mean((model.predict(X) - Y) ** 2), rel=1e-5)
+    assert set(scores) == {"loss", "seen_in_training"} and scores["seen_in_training"] == 1.0  # its own rows
+    assert scores["loss"] == pytest.approx(np.mean((model.predict(X) - Y) ** 2), rel=1e-5)
     model.fit(X, Y)  # mse again
     with pytest.raises(ValueError, match=r"this model's loss is 'mse' .* not 'softmax_cross_entropy'"):
         model.evaluate(X, Y[:, 0].astype(int), loss="softmax_cross_entropy")
