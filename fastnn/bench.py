@@ -137,23 +137,30 @@ def _fmt_time(s):
     return f"{s * 1e6:,.1f} us" if s < 1e-3 else f"{s * 1e3:,.2f} ms"
 
 
+FOOTER = "median of interleaved ~0.25 s blocks after warm-up; first step (compile) excluded."
+
+
+def _header(machine, peak):
+    return [f"fastnn bench: {machine['cpu']}, {machine['threads']} thread(s) for every contender, {machine['date']}",
+            f"matmul peak (NumPy float32 {PEAK_N}^3, same threads): {peak:.1f} GFLOP/s",
+            "", f"{'case (per step, or per epoch)':<48} {'contender':<8} {'median':>12} {'samples/s':>11} "
+                f"{'GFLOP/s':>8} {'% peak':>7} {'vs fastest peer':>16}"]
+
+
+def _case_lines(case, peak):
+    lines = []
+    for k, (name, v) in enumerate(case["contenders"].items()):
+        ratio = "" if v["ratio_to_fastest_peer"] is None else f"{v['ratio_to_fastest_peer']:.2f}x"
+        lines.append(f"{case['label'] if k == 0 else '':<48} {name:<8} {_fmt_time(v['median_s']):>12} "
+                     f"{v['samples_per_s']:>11,.0f} {v['gflops']:>8.1f} {100 * v['gflops'] / peak:>6.1f}% {ratio:>16}")
+    return lines
+
+
 def format_table(report: dict) -> str:
-    m = report["machine"]
-    lines = [f"fastnn bench: {m['cpu']}, {m['threads']} thread(s) for every contender, {m['date']}",
-             f"matmul peak (NumPy float32 {PEAK_N}^3, same threads): {report['peak_gflops']:.1f} GFLOP/s",
-             "", f"{'case (per step, or per epoch)':<48} {'contender':<8} {'median':>12} {'samples/s':>11} {'GFLOP/s':>8} "
-             f"{'% peak':>7} {'vs fastest peer':>16}"]
+    lines = _header(report["machine"], report["peak_gflops"])
     for case in report["cases"]:
-        first = True
-        for name, v in case["contenders"].items():
-            ratio = "" if v["ratio_to_fastest_peer"] is None else f"{v['ratio_to_fastest_peer']:.2f}x"
-            lines.append(f"{case['label'] if first else '':<48} {name:<8} {_fmt_time(v['median_s']):>12} "
-                         f"{v['samples_per_s']:>11,.0f} {v['gflops']:>8.1f} "
-                         f"{100 * v['gflops'] / report['peak_gflops']:>6.1f}% {ratio:>16}")
-            first = False
-    lines.append("")
-    lines.append("median of interleaved ~0.25 s blocks after warm-up; first step (compile) excluded.")
-    return "\n".join(lines)
+        lines += _case_lines(case, report["peak_gflops"])
+    return "\n".join(lines + ["", FOOTER])
 
 
 def main(args) -> int:
@@ -169,10 +176,20 @@ def main(args) -> int:
     skipped = [c for c in wanted if c not in contenders]
     if skipped:
         print(f"not installed, skipped: {', '.join(skipped)}")
+    from tqdm.auto import tqdm
+
     report = {"machine": machine_info(threads), "peak_gflops": measure_peak(threads), "cases": []}
-    for name in names:
-        report["cases"].append(run_case(CASES[name], contenders, threads, args.rounds))
-    print(format_table(report))
+    print("\n".join(_header(report["machine"], report["peak_gflops"])), flush=True)
+    # each case's rows as soon as it is timed (a full run takes a minute or more), with a bar across cases
+    with tqdm(total=len(names), unit="case", leave=False, file=sys.stderr) as bar:
+        for name in names:
+            bar.set_description(f"timing {name}")
+            case = run_case(CASES[name], contenders, threads, args.rounds)
+            report["cases"].append(case)
+            bar.write("\n".join(_case_lines(case, report["peak_gflops"])), file=sys.stdout)
+            sys.stdout.flush()
+            bar.update()
+    print("\n" + FOOTER)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -391,6 +391,8 @@ def cmd_approx(args) -> int:
         print(f"{fit['width']:>8} {fit['mse']:>11.3e} {fit['max_error']:>10.4f} {fit['max_error_near_jump']:>17.4f}")
     print(f"{len(widths)} fits in {time.perf_counter() - start:.2f} s; MSE fell {fits[0]['mse'] / fits[-1]['mse']:.0f}x "
           f"from 1 to {widths[-1]} neurons")
+    kept = [f["width"] for f in fits if f["kept_narrower"]]
+    print(f"({story.HOW}" + (f"; widths {kept} kept the narrower fit" if kept else "") + ")")
     if args.target == "step" and not args.expr:
         print("The step jumps from 0 to 1 at x = 0. Every network here is a continuous function, so "
               "near the jump it must pass through the values in between: its error there stays about 0.5 "
@@ -437,7 +439,27 @@ def cmd_show_weights(args) -> int:
     if args.plot is None:
         print("pass --plot FILE.png to draw each neuron's weights as a 28x28 image")
         return 0
-    return _plot(plots.first_layer_weights, W, args.plot)
+    chosen = _neurons(args.neurons, W.shape[1])
+    print(f"drawing neurons {args.neurons or f'0-{len(chosen) - 1}'} ({len(chosen)} of {W.shape[1]}); "
+          f"--neurons chooses others, such as 64-127 or 3,5,7")
+    return _plot(lambda W_, path: plots.first_layer_weights(W_, path, chosen), W[:, chosen], args.plot)
+
+
+def _neurons(spec, count, default=64):
+    """Neuron numbers from "0-63", "3,5,7" or "10-20,40" (default: the first 64)."""
+    if spec is None:
+        return list(range(min(count, default)))
+    chosen = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            raise ValueError(f"--neurons takes numbers and ranges such as 0-63 or 3,5,7, got {spec!r}") from None
+        if not 0 <= first <= last < count:
+            raise ValueError(f"--neurons {spec}: the first layer has neurons 0 to {count - 1}")
+        chosen += range(first, last + 1)
+    return chosen
 
 
 def main(argv=None) -> int:
@@ -504,6 +526,7 @@ def main(argv=None) -> int:
     show = sub.add_parser("show-weights", help="draw each first-layer neuron's weights as a 28x28 image")
     show.add_argument("model", type=pathlib.Path)
     show.add_argument("--plot", type=pathlib.Path)
+    show.add_argument("--neurons", help="which neurons to draw: 0-63 (the default), 3,5,7 or 10-20,40")
     show.set_defaults(run=cmd_show_weights)
 
     bench = sub.add_parser("bench", help="time the training step beside NumPy, PyTorch and JAX")

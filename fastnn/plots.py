@@ -61,10 +61,12 @@ def approximation(x, y, fits, title, path):
     plt.close(fig)
 
 
-def first_layer_weights(W, path, max_neurons=64):
-    """Each first-layer neuron's 784 weights as a 28x28 image: what the neuron looks for."""
+def first_layer_weights(W, path, numbers=None):
+    """Each column of ``W`` (a first-layer neuron's 784 weights) as a 28x28 image: what the neuron
+    looks for; ``numbers`` label them (default 0, 1, ...)."""
     plt = require_matplotlib()
-    count = min(W.shape[1], max_neurons)
+    count = W.shape[1]
+    numbers = list(range(count)) if numbers is None else list(numbers)
     cols = int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
@@ -74,7 +76,8 @@ def first_layer_weights(W, path, max_neurons=64):
             w = W[:, k].reshape(28, 28)
             limit = np.abs(w).max() or 1.0
             ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit)  # red: ink there excites, blue: inhibits
-    fig.suptitle(f"first-layer weights of {count} neurons (red excites, blue inhibits)")
+            ax.set_title(str(numbers[k]), fontsize=6)
+    fig.suptitle(f"first-layer weights of neurons {numbers[0]}..{numbers[-1]} ({count}; red excites, blue inhibits)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

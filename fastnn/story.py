@@ -5,12 +5,14 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 
 import numpy as np
 
 from .layers import Dense
 from .model import Sequential
 from .optim import Adam
+from .training import LossExplosionWarning
 
 # -- target functions, and expressions parsed without eval --------------------------------
 
@@ -79,29 +81,74 @@ def parse_expression(text: str):
     return target
 
 
+SEEDS = 3  # tries per width in ``approximate``
+HOW = (f"each width: the best of {SEEDS} trainings, one of them starting from the narrower network's fit (its "
+       f"neurons kept, the new ones silent), so a wider network never fits worse")
+
+
 def approximate(target, interval, widths=(1, 2, 4, 8, 16, 32, 64), points=256, epochs=3000, seed=0):
-    """Fit ``target`` on ``interval`` with one hidden tanh layer of each width.
+    """Fit ``target`` on ``interval`` with one hidden tanh layer of each width (increasing).
+
+    A wider layer can compute everything a narrower one can (its extra neurons silent), so its
+    fit should never be worse; a single training run can still land worse (a poorer start, too
+    few epochs). So each width keeps the best of ``SEEDS`` runs, one of which starts from the
+    previous width's fit with the new neurons' output weights at 0, and if even that training
+    ends worse, the narrower fit itself (``kept_narrower``).
 
     Returns ``(x, y, fits)``; ``fits`` has per width: ``width``, ``mse``, ``max_error``,
-    ``max_error_near_jump`` (within 5% of the interval around 0) and ``prediction``.
+    ``max_error_near_jump`` (within 5% of the interval around 0), ``prediction`` and
+    ``kept_narrower``.
     """
     lo, hi = interval
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"interval must be two finite numbers lo < hi, got {interval}")
+    if list(widths) != sorted(set(widths)):
+        raise ValueError(f"widths must increase, got {widths}")
     x = np.linspace(lo, hi, points).reshape(-1, 1)
     y = target(x[:, 0]).reshape(-1, 1)
     scale = max(abs(lo), abs(hi))
     near_jump = np.abs(x[:, 0]) <= 0.05 * (hi - lo)
-    fits = []
+    fits, previous = [], None  # previous: (mse, parameters) of the last width's fit
+
+    def network(width, s):
+        return Sequential(Dense(1, width, activation="tanh"), Dense(width, 1), seed=seed + s, dtype=np.float64)
+
     for width in widths:
-        model = Sequential(Dense(1, width, activation="tanh"), Dense(width, 1), seed=seed, dtype=np.float64)
-        model.fit(x / scale, y, loss="mse", optimizer=Adam(lr=0.01), epochs=epochs, batch_size=points, shuffle=False)
+        best = None
+        for s in range(SEEDS):
+            model = network(width, s)
+            if s == 0 and previous is not None:
+                _embed(model, previous[1])
+            with warnings.catch_warnings():
+                # a run started from the narrower fit begins near its optimum: any later epoch is
+                # "far above the first step" by the explosion rule, without anything going wrong
+                warnings.simplefilter("ignore", LossExplosionWarning)
+                model.fit(x / scale, y, loss="mse", optimizer=Adam(lr=0.01 if s else 0.002), epochs=epochs,
+                          batch_size=points, shuffle=False)
+            mse = float(np.mean((model.predict(x / scale) - y) ** 2))
+            if best is None or mse < best[0]:
+                best = (mse, model)
+        kept = previous is not None and best[0] > previous[0]
+        if kept:  # the narrower fit, as this width computes it
+            best = (previous[0], network(width, 0))
+            _embed(best[1], previous[1])
+        model = best[1]
+        previous = (best[0], [p.copy() for p in model.parameters()])
         pred = model.predict(x / scale)
         err = np.abs(pred - y)[:, 0]
-        fits.append({"width": width, "mse": float(np.mean(err ** 2)), "max_error": float(err.max()),
+        fits.append({"width": width, "mse": best[0], "max_error": float(err.max()),
                      "max_error_near_jump": float(err[near_jump].max()) if near_jump.any() else float("nan"),
-                     "prediction": pred[:, 0]})
+                     "prediction": pred[:, 0], "kept_narrower": kept})
     return x[:, 0], y[:, 0], fits
+
+
+def _embed(model, narrower):
+    """Put a narrower one-hidden-layer fit into ``model``: its neurons first, the new ones' output
+    weights 0, so ``model`` computes exactly the narrower function."""
+    W0, b0, W1, b1 = model.parameters()
+    k = narrower[0].shape[1]
+    W0[:, :k], b0[:k], W1[:k], b1[...] = narrower[0], narrower[1], narrower[2], narrower[3]
+    W1[k:] = 0.0
 
 
 # -- linear vs non-linear -------------------------------------------------------------------

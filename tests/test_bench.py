@@ -3,6 +3,8 @@ the real step."""
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -139,3 +141,23 @@ def test_kernel_benchmarks_pass_buffers_as_training_does():
     backward = KernelCase("dense_backward", dict(N=4, I=3, O=2))
     assert backward.outputs[3] is backward.inputs[0]  # dz is dout: in place, no copy
     backward.check()
+
+
+def test_bench_prints_each_case_as_it_finishes(tmp_path):
+    # a full run takes a minute or more: its first rows must not wait for the last case
+    fastnn_command = pathlib.Path(sys.executable).parent / "fastnn"
+    proc = subprocess.Popen([str(fastnn_command), "bench", "--cases", "tanh-b64,sigmoid-b32", "--contenders",
+                             "fastnn,numpy", "--rounds", "2", "--threads", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        for line in proc.stdout:
+            if line.startswith("1-64-1 tanh, batch 64"):
+                break
+        running = proc.poll() is None  # the second case is still being timed
+        rest = proc.stdout.read()
+        stderr = proc.stderr.read()
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert running and proc.returncode == 0
+    assert "784-16-16-10 sigmoid, batch 32" in rest and "timing sigmoid-b32" in stderr  # the bar names the case

@@ -197,3 +197,32 @@ def test_divergence_in_train_is_one_error_line_and_saves_nothing(tmp_path):
 def test_messages_name_what_was_wrong(tmp_path, argv, message):
     proc = command(*argv, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message
+
+
+def test_show_weights_says_which_neurons_it_draws(tmp_path):
+    require("matplotlib")
+    fastnn.Sequential(fastnn.Dense(784, 100, activation="relu"), fastnn.Dense(100, 10)).save(tmp_path / "d.npz")
+    proc = command("show-weights", "d.npz", "--plot", "w.png", cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "w.png").exists()
+    assert "drawing neurons 0-63 (64 of 100); --neurons chooses others, such as 64-127 or 3,5,7" in proc.stdout
+    proc = command("show-weights", "d.npz", "--plot", "w.png", "--neurons", "90-99,5", cwd=tmp_path)
+    assert proc.returncode == 0 and "drawing neurons 90-99,5 (11 of 100)" in proc.stdout
+    proc = command("show-weights", "d.npz", "--plot", "w.png", "--neurons", "99-120", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --neurons 99-120: the first layer has neurons 0 to 99"
+
+
+@pytest.mark.parametrize("target", sorted(story.BUILTIN_TARGETS))
+def test_approx_never_fits_worse_with_more_neurons(target):
+    fn, interval = story.BUILTIN_TARGETS[target]
+    _, _, fits = story.approximate(fn, interval, widths=(1, 2, 4, 8, 16), epochs=400)
+    mses = [f["mse"] for f in fits]
+    assert all(b <= a for a, b in zip(mses, mses[1:])), mses
+    assert mses[-1] < mses[0]
+
+
+def test_a_narrower_fit_carries_into_a_wider_network_exactly():
+    narrow = fastnn.Sequential(fastnn.Dense(1, 3, activation="tanh"), fastnn.Dense(3, 1), seed=1, dtype=np.float64)
+    wide = fastnn.Sequential(fastnn.Dense(1, 8, activation="tanh"), fastnn.Dense(8, 1), seed=2, dtype=np.float64)
+    story._embed(wide, narrow.parameters())
+    x = np.linspace(-2, 2, 50).reshape(-1, 1)
+    np.testing.assert_allclose(wide.predict(x), narrow.predict(x), rtol=1e-14)  # (BLAS may add the zeros apart)
