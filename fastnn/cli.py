@@ -112,6 +112,8 @@ def cmd_train(args) -> int:
     if args.out is not None and args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to overwrite it or choose another --out", file=sys.stderr)
         return 2
+    if args.distributed and _own_data(args.data):
+        raise ValueError("--distributed trains on the digits (bundled or MNIST); train your own table without it")
     if args.distributed:
         from . import distributed
         return distributed.abort_on_error(lambda: _train_distributed(args))
