@@ -112,6 +112,9 @@ def cmd_train(args) -> int:
     if args.out is not None and args.out.exists() and not args.force:
         print(f"error: {args.out} exists; pass --force to overwrite it or choose another --out", file=sys.stderr)
         return 2
+    if args.out is not None and not args.out.absolute().parent.is_dir():  # before training, not after
+        raise FileNotFoundError(f"cannot write {args.out}: the folder {args.out.absolute().parent} does not exist; "
+                                f"create it first")
     if args.distributed and _own_data(args.data):
         raise ValueError("--distributed trains on the digits (bundled or MNIST); train your own table without it")
     if args.distributed:

@@ -226,3 +226,14 @@ def test_a_narrower_fit_carries_into_a_wider_network_exactly():
     story._embed(wide, narrow.parameters())
     x = np.linspace(-2, 2, 50).reshape(-1, 1)
     np.testing.assert_allclose(wide.predict(x), narrow.predict(x), rtol=1e-14)  # (BLAS may add the zeros apart)
+
+
+def test_file_errors_through_the_command(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    proc = command("evaluate", "notes.txt", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: notes.txt is not a fastnn model file: it is not an .npz archive (a model is one, written by "
+        "Sequential.save), or the archive is cut short")
+    proc = command("train", "--epochs", "1", "--hidden", "8", "--out", "nodir/m.npz", "--force", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (  # said before any training
+        "error: cannot write nodir/m.npz: the folder " + str(tmp_path / "nodir") + " does not exist; create it first")
