@@ -378,6 +378,21 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import fastnn
+
+    if args.out.exists() and not args.force:
+        print(f"error: {args.out} exists; pass --force to overwrite it or choose another name", file=sys.stderr)
+        return 2
+    model = fastnn.load(args.model)
+    proto = model.to_onnx(args.out, opset=args.opset, probabilities=args.probabilities)
+    outputs = ", ".join(o.name for o in proto.graph.output)
+    print(f"wrote {args.out}: opset {args.opset}, input 'input' ({model.dtype.name}, batch x {model.in_features}), "
+          f"outputs {outputs}" + ("; the input scaling and class labels are in the graph" if model.preparation
+                                   is not None else ""))
+    return 0
+
+
 def cmd_approx(args) -> int:
     from . import plots, story
 
@@ -515,6 +530,15 @@ def main(argv=None) -> int:
     predict.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     predict.set_defaults(run=cmd_predict)
 
+    export = sub.add_parser("export", help="write a saved model as an ONNX graph (the onnx extra)")
+    export.add_argument("model", type=pathlib.Path)
+    export.add_argument("out", type=pathlib.Path, help="the .onnx file to write")
+    export.add_argument("--opset", type=_positive(int), default=17, help="ONNX opset (default 17)")
+    export.add_argument("--probabilities", action="store_true",
+                        help="end in the softmax or sigmoid that predict_proba gives (default: the logits)")
+    export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    export.set_defaults(run=cmd_export)
+
     approx = sub.add_parser("approx", help="universal approximation: fit a 1-D function with 1 to 64 neurons")
     approx.add_argument("target", nargs="?", default="sin", choices=sorted(__import__("fastnn.story").story.BUILTIN_TARGETS))
     approx.add_argument("--expr", help='an expression in x instead, e.g. "x**2 + sin(3*x)"')
@@ -557,7 +581,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as e:  # bad input or files: a message, not a traceback
+    except (ValueError, OSError, ImportError) as e:  # bad input, files, a missing extra: a message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # DivergenceError: nothing was saved

@@ -518,6 +518,17 @@ class Sequential:
         with atomic_write(path) as f:
             np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
 
+    def to_onnx(self, path, *, opset=17, probabilities=False):
+        """Export the network to an ONNX file at ``path`` (replaced if it exists) and return the
+        ``onnx.ModelProto``: input ``input`` (batch, in_features) in the model's dtype, a dynamic
+        batch; output ``logits`` (``output`` for regression), or with ``probabilities=True`` the
+        softmax or sigmoid that ``predict_proba`` gives, as ``probabilities``; for a classifier
+        also ``label``. A model trained by the command line takes raw rows: its input scaling,
+        class labels and target scaling are part of the graph. Needs the ``onnx`` extra; see
+        ``fastnn.export``."""
+        from .export import model_to_onnx
+        return model_to_onnx(self, path, opset=opset, probabilities=probabilities)
+
     def _architecture(self):
         return {"dtype": self.dtype.name,
                 "layers": [{"in_features": l.in_features, "out_features": l.out_features,

@@ -29,6 +29,7 @@ checkout); fastnn itself does not.
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -222,6 +223,16 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = min(self.best_loss_, loss)
         self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
 
+    def to_onnx(self, path=None, *, opset=17):
+        """Export the fitted estimator to ONNX (written to ``path`` when given) and return the
+        ``onnx.ModelProto``: input ``input`` in the network's dtype (float32 for a classifier fitted
+        on float32 data, else float64); outputs ``label`` (this estimator's ``classes_``, text
+        included) and ``probabilities`` (a tensor, no ZipMap), or ``variable`` for the regressor.
+        A Pipeline holding the estimator exports with ``skl2onnx.to_onnx`` (fastnn registers its
+        converter when skl2onnx is installed). Needs the ``onnx`` extra."""
+        from .export import estimator_to_onnx
+        return estimator_to_onnx(self, path, opset=opset)
+
     def _predict_raw(self, X):
         check_is_fitted(self, "model_")
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64))
@@ -366,3 +377,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Predicted targets: (n_samples,) when fitted on 1-D y, else (n_samples, n_outputs)."""
         out = self._predict_raw(X)
         return out[:, 0] if self._y_ndim == 1 else out
+
+
+if importlib.util.find_spec("skl2onnx") is not None:  # so that skl2onnx.to_onnx(pipeline) knows these estimators
+    from .export import register_skl2onnx
+    register_skl2onnx()
