@@ -282,9 +282,17 @@ def test_summary_lists_layers_shapes_and_parameter_counts():
     lines = []
     model.summary(print_fn=lines.append)
     text = lines[0]
+    assert text.splitlines()[0].split() == ["layer", "output", "shape", "parameters"]
     assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10 == 101_770
     assert "Dense(784, 128, relu)" in text and "(None, 128)" in text and "100,480" in text
     assert "Dropout(0.2)" in text and "1,290" in text and "total parameters: 101,770" in text
+
+
+def test_fit_is_silent_by_default(capsys):
+    X, y = blobs()
+    net().fit(X, y, epochs=2)
+    out, err = capsys.readouterr()
+    assert out == "" and "epoch" not in err  # verbose=0: no progress bar (a first compile may announce itself)
 
 
 def test_history_is_kept_on_the_model_with_the_learning_rate_per_epoch():

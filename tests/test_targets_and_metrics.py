@@ -114,3 +114,56 @@ def test_the_fast_path_still_checks_values_when_asked():
     assert prepare_targets("mse", y, 3, 1, np.float32, check=False) is not None  # left to the kernel
     with pytest.raises(ValueError, match=r"0/1 labels"):
         prepare_targets("binary_cross_entropy", np.array([[0.5], [2.0], [1.0]], np.float32), 3, 1, np.float32)
+
+
+def test_the_finite_check_of_a_single_value():
+    assert not _checks.all_finite(np.array([np.nan]))  # one element is an array like any other
+    assert not _checks.all_finite(np.array([[np.inf]], np.float32))
+    assert _checks.all_finite(np.array([1.0])) and _checks.all_finite(np.zeros(0))
+
+
+def binary_metric(logits, target, weights=None):
+    weights = np.ones(len(target), logits.dtype) if weights is None else weights
+    return run(loss_kernels._count_binary_correct, loss_kernels.signatures(logits.dtype)[1], logits,
+               raw_rows_of(np.asarray(target, logits.dtype)), weights)
+
+
+def test_binary_accuracy_is_the_weighted_share_of_labels_right():
+    logits = np.array([[1.0, -1.0], [2.0, 3.0], [-1.0, -2.0]])
+    target = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]])  # rights: 2/2, 1/2, 0/2
+    assert binary_metric(logits, target) == 1.5
+    assert binary_metric(logits, target, np.array([0.5, 2.0, 7.0])) == 0.5 + 1.0
+    assert binary_metric(logits, np.full((3, 2), 0.5)) == 1.0 + 0.5  # a target of 0.5 counts as label 1
+
+
+def test_the_per_step_path_refuses_binary_targets_outside_0_1():
+    model = fastnn.Sequential(fastnn.Dense(2, 1), seed=0, dtype=np.float64)
+    for bad in (1.5, -0.5):
+        y = np.array([[0.0], [bad]])  # float64 (n, 1): taken as is, checked by the kernel
+        with pytest.raises(ValueError, match="0/1 labels"):
+            model.train_step(np.ones((2, 2)), y, loss="binary_cross_entropy", optimizer=fastnn.SGD(lr=0.1))
+    model.train_step(np.ones((2, 2)), np.array([[0.0], [1.0]]), loss="binary_cross_entropy",
+                     optimizer=fastnn.SGD(lr=0.1))
+
+
+def test_class_weight_for_one_logistic_output():
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(np.float64)
+    a = fastnn.Sequential(fastnn.Dense(3, 1), seed=0, dtype=np.float64)
+    b = fastnn.Sequential(fastnn.Dense(3, 1), seed=0, dtype=np.float64)
+    a.fit(X, y, loss="binary_cross_entropy", class_weight={0: 1.0, 1: 4.0}, batch_size=40)
+    b.fit(X, y, loss="binary_cross_entropy", sample_weight=np.where(y == 1, 4.0, 1.0), batch_size=40)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_the_first_value_that_is_not_a_label_is_named():
+    y = np.array([0.0, 1.0, 2.25, 1.0, 7.5])
+    with pytest.raises(ValueError, match=r"not whole numbers \(such as 2\.25\)"):
+        prepare_targets("softmax_cross_entropy", y, 5, 8, np.float32)
+
+
+def test_optimizer_step_checks_every_pair_of_arrays():
+    opt = fastnn.SGD(lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] and grads\[1\] must be arrays of one shape"):
+        opt.step([np.ones(2), np.ones(3)], [np.ones(2), np.ones(4)])
