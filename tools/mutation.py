@@ -24,6 +24,11 @@ code in ``WORKDIR/src`` (the working tree is never mutated), in four steps:
 
 A full run (``--sample 0``, about 3,000 mutants) takes hours on two cores; the sampled run
 estimates each file's score. The README records the last run's numbers and date.
+
+    python tools/mutation.py recheck --workdir /tmp/fastnn-mutation
+
+runs the survivors of a finished session again against the tests of the current commit (the
+mutated code must be unchanged since the session's commit): after tests were added for them.
 """
 from __future__ import annotations
 
@@ -233,7 +238,7 @@ def report(src: pathlib.Path, session: pathlib.Path, out) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "test", "report"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "test", "report", "recheck"])
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/fastnn-mutation"))
     parser.add_argument("--sample", type=int, default=40, help="mutants per file (0: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -245,6 +250,13 @@ def main(argv=None):
     src, session = work / "src", work / "session.sqlite"
     if args.command == "report":
         report(src, session, sys.stdout)
+        return 0
+    if args.command == "recheck":
+        recheck(work, src, session)
+        with open(work / "report.md", "a") as out:
+            print(f"\nsurvivors rechecked against {_head(REPO)[:10]}, {time.strftime('%Y-%m-%d')}:\n", file=out)
+            report(src, session, out)
+        print((work / "report.md").read_text())
         return 0
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run(["rm", "-rf", str(src), str(session)], check=True)
@@ -270,6 +282,42 @@ def main(argv=None):
         report(src, session, out)
     print((work / "report.md").read_text())
     return 0
+
+
+def _head(repo) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def recheck(work: pathlib.Path, src: pathlib.Path, session: pathlib.Path):
+    """Run every survivor again with the current commit's tests (and a fresh line-to-test map)."""
+    from cosmic_ray.mutating import mutate_and_test
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome
+
+    run_commit, head = _head(src), _head(REPO)
+    changed = subprocess.run(["git", "diff", "--quiet", run_commit, head, "--", *MUTATED], cwd=REPO).returncode
+    if changed:
+        raise SystemExit(f"the mutated code changed since the session's commit {run_commit[:10]}: run it again")
+    subprocess.run(["git", "fetch", "-q", str(REPO), head], cwd=src, check=True)
+    subprocess.run(["git", "checkout", "-q", head], cwd=src, check=True)
+    map_file = work / "coverage-map.json"
+    map_file.write_text(json.dumps(coverage_map(src, work)))
+    command = f"{sys.executable} {src / 'tools' / 'mutation.py'} test --map {map_file}"
+    known = equivalents(src)
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        survivors = [(item, result) for item, result in db.completed_work_items
+                     if result.test_outcome == TestOutcome.SURVIVED]
+        print(f"rechecking {len(survivors)} survivors")
+        cwd = os.getcwd()
+        os.chdir(src)
+        try:
+            for item, _ in survivors:
+                if mutant_key(src, item.mutations[0]) in known:
+                    continue
+                db.set_result(item.job_id, mutate_and_test(item.mutations, command, PER_MUTANT_SECONDS))
+        finally:
+            os.chdir(cwd)
 
 
 def keep_sample(session: pathlib.Path, per_file: int, seed: int):
