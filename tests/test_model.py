@@ -245,6 +245,8 @@ def test_bad_input_gets_a_clear_error(call, error, message, rng):
     (lambda: fastnn.Dense(3, 2.5), "out_features must be an integer"),
     (lambda: fastnn.Dense(3, 2, activation="swish"), "unknown activation 'swish'"),
     (lambda: fastnn.Sequential(fastnn.Dense(3, 4), fastnn.Dense(5, 2)), "layer 1 has in_features=5 but the Dense before it has out_features=4"),
+    (lambda: fastnn.Sequential(fastnn.Dense(3, 4), fastnn.Dense(4, 6), fastnn.Dense(5, 2)),
+     "layer 2 has in_features=5 but the Dense before it has out_features=6"),
     (lambda: fastnn.Sequential(), "at least one layer"),
     (lambda: fastnn.Sequential(fastnn.Dense(3, 4), dtype=np.int32), "dtype must be float32 or float64"),
     (lambda: fastnn.SGD(lr=0), "lr must be a finite number > 0"),

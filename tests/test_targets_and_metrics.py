@@ -167,3 +167,64 @@ def test_optimizer_step_checks_every_pair_of_arrays():
     opt = fastnn.SGD(lr=0.1)
     with pytest.raises(ValueError, match=r"params\[1\] and grads\[1\] must be arrays of one shape"):
         opt.step([np.ones(2), np.ones(3)], [np.ones(2), np.ones(4)])
+
+
+def test_the_activations_are_the_documented_functions():
+    # constants written out here, not imported: a changed slope or gelu constant fails
+    z = np.array([[-3.0, -1.0, -0.1, 0.0, 0.5, 2.0]])
+    np.testing.assert_allclose(K.activation_forward(z, "leaky_relu"), np.where(z < 0, 0.01 * z, z), rtol=1e-15)
+    u = np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)
+    np.testing.assert_allclose(K.activation_forward(z, "gelu"), 0.5 * z * (1 + np.tanh(u)), rtol=1e-13, atol=1e-16)
+
+
+def test_an_allowed_alias_does_not_end_the_overlap_check():
+    a = np.zeros(10)
+    with pytest.raises(ValueError, match="out overlaps b in memory"):
+        _checks.no_overlap("out", a, ("a", a), ("b", a[2:5]), allow_same=True)  # a itself is fine, b is not
+
+
+def test_fit_reports_the_weighted_mean_of_its_steps_losses():
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((50, 4)), rng.integers(0, 3, 50)
+
+    def make():
+        return fastnn.Sequential(fastnn.Dense(4, 5, activation="tanh"), fastnn.Dense(5, 3), seed=2,
+                                 dtype=np.float64)
+    fitted, stepped = make(), make()
+    history = fitted.fit(X, y, optimizer=fastnn.SGD(lr=0.1), batch_size=16, shuffle=False)
+    opt = fastnn.SGD(lr=0.1)
+    losses, right = [], 0
+    for i in range(0, 50, 16):  # each batch scored by the parameters its step starts from
+        right += np.sum(stepped.predict(X[i:i + 16]).argmax(axis=1) == y[i:i + 16])
+        losses.append(stepped.train_step(X[i:i + 16], y[i:i + 16], optimizer=opt))
+    sizes = [16, 16, 16, 2]
+    assert history["loss"][0] == pytest.approx(np.dot(losses, sizes) / 50, rel=1e-12)
+    assert history["accuracy"][0] == pytest.approx(right / 50, rel=1e-12)
+
+
+def test_score_of_constant_targets_follows_scikit_learn():
+    model = fastnn.Sequential(fastnn.Dense(2, 1), seed=0, dtype=np.float64, loss="mse")
+    for p in model.parameters():
+        p[...] = 0.0
+    model.parameters()[1][...] = 3.0  # predicts 3 everywhere
+    X = np.ones((4, 2))
+    assert model.score(X, np.full(4, 3.0)) == 1.0  # constant target, predicted exactly
+    assert model.score(X, np.full(4, 5.0)) == 0.0  # constant target, missed
+    y = np.array([1.0, 2.0, 4.0, 5.0])
+    assert model.score(X, y) == pytest.approx(1 - np.sum((y - 3) ** 2) / np.sum((y - 3) ** 2))
+
+
+def test_binary_accuracy_at_a_logit_of_exactly_zero_agrees_with_the_compiled_metric():
+    model = fastnn.Sequential(fastnn.Dense(2, 2), seed=0, dtype=np.float64, loss="binary_cross_entropy")
+    for p in model.parameters():
+        p[...] = 0.0  # every logit is 0: predicts label 0 (a logit must be > 0 for label 1)
+    X, Y = np.ones((3, 2)), np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert model.evaluate(X, Y)["accuracy"] == pytest.approx(0.5)
+    assert binary_metric(np.zeros((3, 2)), Y) / 3 == pytest.approx(0.5)
+
+
+def test_a_models_seed_keys_its_dropout_masks_and_survives_saving(tmp_path):
+    assert fastnn.Sequential(fastnn.Dense(2, 2), seed=0)._mask_seed == 0
+    assert fastnn.Sequential(fastnn.Dense(2, 2), seed=7)._mask_seed == 7
+    fastnn.Sequential(fastnn.Dense(2, 2), seed=5).save(tmp_path / "m.npz")
+    assert fastnn.load(tmp_path / "m.npz").seed == 5
