@@ -127,12 +127,13 @@ def row_weights(loss: str, y: np.ndarray, n: int, dtype, sample_weight=None, cla
             counts = np.bincount(labels, minlength=classes)
             table = np.where(counts > 0, n / (np.count_nonzero(counts) * np.maximum(counts, 1)), 1.0)
         elif isinstance(class_weight, dict):
-            table = np.ones(max(classes, 1 + max((int(k) for k in class_weight), default=-1)))
             for k, v in class_weight.items():
-                if not (isinstance(k, (int, np.integer)) and k >= 0):
+                if isinstance(k, (bool, np.bool_)) or not (isinstance(k, (int, np.integer)) and k >= 0):
                     raise ValueError(f"class_weight keys must be class indices >= 0, got {k!r}")
                 if not (isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and v >= 0):
                     raise ValueError(f"class_weight[{k}] must be a finite number >= 0, got {v!r}")
+            table = np.ones(max(classes, 1 + max((int(k) for k in class_weight), default=-1)))
+            for k, v in class_weight.items():
                 table[int(k)] = v
         else:
             raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")

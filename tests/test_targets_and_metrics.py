@@ -228,3 +228,55 @@ def test_a_models_seed_keys_its_dropout_masks_and_survives_saving(tmp_path):
     assert fastnn.Sequential(fastnn.Dense(2, 2), seed=7)._mask_seed == 7
     fastnn.Sequential(fastnn.Dense(2, 2), seed=5).save(tmp_path / "m.npz")
     assert fastnn.load(tmp_path / "m.npz").seed == 5
+
+
+def test_an_mse_row_of_weight_zero_adds_nothing_even_when_infinite():
+    pred, target = np.array([[np.inf, 0.0], [1.0, 2.0]]), np.zeros((2, 2))
+    loss, _ = K.mse(pred, target, weights=np.array([0.0, 1.0]))
+    assert loss == pytest.approx((1.0 + 4.0) / 2)
+
+
+@pytest.mark.parametrize("table,message", [({-1: 2.0}, r"class_weight keys must be class indices >= 0, got -1"),
+                                           ({"a": 2.0}, r"class_weight keys must be class indices >= 0, got 'a'"),
+                                           ({0: np.inf}, r"class_weight\[0\] must be a finite number >= 0, got inf"),
+                                           ({0: -1.0}, r"class_weight\[0\] must be a finite number >= 0")])
+def test_class_weight_tables_are_checked(table, message):
+    X, y = np.ones((4, 2)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=message):
+        fastnn.Sequential(fastnn.Dense(2, 2)).fit(X, y, class_weight=table)
+
+
+def test_each_new_training_array_joins_the_fingerprint():
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((300, 3)), rng.standard_normal((300, 3))
+    model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
+    model.fit(A, rng.integers(0, 2, 300))
+    assert model.seen_in_training(B) == 0.0
+    model.fit(B, rng.integers(0, 2, 300))
+    assert model.seen_in_training(B) == 1.0 and model.seen_in_training(A) == 1.0
+
+
+def test_changing_a_hyper_parameter_between_steps_takes_effect():
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((8, 3)), rng.integers(0, 2, 8)
+
+    def make():
+        return fastnn.Sequential(fastnn.Dense(3, 2), seed=0, dtype=np.float64)
+    a, b = make(), make()
+    opt = fastnn.SGD(lr=0.1)
+    a.train_step(X, y, optimizer=opt)
+    opt.weight_decay = 0.5  # the compiled update must see it
+    a.train_step(X, y, optimizer=opt)
+    b.train_step(X, y, optimizer=fastnn.SGD(lr=0.1))
+    b.train_step(X, y, optimizer=fastnn.SGD(lr=0.1, weight_decay=0.5))
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_adam_takes_eps_zero_and_checks_its_state_arrays():
+    fastnn.Adam(eps=0.0)  # allowed, as in PyTorch
+    p, g = np.ones(4), np.ones(4)
+    with pytest.raises(ValueError, match=r"m must have shape \(4,\)"):
+        K.adam_update(p, g, np.zeros(3), np.zeros(4), 1, 1e-3)
+    with pytest.raises(ValueError, match=r"v must have shape \(4,\)"):
+        K.adam_update(p, g, np.zeros(4), np.zeros(5), 1, 1e-3)
