@@ -218,9 +218,9 @@ def test_binary_accuracy_at_a_logit_of_exactly_zero_agrees_with_the_compiled_met
     model = fastnn.Sequential(fastnn.Dense(2, 2), seed=0, dtype=np.float64, loss="binary_cross_entropy")
     for p in model.parameters():
         p[...] = 0.0  # every logit is 0: predicts label 0 (a logit must be > 0 for label 1)
-    X, Y = np.ones((3, 2)), np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
-    assert model.evaluate(X, Y)["accuracy"] == pytest.approx(0.5)
-    assert binary_metric(np.zeros((3, 2)), Y) / 3 == pytest.approx(0.5)
+    X, Y = np.ones((3, 2)), np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert model.evaluate(X, Y)["accuracy"] == pytest.approx(1 / 3)  # only the all-0 row is right
+    assert binary_metric(np.zeros((3, 2)), Y) / 3 == pytest.approx(1 / 3)
 
 
 def test_a_models_seed_keys_its_dropout_masks_and_survives_saving(tmp_path):
