@@ -262,6 +262,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run(["rm", "-rf", str(src), str(session)], check=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(src)], check=True)
+    (work / "session-commit").write_text(_head(src))  # the code the mutants belong to (recheck)
     started = time.time()
     map_file = work / "coverage-map.json"
     map_file.write_text(json.dumps(coverage_map(src, work)))
@@ -296,7 +297,7 @@ def recheck(work: pathlib.Path, src: pathlib.Path, session: pathlib.Path):
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
 
-    run_commit, head = _head(src), _head(REPO)
+    run_commit, head = (work / "session-commit").read_text().strip(), _head(REPO)
     changed = set(subprocess.run(["git", "diff", "--name-only", run_commit, head, "--", *MUTATED], cwd=REPO,
                                  capture_output=True, text=True, check=True).stdout.split())
     if changed:  # their mutants no longer fit the code: those survivors stay as they were
