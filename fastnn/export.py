@@ -145,6 +145,22 @@ def _standalone(dtype):
     return _Builder(unique, add_node, add_constant, dtype), nodes, constants
 
 
+def _finish(nodes, constants, elem, features, outputs, opset, path):
+    """The model around a graph's nodes: input ``input`` (N, features), checked in full, written
+    atomically to ``path`` when given."""
+    onnx = require_onnx()
+    graph = onnx.helper.make_graph(nodes, "fastnn", [onnx.helper.make_tensor_value_info(
+        "input", elem, ["N", features])], outputs, constants)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                   producer_name="fastnn", ir_version=IR_VERSION)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        from ._files import atomic_write
+        with atomic_write(os.fspath(path)) as f:
+            f.write(proto.SerializeToString())
+    return proto
+
+
 def model_to_onnx(model, path=None, *, opset=DEFAULT_OPSET, probabilities=False):
     """``Sequential.to_onnx``: build, check (``full_check=True``) and write the graph; returns the
     ``onnx.ModelProto``."""
@@ -168,16 +184,7 @@ def model_to_onnx(model, path=None, *, opset=DEFAULT_OPSET, probabilities=False)
         multi = model.loss == "binary_cross_entropy" and model.out_features > 1
         outputs.append(onnx.helper.make_tensor_value_info("label", label_type, ["N", model.out_features] if multi
                                                           else ["N"]))
-    graph = onnx.helper.make_graph(nodes, "fastnn", [onnx.helper.make_tensor_value_info(
-        "input", elem, ["N", model.in_features])], outputs, constants)
-    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
-                                   producer_name="fastnn", ir_version=IR_VERSION)
-    onnx.checker.check_model(proto, full_check=True)
-    if path is not None:
-        from ._files import atomic_write
-        with atomic_write(os.fspath(path)) as f:
-            f.write(proto.SerializeToString())
-    return proto
+    return _finish(nodes, constants, elem, model.in_features, outputs, opset, path)
 
 
 # -- scikit-learn ----------------------------------------------------------------------------------
@@ -217,16 +224,7 @@ def estimator_to_onnx(estimator, path=None, *, opset=DEFAULT_OPSET):
         names = ["variable"]
         outputs = [onnx.helper.make_tensor_value_info("variable", elem, ["N", model.out_features])]
     estimator_graph(b, "input", estimator, names)
-    graph = onnx.helper.make_graph(nodes, "fastnn", [onnx.helper.make_tensor_value_info(
-        "input", elem, ["N", model.in_features])], outputs, constants)
-    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
-                                   producer_name="fastnn", ir_version=IR_VERSION)
-    onnx.checker.check_model(proto, full_check=True)
-    if path is not None:
-        from ._files import atomic_write
-        with atomic_write(os.fspath(path)) as f:
-            f.write(proto.SerializeToString())
-    return proto
+    return _finish(nodes, constants, elem, model.in_features, outputs, opset, path)
 
 
 _REGISTERED = False
