@@ -225,15 +225,7 @@ def mse(pred, target, dpred=None, weights=None):
     loss : float
     dpred : ndarray (N, C)
     """
-    _checks.float_array("pred", pred, ndim=2)
-    _checks.nonempty("pred", pred)
-    _checks.float_array("target", target, ndim=2, dtype=pred.dtype)
-    _checks.shape("target", target, pred.shape)
-    dpred = _grad_output("dpred", dpred, pred)
-    weights = _weights(weights, pred.shape[0], pred.dtype)
-    _checks.no_overlap("dpred", dpred, ("pred", pred), allow_same=True)
-    _checks.no_overlap("dpred", dpred, ("target", target), ("weights", weights))
-    return float(run(_mse, signatures(pred.dtype)[0], pred, raw_rows_of(target), weights, dpred)), dpred
+    return _float_target_loss(_mse, ("pred", pred), target, ("dpred", dpred), weights)
 
 
 def binary_cross_entropy(logits, target, dlogits=None, weights=None):
@@ -258,15 +250,22 @@ def binary_cross_entropy(logits, target, dlogits=None, weights=None):
     loss : float
     dlogits : ndarray (N, K)
     """
-    _checks.float_array("logits", logits, ndim=2)
-    _checks.nonempty("logits", logits)
-    _checks.float_array("target", target, ndim=2, dtype=logits.dtype)
-    _checks.shape("target", target, logits.shape)
+    _checks.float_array("target", target, ndim=2)
     if not (np.all(target >= 0) and np.all(target <= 1)):  # (NaN fails both)
         raise ValueError("target must hold values in [0, 1] (0/1 labels or probabilities)")
-    dlogits = _grad_output("dlogits", dlogits, logits)
-    weights = _weights(weights, logits.shape[0], logits.dtype)
-    _checks.no_overlap("dlogits", dlogits, ("logits", logits), allow_same=True)
-    _checks.no_overlap("dlogits", dlogits, ("target", target), ("weights", weights))
-    return float(run(_binary_cross_entropy, signatures(logits.dtype)[0], logits, raw_rows_of(target), weights,
-                     dlogits)), dlogits
+    return _float_target_loss(_binary_cross_entropy, ("logits", logits), target, ("dlogits", dlogits), weights)
+
+
+def _float_target_loss(kernel, named_input, target, named_grad, weights):
+    """The checks and the call shared by the losses whose targets are floats shaped like the
+    input (mse, binary cross-entropy): the gradient may be the input itself, not the target."""
+    (name, a), (grad_name, grad) = named_input, named_grad
+    _checks.float_array(name, a, ndim=2)
+    _checks.nonempty(name, a)
+    _checks.float_array("target", target, ndim=2, dtype=a.dtype)
+    _checks.shape("target", target, a.shape)
+    grad = _grad_output(grad_name, grad, a)
+    weights = _weights(weights, a.shape[0], a.dtype)
+    _checks.no_overlap(grad_name, grad, (name, a), allow_same=True)
+    _checks.no_overlap(grad_name, grad, ("target", target), ("weights", weights))
+    return float(run(kernel, signatures(a.dtype)[0], a, raw_rows_of(target), weights, grad)), grad
