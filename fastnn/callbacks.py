@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 class EarlyStopping:
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
@@ -33,6 +35,22 @@ class EarlyStopping:
 
     def start(self):
         self.best_epoch, self.best, self.stopped_epoch, self._best_params, self._wait = None, math.inf, None, None, 0
+
+    def state_dict(self) -> dict:
+        """Where a run stands, by name (what a checkpoint keeps): the best value (as "smaller is
+        better"), its epoch, the epochs waited since, the epoch it stopped (or None), and the
+        best epoch's parameters (an array, or None)."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self._wait,
+                "stopped_epoch": self.stopped_epoch, "best_params": self._best_params}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from what ``state_dict`` returned."""
+        best = float(state["best"])
+        if math.isnan(best):
+            raise ValueError("an early-stopping state with a NaN best value")
+        self.best, self.best_epoch, self._wait = best, state["best_epoch"], int(state["wait"])
+        self.stopped_epoch = state["stopped_epoch"]
+        self._best_params = None if state["best_params"] is None else np.array(state["best_params"])
 
     def __call__(self, epoch, history, params=None):
         if self.monitor not in history:

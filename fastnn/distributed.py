@@ -88,8 +88,6 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
     compute what one process does. A dict passed as ``timings`` receives
     ``steps`` and ``allreduce_s`` (this rank's seconds inside the gradient Allreduce).
     """
-    from . import training
-
     MPI = _mpi()
     comm = comm or MPI.COMM_WORLD
     size = comm.Get_size()
@@ -97,26 +95,64 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
         raise ValueError(f"batch_size={batch_size} is smaller than the {size} ranks: every rank needs rows; "
                          f"use a global batch of at least {size}")
     _agree(comm, "the model", model._architecture())
+    model._train_alone()
+    try:
+        return _fit(model, X, y, comm, MPI, size, loss, optimizer, epochs, batch_size, shuffle, verbose, lr_schedule,
+                    checkpoint_dir, resume, timings, sample_weight, class_weight)
+    finally:
+        model._training.release()
+
+
+def _fit(model, X, y, comm, MPI, size, loss, optimizer, epochs, batch_size, shuffle, verbose, lr_schedule,
+         checkpoint_dir, resume, timings, sample_weight, class_weight):
+    from . import training
+
     plan = training.plan(model, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                          shuffle=shuffle, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=False,
                          settings={"ranks": size}, sample_weight=sample_weight, class_weight=class_weight)
     _agree(comm, "the training settings", {**plan.settings, "optimizer": repr(plan.optimizer)})
     comm.Bcast(model._flat_params, root=0)  # one starting point for every replica
-    if resume and checkpoint_dir is not None:
-        from . import checkpoint
-        restored = checkpoint.load(checkpoint_dir, model, plan.optimizer, model._rng, plan.settings,
-                                   extendable=plan.lr_schedule.extendable)
-        if restored is not None:
-            plan.first_epoch, plan.history = restored
-            plan.history.setdefault("lr", [])
-            model.history = plan.history
     rank = comm.Get_rank()
+    if resume and checkpoint_dir is not None:
+        _resume(model, plan, comm, rank, checkpoint_dir)
     plan.verbose = 0  # rank 0 prints a line per epoch instead of a bar
     runner = _Epochs(model, plan, comm, MPI, timings, verbose=verbose and rank == 0)
     if rank != 0:
         plan.checkpoint_dir = None  # only rank 0 writes files
     history = training.run(model, plan, runner)
     return history
+
+
+def _resume(model, plan, comm, rank, checkpoint_dir):
+    """Every rank resumes from rank 0's checkpoint (only rank 0 writes them, so the other
+    machines may have none, or an old one): rank 0 reads and checks it, then broadcasts what it
+    restored. A refused checkpoint is an error on every rank, never a rank left waiting."""
+    from . import checkpoint
+
+    found, error = None, None
+    if rank == 0:
+        try:
+            restored = checkpoint.load(checkpoint_dir, model, plan.optimizer, model._rng, plan.settings,
+                                       extendable=plan.lr_schedule.extendable)
+            if restored is not None:
+                epoch, history, state = restored
+                found = {"epoch": epoch, "history": history, "state": state, "rng": model._rng.bit_generator.state,
+                         "optimizer": plan.optimizer.state_dict(), "params": model._flat_params}
+        except Exception as e:  # (sent to every rank, which all raise it)
+            error = f"{type(e).__name__}: {e}"
+    error, found = comm.bcast((error, found), root=0)
+    if error is not None:
+        raise checkpoint.CheckpointError(f"rank 0 could not resume from its checkpoint: {error}")
+    if found is None:
+        return
+    if rank != 0:
+        model._flat_params[...] = found["params"]
+        plan.optimizer.load_state_dict(found["optimizer"])
+        model._rng.bit_generator.state = found["rng"]
+    plan.first_epoch, plan.history = found["epoch"], found["history"]
+    plan.history.setdefault("lr", [])
+    plan.resume_state(found["state"])
+    model.history = plan.history
 
 
 class _Epochs:
@@ -178,12 +214,16 @@ class _Epochs:
             lr = learning_rates[b]
             # the same finite guard and update as one process: every rank sees the same sums; a
             # batch of weight 0 makes no update, as in one process
-            if batch_weight > 0 and not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, lr, step) == 1.0):
-                raise DivergenceError.at(b + 1, epoch + 1, batches)
-            optimizer.step_count = step
+            if batch_weight > 0:  # (the compiled update counts the step it applies)
+                if not (np.isfinite(stats[0]) and self.update_fn(engine.net, opt, lr) == 1.0):
+                    raise DivergenceError.at(b + 1, epoch + 1, batches, lr=lr, dtype=model.dtype)
+            else:
+                optimizer.step_count = step
             if p.first_loss is None and stats[2] > 0:
                 p.first_loss = stats[0] / stats[2]
             total += stats
+            if b + 1 < batches and p.interrupts is not None:
+                p.interrupts.check()
         if self.verbose:
             parts = [f"loss {total[0] / total[2]:.4f}"] + ([f"accuracy {total[1] / total[2]:.4f}"] if p.classify else [])
             print(f"epoch {epoch + 1}/{p.epochs}: " + ", ".join(parts), flush=True)

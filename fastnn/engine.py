@@ -9,10 +9,16 @@ model with the same activations and dtype compiles nothing.
 
 Hot calls (``train_step``) go straight to the drivers' compiled entry points; the caller
 (``Sequential``) has checked the arguments' types, shapes and layout before.
+
+Threads: training owns ``workspace`` (the caller holds the model's training lock), while every
+thread that predicts gets activation buffers of its own (``inference_workspace``), so any
+number of threads may predict at once, also while the model trains. Builds (compiling,
+choosing kernels) run under one lock per engine.
 """
 from __future__ import annotations
 
 import functools
+import threading
 
 import numba
 import numpy as np
@@ -41,7 +47,7 @@ def group_types(dtype):
     return {"net": numba.typeof(train.Net(v, v, np.zeros((0, 0), np.int64), np.zeros(0), 0, 0, 0)),
             "ws": numba.typeof(train.Workspace(v, v, v)),
             "objective": numba.typeof(train.Objective(0, 0)),
-            "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m)),
+            "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m, np.zeros(1, np.int64))),
             "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
             "epoch": numba.typeof(train.Epoch(*(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0, np.int64), False,
                                               0, np.zeros(0), *(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0))),
@@ -56,9 +62,9 @@ def driver_signature(name, dtype):
     net, ws, obj, opt, drv = t["net"], t["ws"], t["objective"], t["opt"], t["drivers"]
     return {"forward_pass": none(net, ws, t["X"], numba.boolean, i8),
             "gradients": f8(net, ws, obj, drv, t["X"], t["raw"], t["w"], i8),
-            "update": f8(net, opt, f8, i8),
-            "step": f8(net, ws, obj, opt, drv, t["X"], t["raw"], t["w"], f8, i8),
-            "train_epoch": numba.types.Tuple((f8, f8, i8, i8))(net, ws, obj, opt, drv, t["epoch"], i8, i8, i8),
+            "update": f8(net, opt, f8),
+            "step": f8(net, ws, obj, opt, drv, t["X"], t["raw"], t["w"], f8),
+            "train_epoch": numba.types.Tuple((f8, f8, i8, i8))(net, ws, obj, opt, drv, t["epoch"], i8, i8),
             }[name]
 
 
@@ -108,6 +114,8 @@ class Engine:
         self.ones = np.ones(0, self.dtype)  # unit row weights, as many as the workspace has rows
         self.capacity = 0
         self._built = {}  # what _build made, by key
+        self._build_lock = threading.RLock()
+        self._inference = threading.local()  # per thread: (rows, Workspace) for predict
         self.last_build = {"compiled": 0, "seconds": 0.0}
 
     # -- what the drivers read ---------------------------------------------------------------
@@ -125,23 +133,28 @@ class Engine:
     def net(self):
         """The Net tuple (compiling the layers' kernels on first use)."""
         if self._net is None:
-            fsig, bsig = dense.signatures(self.dtype)
-            pairs = self.kernels()
-            if (self.p_drop > 0).any():
-                dsig_f, dsig_b = dropout.signatures(self.dtype)
-                drop_f = _jit.address(dropout._dropout_forward, dsig_f)
-                drop_b = _jit.address(dropout._dropout_backward, dsig_b)
-            else:
-                drop_f = drop_b = train.NO_KERNEL
-            columns = dict(fan_in=self.fan_in, fan_out=self.fan_out, param_at=self.param_at, act_at=self.act_at,
-                           z_at=self.z_at, forward=_addresses([f for f, _ in pairs], fsig),
-                           backward=_addresses([b for _, b in pairs], bsig))
-            if _jit.JIT:
-                layers = np.stack([columns[name] for name in train.LAYER_COLUMNS], axis=1)
-            else:  # plain Python: the kernel "addresses" are the functions themselves
-                layers = [tuple(columns[name][k] for name in train.LAYER_COLUMNS) for k in range(len(self.codes))]
-            self._net = train.Net(self.params, self.grads, layers, self.p_drop, drop_f, drop_b, int(self.seed))
+            with self._build_lock:
+                if self._net is None:
+                    self._net = self._make_net()
         return self._net
+
+    def _make_net(self):
+        fsig, bsig = dense.signatures(self.dtype)
+        pairs = self.kernels()
+        if (self.p_drop > 0).any():
+            dsig_f, dsig_b = dropout.signatures(self.dtype)
+            drop_f = _jit.address(dropout._dropout_forward, dsig_f)
+            drop_b = _jit.address(dropout._dropout_backward, dsig_b)
+        else:
+            drop_f = drop_b = train.NO_KERNEL
+        columns = dict(fan_in=self.fan_in, fan_out=self.fan_out, param_at=self.param_at, act_at=self.act_at,
+                       z_at=self.z_at, forward=_addresses([f for f, _ in pairs], fsig),
+                       backward=_addresses([b for _, b in pairs], bsig))
+        if _jit.JIT:
+            layers = np.stack([columns[name] for name in train.LAYER_COLUMNS], axis=1)
+        else:  # plain Python: the kernel "addresses" are the functions themselves
+            layers = [tuple(columns[name][k] for name in train.LAYER_COLUMNS) for k in range(len(self.codes))]
+        return train.Net(self.params, self.grads, layers, self.p_drop, drop_f, drop_b, int(self.seed))
 
     @property
     def width(self):
@@ -149,13 +162,26 @@ class Engine:
 
 
     def workspace(self, n):
-        """Activation buffers for batches of up to n rows (grown, never shrunk)."""
+        """Training's activation buffers for batches of up to n rows (grown, never shrunk); the
+        caller holds the model's training lock."""
         if n > self.capacity:
             self._ws = train.Workspace(np.empty(n * self.width, self.dtype), np.empty(n * self.width, self.dtype),
                                        np.empty(n * self.z_width, self.dtype))
             self.ones = np.ones(n, self.dtype)
             self.capacity = n
         return self._ws
+
+    def inference_workspace(self, n):
+        """This thread's activation buffers for a forward pass of up to n rows (grown, never
+        shrunk): ``predict`` shares nothing mutable with other threads or with training. The
+        forward pass never reads ``dout``, so it aliases ``out`` (no memory of its own)."""
+        local = self._inference
+        rows = getattr(local, "rows", 0)
+        if n > rows:
+            out = np.empty(n * self.width, self.dtype)
+            local.ws = train.Workspace(out, out, np.empty(n * self.z_width, self.dtype))
+            local.rows = rows = n
+        return local.ws
 
     def objective(self, loss, metric=False):
         """The Objective tuple (loss and metric kernel addresses) for a loss name; without
@@ -206,14 +232,17 @@ class Engine:
         """``build()``, once per key and model, after compiling (or loading) ``pieces()``; a
         build that compiles says so (``_jit.compiling``)."""
         built = self._built.get(key)
-        if built is None:
-            with _jit.compiling(f"the {self.dtype.name} {what}", quiet=quiet, announce=announce) as report:
-                _jit.compile_all(pieces())
-                built = build()
-            self._built[key] = built
-            self.last_build = report
-        else:
+        if built is not None:
             self.last_build = {"compiled": 0, "seconds": 0.0}
+            return built
+        with self._build_lock:  # two threads' first predict: one builds, the other waits for it
+            built = self._built.get(key)
+            if built is None:
+                with _jit.compiling(f"the {self.dtype.name} {what}", quiet=quiet, announce=announce) as report:
+                    _jit.compile_all(pieces())
+                    built = build()
+                self._built[key] = built
+                self.last_build = report
         return built
 
     def _entry(self, name):
@@ -268,10 +297,11 @@ class Engine:
         return train.layer_views(self.net, ws, len(self.codes) - 1, n).out
 
     def predict(self, X, batch_size):
-        """Outputs of the last layer for every row of X (a new array), in batches."""
+        """Outputs of the last layer for every row of X (a new array), in batches; safe from any
+        number of threads at once (``inference_workspace``)."""
         n = X.shape[0]
         out = np.empty((n, int(self.fan_out[-1])), self.dtype)
-        ws = self.workspace(min(batch_size, n))
+        ws = self.inference_workspace(min(batch_size, n))
         forward = self.forward_fn()
         net = self.net
         for start in range(0, n, batch_size):

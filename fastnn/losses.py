@@ -97,13 +97,43 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
     return y
 
 
+def _class_labels_of(loss, y):
+    """``(labels, classes)`` for class weights: the integer label of each row, and how many
+    classes there are at least (None: as many as the labels show)."""
+    if loss == "softmax_cross_entropy":
+        return y, None
+    if loss == "binary_cross_entropy" and y.shape[1] == 1 and np.all((y == 0) | (y == 1)):
+        return y[:, 0].astype(np.int64), 2
+    raise ValueError(f"class_weight needs class labels (softmax_cross_entropy, or binary_cross_entropy with "
+                     f"one output and 0/1 labels), not {loss}; use sample_weight")
+
+
+def class_weights(loss: str, y: np.ndarray, class_weight) -> dict:
+    """``class_weight`` as a checked dict ``{class index: weight}``: a dict as given, or
+    ``"balanced"`` computed from the rows of ``y`` (what ``prepare_targets`` returned): n /
+    (classes present * rows of the class), as scikit-learn. Computed once from the training
+    rows, it weighs validation rows alike."""
+    labels, _ = _class_labels_of(loss, y)
+    if isinstance(class_weight, str) and class_weight == "balanced":
+        counts = np.bincount(labels)
+        present = np.flatnonzero(counts)
+        return {int(c): float(len(labels) / (len(present) * counts[c])) for c in present}
+    if isinstance(class_weight, dict):
+        for k, v in class_weight.items():
+            if isinstance(k, (bool, np.bool_)) or not (isinstance(k, (int, np.integer)) and k >= 0):
+                raise ValueError(f"class_weight keys must be class indices >= 0, got {k!r}")
+            if not (isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and v >= 0):
+                raise ValueError(f"class_weight[{k}] must be a finite number >= 0, got {v!r}")
+        return {int(k): float(v) for k, v in class_weight.items()}
+    raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+
+
 def row_weights(loss: str, y: np.ndarray, n: int, dtype, sample_weight=None, class_weight=None) -> np.ndarray:
     """Each row's weight: ``sample_weight[i] * class_weight[label of row i]`` (ones by default).
 
     ``y`` is what ``prepare_targets`` returned. ``class_weight`` is a dict ``{class: weight}``
-    (classes left out weigh 1) or ``"balanced"`` (n / (classes * count of the class), as
-    scikit-learn); it needs class labels: softmax cross-entropy, or binary cross-entropy with
-    one output.
+    (classes left out weigh 1) or ``"balanced"`` (from these rows: see ``class_weights``); it
+    needs class labels: softmax cross-entropy, or binary cross-entropy with one output.
     """
     w = np.ones(n, dtype)
     if sample_weight is not None:
@@ -115,28 +145,11 @@ def row_weights(loss: str, y: np.ndarray, n: int, dtype, sample_weight=None, cla
             raise ValueError("sample_weight must be finite and >= 0")
         w *= sw
     if class_weight is not None:
-        if loss == "softmax_cross_entropy":
-            labels, classes = y, None
-        elif loss == "binary_cross_entropy" and y.shape[1] == 1 and np.all((y == 0) | (y == 1)):
-            labels, classes = y[:, 0].astype(np.int64), 2
-        else:
-            raise ValueError(f"class_weight needs class labels (softmax_cross_entropy, or binary_cross_entropy with "
-                             f"one output and 0/1 labels), not {loss}; use sample_weight")
-        classes = classes or int(labels.max(initial=-1)) + 1
-        if isinstance(class_weight, str) and class_weight == "balanced":
-            counts = np.bincount(labels, minlength=classes)
-            table = np.where(counts > 0, n / (np.count_nonzero(counts) * np.maximum(counts, 1)), 1.0)
-        elif isinstance(class_weight, dict):
-            for k, v in class_weight.items():
-                if isinstance(k, (bool, np.bool_)) or not (isinstance(k, (int, np.integer)) and k >= 0):
-                    raise ValueError(f"class_weight keys must be class indices >= 0, got {k!r}")
-                if not (isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) and v >= 0):
-                    raise ValueError(f"class_weight[{k}] must be a finite number >= 0, got {v!r}")
-            table = np.ones(max(classes, 1 + max((int(k) for k in class_weight), default=-1)))
-            for k, v in class_weight.items():
-                table[int(k)] = v
-        else:
-            raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got {class_weight!r}")
+        labels, classes = _class_labels_of(loss, y)
+        given = class_weights(loss, y, class_weight)
+        table = np.ones(max(classes or int(labels.max(initial=-1)) + 1, 1 + max(given, default=-1)))
+        for k, v in given.items():
+            table[k] = v
         w *= table[labels].astype(dtype)
     if not all_finite(w):
         raise ValueError(f"row weights overflow {np.dtype(dtype).name}: scale sample_weight and class_weight down "

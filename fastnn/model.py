@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import weakref
 import zipfile
 
@@ -39,13 +40,17 @@ class DivergenceError(FloatingPointError):
         self.epoch, self.step = epoch, step
 
     @classmethod
-    def at(cls, step, epoch=None, steps=None):
+    def at(cls, step, epoch=None, steps=None, lr=None, dtype=None):
         """The error for a refused step: optimizer step ``step``, or step ``step`` of ``steps`` in
-        ``epoch`` of ``fit``."""
+        ``epoch`` of ``fit``; ``lr`` (the step's learning rate) is named when ``dtype`` cannot
+        hold it."""
         where = (f"in epoch {epoch} at step {step} of {steps}; the model keeps the parameters of the last finite "
                  f"step" if epoch is not None else f"at optimizer step {step}; the parameters were not updated")
-        return cls(f"the loss or its gradients became NaN or inf {where}. Lower the learning rate or check the "
-                   f"data.", epoch=epoch, step=step)
+        why = "Lower the learning rate or check the data."
+        if lr is not None and dtype is not None and not float(lr) <= float(np.finfo(dtype).max):
+            why = f"The learning rate {lr:g} is beyond {np.dtype(dtype).name}'s range: lower it."
+        return cls(f"the loss, its gradients or the parameters' update became NaN or inf {where}. {why}",
+                   epoch=epoch, step=step)
 
 
 class Sequential:
@@ -139,11 +144,12 @@ class Sequential:
         for layer, W, b in zip(self._dense, self._params[::2], self._params[1::2]):
             layer.W, layer.b = W, b
         self._engine = Engine(self._dense, self._drops, self._flat_params, self._flat_grads, self._mask_seed)
+        self._training = threading.Lock()  # held by fit, train_step and loss_and_grad (``_train_alone``)
 
     def __getstate__(self):
         # views do not survive a copy or a pickle: keep the flat buffers, rebuild the views
         state = self.__dict__.copy()
-        for key in ("_params", "_grads", "_engine", "_step", "_fingerprinted"):
+        for key in ("_params", "_grads", "_engine", "_step", "_fingerprinted", "_training"):
             state.pop(key, None)
         return state
 
@@ -288,11 +294,20 @@ class Sequential:
             raise ValueError("this model's parameters are read-only (their buffer's flags.writeable is False); "
                              "training writes them in place: train a copy (copy.deepcopy(model)) instead")
 
-    def _refused(self, X, y, loss, step):
+    def _train_alone(self):
+        """Take the training lock, or refuse: training writes the parameters, gradients and
+        workspace in place, so two trainings of one model at once would race. (Predicting
+        needs no lock: see ``fastnn.engine``.) The caller releases it."""
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError("this model is being trained already (fit, train_step or loss_and_grad in another "
+                               "thread, or called from a callback of its own fit): train one model from one thread "
+                               "at a time, or train a copy (copy.deepcopy(model))")
+
+    def _refused(self, X, y, loss, optimizer):
         """The error for a step the kernels refused: bad inputs if they explain it, else divergence."""
         self._inputs(X)  # raises for NaN or inf in X
         prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype)  # and for bad targets
-        return DivergenceError.at(step)
+        return DivergenceError.at(optimizer.step_count + 1, lr=optimizer.lr, dtype=self.dtype)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -312,10 +327,14 @@ class Sequential:
         w = self._weights(loss, y, X.shape[0], sample_weight)
         self._check_writable(params=False)  # (it writes gradients only)
         engine = self._engine
-        ws = engine.workspace(X.shape[0])
         gradients, objective, drivers = engine.gradients_fn(loss)
-        value = gradients(engine.net, ws, objective, drivers, X, raw_rows_of(y), w, 0)
-        return float(value), [g.copy() for g in self._grads]
+        self._train_alone()
+        try:
+            ws = engine.workspace(X.shape[0])
+            value = gradients(engine.net, ws, objective, drivers, X, raw_rows_of(y), w, 0)
+            return float(value), [g.copy() for g in self._grads]
+        finally:
+            self._training.release()
 
     def train_step(self, X, y, loss=None, optimizer=None, sample_weight=None):
         """One optimizer update on the batch ``(X, y)``; returns the batch loss before it.
@@ -337,18 +356,21 @@ class Sequential:
         self._check_writable()
         n = X.shape[0]
         engine = self._engine
-        ws = engine.workspace(n)
-        w = engine.ones[:n] if sample_weight is None else row_weights(loss, y, n, self.dtype, sample_weight)
-        args = (engine.net, ws, objective, optimizer._compiled(engine), drivers, X, raw_rows_of(y), w,
-                optimizer.lr, optimizer.step_count + 1)
-        if n in engine.serial_rows:
-            with one_blas_thread():
+        self._train_alone()
+        try:
+            ws = engine.workspace(n)
+            w = engine.ones[:n] if sample_weight is None else row_weights(loss, y, n, self.dtype, sample_weight)
+            # the compiled step counts itself in the optimizer (opt.steps): nothing to update after it
+            args = (engine.net, ws, objective, optimizer._compiled(engine), drivers, X, raw_rows_of(y), w, optimizer.lr)
+            if n in engine.serial_rows:
+                with one_blas_thread():
+                    value = fn(*args)
+            else:
                 value = fn(*args)
-        else:
-            value = fn(*args)
+        finally:
+            self._training.release()
         if not value >= 0.0:  # NaN (refused) or BAD_TARGET
-            raise self._refused(X, y, loss, optimizer.step_count + 1)
-        optimizer.step_count += 1
+            raise self._refused(X, y, loss, optimizer)
         return value
 
     _step = None  # (loss, optimizer, compiled step, objective, drivers) of the last train_step
@@ -431,12 +453,16 @@ class Sequential:
         """
         from . import training
 
-        plan = training.plan(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
-                             validation_data=validation_data, shuffle=shuffle, verbose=verbose,
-                             lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=resume,
-                             validation_split=validation_split, early_stopping=early_stopping, callbacks=callbacks,
-                             sample_weight=sample_weight, class_weight=class_weight)
-        return training.run(self, plan, training.CompiledEpochs(self, plan))
+        self._train_alone()
+        try:
+            plan = training.plan(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                                 validation_data=validation_data, shuffle=shuffle, verbose=verbose,
+                                 lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=resume,
+                                 validation_split=validation_split, early_stopping=early_stopping,
+                                 callbacks=callbacks, sample_weight=sample_weight, class_weight=class_weight)
+            return training.run(self, plan, training.CompiledEpochs(self, plan))
+        finally:
+            self._training.release()
 
     # -- inference -----------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 An optimizer's state is created on its first step and belongs to the parameters it was
 first given; ``lr`` and the other hyper-parameters are plain attributes that may be changed
-between steps.
+between steps, and are checked whenever they change (a NaN, inf or negative learning rate is
+refused at the assignment, not found later in the parameters). The step count lives in a
+small array that the compiled step advances as it applies each update.
 """
 from __future__ import annotations
 
@@ -21,15 +23,36 @@ class Optimizer:
     _kernel_hyper: tuple = ()  # the kernel's constants, in its order
 
     def __init__(self):
-        self.step_count = 0
+        self._steps = np.zeros(1, np.int64)  # the step count, advanced by the compiled step itself
         self._state = None  # per parameter array: an (S, P) array, one row per buffer
         self._tuple = None  # what the compiled step reads, for self._owner (a model's flat parameters)
         self._owner = None
 
     def __setattr__(self, name, value):
+        if name in self._hyper:
+            value = self._checked(name, value)
         object.__setattr__(self, name, value)
         if name in self._hyper and name != "lr":  # a constant or switch the kernel reads; lr goes per step
             object.__setattr__(self, "_tuple", None)
+
+    def _checked(self, name, value):
+        """``value`` for the hyper-parameter ``name``, checked (every assignment, not only the
+        constructor's): subclasses check their own names and defer ``lr`` to this."""
+        if name == "lr":
+            return _checks.positive("lr", value)
+        return value
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken (the next update is step ``step_count + 1``: Adam's bias correction and
+        the dropout masks use it)."""
+        return int(self._steps[0])
+
+    @step_count.setter
+    def step_count(self, value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"step_count must be an integer >= 0, got {value!r}")
+        self._steps[0] = value
 
     def __getstate__(self):
         # the compiled tuple holds a kernel's address, valid in this process only: a copy or an
@@ -74,12 +97,15 @@ class Optimizer:
         t = self._tuple
         if t is None or self._owner is not engine.params:
             self._prepare((engine.params,))
-            t = self._tuple = _Compiled(engine.update_address(self), self._hyper_array(), self._state[0])
+            t = self._tuple = _Compiled(engine.update_address(self), self._hyper_array(), self._state[0], self._steps)
             self._owner = engine.params
         return t
 
     def step(self, params, grads):
-        """Update each array of ``params`` in place from the matching array of ``grads``."""
+        """Update each array of ``params`` in place from the matching array of ``grads`` (which
+        are not modified). All or nothing: when any new value would be NaN or inf, every array
+        and the optimizer's state are left as they were and ``UpdateRefused`` (a
+        FloatingPointError) is raised."""
         if len(params) != len(grads):
             raise ValueError(f"got {len(params)} parameter arrays but {len(grads)} gradient arrays")
         for i, (p, g) in enumerate(zip(params, grads)):
@@ -92,10 +118,19 @@ class Optimizer:
         self._prepare(params)
         kernel = self._kernel()
         hyper = self._hyper_array()
+        saved = [s.copy() for s in self._state]
+        olds = []  # each kernel leaves the old parameters in its copy of the gradient
         for p, g, state in zip(params, grads, self._state):
-            run(kernel, _kernels.signature(p.dtype), p.reshape(-1), np.ascontiguousarray(g, p.dtype).reshape(-1),
-                state, hyper, float(self.lr), self.step_count + 1)
-        self.step_count += 1
+            old = np.array(g, dtype=p.dtype, order="C", copy=True).reshape(-1)
+            olds.append(old)
+            if not run(kernel, _kernels.signature(p.dtype), p.reshape(-1), old, state, hyper, float(self.lr),
+                       self.step_count + 1):
+                for q, before in zip(params, olds):
+                    q.reshape(-1)[...] = before
+                for s, before in zip(self._state, saved):
+                    s[...] = before
+                raise _kernels._refused(f"{type(self).__name__}.step")
+        self._steps[0] += 1
 
     def state_dict(self) -> dict:
         """Hyper-parameters, the step count and state buffers as a flat ``{name: value}`` dict."""
@@ -109,7 +144,7 @@ class Optimizer:
     def load_state_dict(self, d: dict) -> None:
         """Restore what ``state_dict`` returned (hyper-parameters, step count and buffers)."""
         for name in self._hyper:
-            setattr(self, name, d[name])
+            setattr(self, name, d[name])  # (checked, as every assignment)
         self.step_count = int(d["step_count"])
         found = {}
         for key in d:
@@ -140,12 +175,19 @@ class SGD(Optimizer):
 
     def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
         super().__init__()
-        self.lr = _checks.positive("lr", lr)
-        self.momentum = _checks.positive("momentum", momentum, allow_zero=True)
-        self.weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
+        self.nesterov = nesterov
+
+    def _checked(self, name, value):
+        if name in ("momentum", "weight_decay"):
+            return _checks.positive(name, value, allow_zero=True)
+        if name == "nesterov":
+            return bool(value)
+        return super()._checked(name, value)
 
     @property
     def _buffers(self):
@@ -166,14 +208,21 @@ class Adam(Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
-        self.lr = _checks.positive("lr", lr)
-        b1, b2 = (float(b) for b in betas)
-        for name, b in (("betas[0]", b1), ("betas[1]", b2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {b!r}")
-        self.betas = (b1, b2)
-        self.eps = _checks.positive("eps", eps, allow_zero=True)
-        self.weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+
+    def _checked(self, name, value):
+        if name == "betas":
+            b1, b2 = (float(b) for b in value)
+            for which, b in (("betas[0]", b1), ("betas[1]", b2)):
+                if not 0.0 <= b < 1.0:
+                    raise ValueError(f"{which} must lie in [0, 1), got {b!r}")
+            return (b1, b2)
+        if name in ("eps", "weight_decay"):
+            return _checks.positive(name, value, allow_zero=True)
+        return super()._checked(name, value)
 
     def _kernel(self):
         return _kernels.adam_kernel(self.decoupled)
@@ -186,9 +235,6 @@ class Adam(Optimizer):
     def beta2(self):
         return self.betas[1]
 
-    def load_state_dict(self, d):
-        super().load_state_dict(d)
-        self.betas = tuple(float(b) for b in self.betas)
 
 
 class AdamW(Adam):

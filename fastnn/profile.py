@@ -114,11 +114,9 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
     w = engine.ones[:X.shape[0]]
     def timed_steps(count):
         for _ in range(count):
-            value = step(net, ws, objective, opt, drivers, X, raw_rows_of(y), w, float(optimizer.lr),
-                         optimizer.step_count + 1)
-            if not value >= 0.0:
-                raise model._refused(X, y, loss, optimizer.step_count + 1)
-            optimizer.step_count += 1
+            value = step(net, ws, objective, opt, drivers, X, raw_rows_of(y), w, float(optimizer.lr))
+            if not value >= 0.0:  # (the step counts itself in the optimizer)
+                raise model._refused(X, y, loss, optimizer)
     timed_steps(warmup)  # (the first calls from Python compile their way in, or load it from the cache)
     records.clear()
     t = time.perf_counter()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from .callbacks import EarlyStopping
 from .engine import raw_rows_of
 from .kernels._checks import positive_int
 from .kernels.train import OK, Epoch
-from .losses import CLASSIFIERS, row_weights
+from .losses import CLASSIFIERS, class_weights, row_weights
 from .schedules import Constant, Schedule
 from .threads import one_blas_thread
 
@@ -54,6 +56,23 @@ class Plan:
     first_epoch: int = 0
     first_loss: float | None = None  # the loss of this run's first step (the explosion rule's yardstick)
     warned: bool = False
+    stopped: bool = False  # early stopping or a callback ended the run
+    run_rng: dict | None = None  # the shuffling generator's state as the run began (it drew the split)
+    interrupts: object = None  # the run's Ctrl-C handling (``Interrupts``), while it runs
+
+    def run_state(self):
+        """What a checkpoint keeps of the run besides the model and optimizer, by name."""
+        state = {"stopped": self.stopped, "run_rng": self.run_rng, "first_loss": self.first_loss,
+                 "warned": self.warned}
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state_dict()
+        return state
+
+    def resume_state(self, state):
+        """Continue from ``run_state()`` as a checkpoint kept it (older checkpoints kept less)."""
+        self.stopped = bool(state.get("stopped", False))
+        self.first_loss = state.get("first_loss")
+        self.warned = bool(state.get("warned", False))
 
     @property
     def batches(self):
@@ -79,18 +98,51 @@ class Plan:
 def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None, shuffle=True, verbose=0,
          lr_schedule=None, checkpoint_dir=None, resume=False, validation_split=0.0, early_stopping=None,
          callbacks=(), settings=None, sample_weight=None, class_weight=None):
-    """Check every argument of ``fit`` and prepare the run; raises before anything is trained.
-    The model keeps the loss (if it had none) and the optimizer."""
+    """Check every argument of ``fit`` and prepare the run; raises before anything is trained,
+    and a refused call changes nothing. The model keeps the loss (if it had none) and the
+    optimizer."""
     loss = model._task(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
     X, y = model._data(X, y, loss)
-    w = row_weights(loss, y, X.shape[0], model.dtype, sample_weight, class_weight)
+    w = row_weights(loss, y, X.shape[0], model.dtype, sample_weight)  # (class weights below, from training rows)
     model._check_writable()
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     if validation_split and validation_data is not None:
         raise ValueError("pass validation_data or validation_split, not both")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"callbacks must be callables (epoch, history) -> bool, got {cb!r}")
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got {type(early_stopping).__name__}")
+    if lr_schedule is None:
+        lr_schedule = Constant()
+    elif not isinstance(lr_schedule, Schedule):
+        raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
+                        f"got {type(lr_schedule).__name__}")
+    rng_before = model._rng.bit_generator.state
+    try:
+        return _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose,
+                     lr_schedule, checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings,
+                     sample_weight, class_weight)
+    except BaseException:
+        model._rng.bit_generator.state = rng_before  # (a resumed run's split may have moved it)
+        raise
+
+
+def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose, lr_schedule,
+          checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings, sample_weight,
+          class_weight):
+    from . import checkpoint
+
+    if resume:  # the split is drawn from the generator as the run began, so a resumed run holds out the same rows
+        start = checkpoint.run_start(checkpoint_dir)
+        if start is not None:
+            model._rng.bit_generator.state = start
+    run_rng = model._rng.bit_generator.state
     if validation_split:
         held = int(round(validation_split * X.shape[0]))
         if held < 1 or held >= X.shape[0]:
@@ -100,13 +152,9 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         held_rows, kept_rows = np.sort(rows[:held]), np.sort(rows[held:])
         validation_data = (X[held_rows], y[held_rows], w[held_rows])
         X, y, w = np.ascontiguousarray(X[kept_rows]), np.ascontiguousarray(y[kept_rows]), w[kept_rows]
-    for cb in callbacks:
-        if not callable(cb):
-            raise TypeError(f"callbacks must be callables (epoch, history) -> bool, got {cb!r}")
-    if early_stopping is not None:
-        if not isinstance(early_stopping, EarlyStopping):
-            raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got {type(early_stopping).__name__}")
-        early_stopping.start()
+    if class_weight is not None:  # one table from the training rows, for training and validation rows alike
+        class_weight = class_weights(loss, y, class_weight)
+        w = row_weights(loss, y, X.shape[0], model.dtype, w, class_weight)
     validation = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
@@ -116,13 +164,6 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         validation = (Xv, yv, row_weights(loss, yv, Xv.shape[0], model.dtype, wv, class_weight))
     if validation is not None and not validation[2].sum() > 0:
         raise ValueError("the validation rows' weights sum to 0: there is nothing to validate on")
-    if lr_schedule is None:
-        lr_schedule = Constant()
-    elif not isinstance(lr_schedule, Schedule):
-        raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
-                        f"got {type(lr_schedule).__name__}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir")
     if not w.sum() > 0:
         raise ValueError("the sample weights sum to 0: there is nothing to train on")
     run_settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "samples": X.shape[0],
@@ -130,9 +171,13 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
                     **(settings or {})}
     if sample_weight is not None or class_weight is not None:  # a resumed run must weigh rows alike
         run_settings["weights"] = hashlib.sha256(np.ascontiguousarray(w, np.float64).tobytes()).hexdigest()[:16]
-    optimizer = model._resolve_optimizer(optimizer)  # (kept on the model: only once every check passed)
+    if early_stopping is not None:  # a resumed run must stop by the same rule
+        run_settings["early_stopping"] = repr(early_stopping)
+    previous = model.optimizer, getattr(model, "_optimizer_name", None)
+    optimizer = model._resolve_optimizer(optimizer)
     p = Plan(X, y, w, loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
              lr_schedule, validation, checkpoint_dir, run_settings, early_stopping, tuple(callbacks))
+    p.run_rng = run_rng
     p.history = {"loss": [], "lr": []}
     if p.classify:
         p.history["accuracy"] = []
@@ -140,31 +185,75 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         p.history["val_loss"] = []
         if p.classify:
             p.history["val_accuracy"] = []
+    if early_stopping is not None:
+        early_stopping.start()
     if resume:
-        from . import checkpoint
-        restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, run_settings,
-                                   extendable=lr_schedule.extendable)
+        try:
+            restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, run_settings,
+                                       extendable=lr_schedule.extendable, early_stopping=early_stopping)
+        except BaseException:
+            model.optimizer, model._optimizer_name = previous  # a refused fit keeps no optimizer of its own
+            raise
         if restored is not None:
-            p.first_epoch, p.history = restored
+            p.first_epoch, p.history, state = restored
             p.history.setdefault("lr", [])
+            p.resume_state(state)
     model._task(loss, store=True)
     model.history = p.history
     model._record_rows(X)
     return p
 
 
+class Interrupts:
+    """Ctrl-C during ``fit``, taken at safe points: the signal is noted, and the run raises
+    ``KeyboardInterrupt`` where the model, its optimizer, its history and its checkpoint agree
+    (after the compiled chunk of batches that was running, with an epoch that just finished
+    recorded and checkpointed first). A second Ctrl-C before that point raises at once. Only
+    the main thread receives signals, and only Python's default handler is replaced (a
+    program's own SIGINT handler stays in charge)."""
+
+    def __init__(self):
+        self.pending = False
+        self._previous = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _note(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self):
+        """Raise KeyboardInterrupt if Ctrl-C came: call where stopping leaves everything agreeing."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
 def run(model, p, runner):
     """Train epochs ``p.first_epoch .. p.epochs - 1`` with ``runner``; returns the history."""
-    for epoch in range(p.first_epoch, p.epochs):
-        bar = _progress(p, epoch) if p.verbose else None
-        try:
-            loss_sum, correct, weight = runner.epoch(epoch, bar)
-        except BaseException:
-            if bar is not None:
-                bar.close()
-            raise
-        if end_of_epoch(model, p, epoch, float(loss_sum / weight), float(correct / weight), bar):
-            break
+    with Interrupts() as p.interrupts:
+        for epoch in range(p.first_epoch, p.epochs):
+            if p.stopped:  # (resumed from the checkpoint of a run that had stopped)
+                break
+            bar = _progress(p, epoch) if p.verbose else None
+            try:
+                loss_sum, correct, weight = runner.epoch(epoch, bar)
+            except BaseException:
+                if bar is not None:
+                    bar.close()
+                raise
+            end_of_epoch(model, p, epoch, float(loss_sum / weight), float(correct / weight), bar)
+            p.interrupts.check()
     stopper = p.early_stopping
     if stopper is not None and stopper.restore_best and stopper._best_params is not None:
         model._flat_params[...] = stopper._best_params
@@ -172,7 +261,8 @@ def run(model, p, runner):
 
 
 def end_of_epoch(model, p, epoch, loss, accuracy, bar):
-    """Record the epoch, evaluate, checkpoint; True when training should stop."""
+    """Record the epoch, evaluate, early stopping and callbacks, then the checkpoint (of all of
+    it, whether the run stops included); sets ``p.stopped`` when training should stop."""
     history = p.history
     history["loss"].append(loss)
     history["lr"].append(float(p.learning_rates(epoch)[-1]))
@@ -192,13 +282,15 @@ def end_of_epoch(model, p, epoch, loss, accuracy, bar):
     if bar is not None:
         bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.items()})
         bar.close()
-    if p.checkpoint_dir is not None:
-        from . import checkpoint
-        checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, epoch + 1, history, p.settings)
     stop = p.early_stopping is not None and p.early_stopping(epoch + 1, history, model._flat_params)
     for cb in p.callbacks:
         stop |= bool(cb(epoch + 1, history))
-    return stop
+    p.stopped = bool(stop)
+    if p.checkpoint_dir is not None:
+        from . import checkpoint
+        checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, epoch + 1, history, p.settings,
+                        p.run_state())
+    return p.stopped
 
 
 class CompiledEpochs:
@@ -243,16 +335,16 @@ class CompiledEpochs:
             start = time.perf_counter()
             opt = optimizer._compiled(engine)
             with one_blas_thread() if self.serial else contextlib.nullcontext():
+                # (the compiled loop counts its steps in the optimizer itself)
                 part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt,
-                                                                self.drivers, args, first, stop,
-                                                                optimizer.step_count + 1)
-            optimizer.step_count += done
+                                                                self.drivers, args, first, stop)
             if p.first_loss is None:  # the first step with a loss (a batch of weight 0 has none)
                 weighed = args.losses[first:first + done][args.losses[first:first + done] > 0]
                 p.first_loss = float(weighed[0]) if weighed.size else None
             if status != OK:
                 from .model import DivergenceError
-                raise DivergenceError.at(first + done + 1, epoch + 1, batches)
+                raise DivergenceError.at(first + done + 1, epoch + 1, batches, lr=args.lr[first + done],
+                                         dtype=model.dtype)
             loss_sum += part_loss
             correct += part_correct
             if bar is not None:
@@ -261,6 +353,8 @@ class CompiledEpochs:
             per_batch = (time.perf_counter() - start) / (stop - first)
             chunk = max(1, int(CHUNK_SECONDS / max(per_batch, 1e-9)))
             first = stop
+            if first < batches and p.interrupts is not None:
+                p.interrupts.check()  # (after the last chunk, run() first records the finished epoch)
         return loss_sum, correct, self.weight
 
 

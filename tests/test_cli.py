@@ -180,7 +180,7 @@ def test_divergence_in_train_is_one_error_line_and_saves_nothing(tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 1 and not out.exists() and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: the loss or its gradients became NaN or inf in epoch 1 at step \d+ of 63; the model "
+    assert re.fullmatch(r"error: the loss, its gradients or the parameters' update became NaN or inf in epoch 1 at step \d+ of 63; the model "
                         r"keeps the parameters of the last finite step\. Lower the learning rate or check the data\. "
                         r"Nothing was saved\.", last)
 

@@ -259,7 +259,7 @@ def test_raw_rows_and_kernel_calls_refuse_what_would_be_read_wrongly():
     osig = optimizers.signature(np.float64)
     p, g, state = np.zeros(3), np.ones(3), np.zeros((0, 3))
     for lr in (1, np.int32(1), np.float32(1.0), 1.0):
-        p[...] = 0.0
+        p[...], g[...] = 0.0, 1.0  # (an update consumes its gradient: it leaves the old parameters there)
         run(optimizers.sgd_kernel(False, False), osig, p, g, state, np.zeros(1), lr, 1)
         np.testing.assert_array_equal(p, -1.0)
     for bad in (True, np.timedelta64(1), "1", None):

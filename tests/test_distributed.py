@@ -157,7 +157,7 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
 def test_an_overflowing_weight_gradient_is_refused_on_every_rank(tmp_path):
     proc, _ = run_ranks(tmp_path, 2, 32, mode="overflow", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "rank 0 refused: the loss or its gradients became NaN or inf in epoch 1 at step 1" in proc.stdout
+    assert "rank 0 refused: the loss, its gradients or the parameters' update became NaN or inf in epoch 1 at step 1" in proc.stdout
     assert "rank 1 refused" in proc.stdout
 
 

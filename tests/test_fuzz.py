@@ -111,19 +111,35 @@ def test_losses_match_the_reference(data, n, c, dtype):
 @given(data=st.data(), size=st.integers(1, 40), dtype=dtypes, momentum=st.sampled_from([0.0, 0.9]),
        decoupled=st.booleans())
 def test_optimizer_updates_match_the_reference(data, size, dtype, momentum, decoupled):
+    """An update is applied whole, matching the reference, when every new value is finite;
+    otherwise it is refused (UpdateRefused) and every array is left exactly as it was."""
     p, g = data.draw(values(dtype, (size,))), data.draw(values(dtype, (size,)))
     v = data.draw(values(dtype, (size,)))
+    g_before = g.copy()
     rp, rv = ref(R.sgd_update, p, g, v, 0.1, momentum, 0.01)
-    with np.errstate(all="ignore"):
-        K.sgd_update(p, g, v, 0.1, momentum=momentum, weight_decay=0.01)
-    assert_close(p, rp)
+    written = (rp, rv) if momentum else (rp,)
+    check_all_or_nothing(lambda: K.sgd_update(p, g, v, 0.1, momentum=momentum, weight_decay=0.01),
+                         (p, v), (rp, rv), written)
     m2, v2 = data.draw(values(dtype, (size,))), np.abs(data.draw(values(dtype, (size,))))
     p2 = data.draw(values(dtype, (size,)))
     expected = ref(R.adam_update, p2, g, m2, v2, 3, 1e-3, 0.9, 0.999, 1e-8, 0.01, decoupled)
-    with np.errstate(all="ignore"):
-        K.adam_update(p2, g, m2, v2, 3, 1e-3, weight_decay=0.01, decoupled=decoupled)
-    for a, e in zip((p2, m2, v2), expected):
-        assert_close(a, e)
+    check_all_or_nothing(lambda: K.adam_update(p2, g, m2, v2, 3, 1e-3, weight_decay=0.01, decoupled=decoupled),
+                         (p2, m2, v2), expected, expected)
+    np.testing.assert_array_equal(g, g_before)  # the wrappers never write the caller's gradient
+
+
+def check_all_or_nothing(update, arrays, expected, written):
+    before = [a.copy() for a in arrays]
+    if all(np.all(np.isfinite(e)) for e in written):
+        with np.errstate(all="ignore"):
+            update()
+        for a, e in zip(arrays, expected):
+            assert_close(a, e)
+    else:
+        with pytest.raises(K.optimizers.UpdateRefused, match="nothing was changed"), np.errstate(all="ignore"):
+            update()
+        for a, b in zip(arrays, before):
+            np.testing.assert_array_equal(a, b)
 
 
 @FUZZ

@@ -12,7 +12,15 @@ Adam / AdamW (torch.optim.Adam / AdamW), t = step number starting at 1:
     m <- m + (1 - b1)(g - m)                  (PyTorch's lerp)
     v <- b2*v + (1 - b2) g^2
     p <- p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
-``g`` is never modified.
+
+Every update checks what it writes, in the same loop (``_written``): a step is applied whole
+or not at all. Finite gradients can still overflow an update (a learning rate of 1e30, a
+moment of g^2 beyond float32's range), and a NaN or inf parameter is never written. The
+gradient is consumed: each element of ``g`` is overwritten with the parameter's old value as
+the new one is written, so a refused update puts every parameter back exactly (``_undo``),
+at the cost of one store to a cache line already read. A state element (momentum, moments)
+takes its new value only where all of that element's new values are finite, so the state
+stays finite too. Returns 1.0 (applied) or 0.0 (refused: ``p`` as before the call).
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from numba import types
 
 from . import _checks
 from ._compose import run
-from ._jit import array_type, kernel, specialize, typed_helper
+from ._jit import array_type, helper, kernel, specialize, typed_helper
 
 
 def like(x, a):
@@ -42,14 +50,33 @@ def _like_impl(x, a):
 def signature(dtype):
     """The Numba signature every optimizer kernel shares: what a driver calls.
 
-    update(p (P,), g (P,), state (S, P), hyper (H,) float64, lr float64, step int64):
+    update(p (P,), g (P,), state (S, P), hyper (H,) float64, lr float64, step int64) -> float64:
     ``state`` holds the optimizer's S buffers (momentum; Adam's two moments), ``hyper`` its
     constants in the order its ``..._HYPER`` names them; ``lr`` is passed apart because a
     schedule changes it every step. Switches (momentum or not, Nesterov, decoupled decay) pick
-    the kernel, so each compiled kernel has one loop.
+    the kernel, so each compiled kernel has one loop. Returns 1.0 when applied, 0.0 when
+    refused (see the module docstring); ``g`` is overwritten either way.
     """
     m, v = array_type(dtype, 2), array_type(dtype, 1)
-    return types.none(v, v, m, types.Array(types.float64, 1, "C"), types.float64, types.int64)
+    return types.float64(v, v, m, types.Array(types.float64, 1, "C"), types.float64, types.int64)
+
+
+@helper
+def _finite(x):
+    """True for a finite number. x - x is 0 for finite x and NaN for NaN and +-inf; fastnn's
+    fast-math flags leave out nnan and ninf, so LLVM may not fold it to 0."""
+    return x - x == 0.0
+
+
+@helper
+def _undo(bad, p, g):
+    """The end of every update: if any written value was not finite, put every parameter back
+    from ``g`` (where each old value was kept) and return 0.0; else 1.0."""
+    if bad:
+        for i in range(p.size):
+            p[i] = g[i]
+        return 0.0
+    return 1.0
 
 
 SGD_HYPER = ("momentum", "weight_decay")
@@ -62,19 +89,32 @@ def sgd_kernel(momentum: bool, nesterov: bool):
         @kernel(python_entry=False)
         def sgd_update(p, g, state, hyper, lr, step):
             weight_decay, lr = like(hyper[1], p), like(lr, p)
+            bad = False
             for i in range(p.size):
-                p[i] -= lr * (g[i] + weight_decay * p[i])
+                old = p[i]
+                new = old - lr * (g[i] + weight_decay * old)
+                bad |= not _finite(new)
+                g[i] = old
+                p[i] = new
+            return _undo(bad, p, g)
         return sgd_update
 
     @kernel(python_entry=False)
     def sgd_momentum_update(p, g, state, hyper, lr, step):
         momentum, weight_decay, lr = like(hyper[0], p), like(hyper[1], p), like(lr, p)
         v = state[0]
+        bad = False
         for i in range(p.size):
-            gi = g[i] + weight_decay * p[i]
-            vi = momentum * v[i] + gi
-            v[i] = vi
-            p[i] -= lr * (gi + momentum * vi if nesterov else vi)
+            old, v_old = p[i], v[i]
+            gi = g[i] + weight_decay * old
+            vi = momentum * v_old + gi
+            new = old - lr * (gi + momentum * vi if nesterov else vi)
+            ok = _finite(new) & _finite(vi)
+            bad |= not ok
+            v[i] = vi if ok else v_old
+            g[i] = old
+            p[i] = new
+        return _undo(bad, p, g)
     return sgd_momentum_update
 
 
@@ -95,17 +135,25 @@ def adam_kernel(decoupled: bool):
         b2, c1, c2 = like(beta2, p), like(1.0 - beta1, p), like(1.0 - beta2, p)
         eps, weight_decay = like(eps, p), like(weight_decay, p)
         m, v = state[0], state[1]
+        bad = False
         for i in range(p.size):
+            old, m_old, v_old = p[i], m[i], v[i]
             gi = g[i]
             if decoupled:
-                p[i] *= shrink
+                new = old * shrink
             else:
-                gi += weight_decay * p[i]
-            mi = m[i] + c1 * (gi - m[i])
-            vi = b2 * v[i] + c2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+                new = old
+                gi += weight_decay * old
+            mi = m_old + c1 * (gi - m_old)
+            vi = b2 * v_old + c2 * gi * gi
+            new -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
+            ok = _finite(new) & _finite(mi) & _finite(vi)
+            bad |= not ok
+            m[i] = mi if ok else m_old
+            v[i] = vi if ok else v_old
+            g[i] = old
+            p[i] = new
+        return _undo(bad, p, g)
     return adam_update
 
 
@@ -124,11 +172,22 @@ def _check_flat(p, g, *state):
         _checks.no_overlap(name, s, *state[k + 1:])
 
 
+class UpdateRefused(FloatingPointError):
+    """An update would have written a NaN or inf; ``p`` and the state buffers are unchanged."""
+
+
+def _refused(name):
+    return UpdateRefused(f"{name} would write NaN or inf (a non-finite input, or an overflow: a learning rate or "
+                         f"values too large for the dtype); nothing was changed")
+
+
 def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     """One SGD step in place on flat ``p`` (P,) and momentum buffer ``v`` (P,).
 
     ``v`` is read and written only when ``momentum != 0`` (pass any (P,) array otherwise).
-    No two arrays may overlap. Returns ``(p, v)``.
+    No two arrays may overlap; ``g`` is not modified. Returns ``(p, v)``. Raises
+    ``UpdateRefused`` (a FloatingPointError), changing nothing, when a new value of ``p`` or
+    ``v`` would be NaN or inf.
     """
     _check_flat(p, g, ("v", v))
     lr = _checks.positive("lr", lr)
@@ -136,9 +195,12 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
     if nesterov and momentum == 0.0:
         raise ValueError("nesterov=True needs momentum > 0")
-    state = v.reshape(1, -1) if momentum else v[:0].reshape(0, p.size)
-    run(sgd_kernel(momentum != 0.0, bool(nesterov)), signature(p.dtype), p, g, state,
-        np.array([momentum, weight_decay]), lr, 1)
+    state = v.reshape(1, -1).copy() if momentum else v[:0].reshape(0, p.size)
+    if not run(sgd_kernel(momentum != 0.0, bool(nesterov)), signature(p.dtype), p, g.copy(), state,
+               np.array([momentum, weight_decay]), lr, 1):
+        raise _refused("sgd_update")
+    if momentum:
+        v[...] = state[0]
     return p, v
 
 
@@ -147,8 +209,9 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) step in place.
 
     ``m`` and ``v`` are the first and second moment buffers (P,); ``step`` is the 1-based
-    number of this step, used for bias correction. No two arrays may overlap. Returns
-    ``(p, m, v)``.
+    number of this step, used for bias correction. No two arrays may overlap; ``g`` is not
+    modified. Returns ``(p, m, v)``. Raises ``UpdateRefused`` (a FloatingPointError), changing
+    nothing, when a new value of ``p``, ``m`` or ``v`` would be NaN or inf.
     """
     _check_flat(p, g, ("m", m), ("v", v))
     step = _checks.positive_int("step", step)
@@ -160,7 +223,8 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
     state = np.empty((2, p.size), p.dtype)  # the kernel takes both moments as rows of one array
     state[0], state[1] = m, v
-    run(adam_kernel(bool(decoupled)), signature(p.dtype), p, g, state, np.array([beta1, beta2, eps, weight_decay]),
-        lr, int(step))
+    if not run(adam_kernel(bool(decoupled)), signature(p.dtype), p, g.copy(), state,
+               np.array([beta1, beta2, eps, weight_decay]), lr, int(step)):
+        raise _refused("adam_update")
     m[...], v[...] = state
     return p, m, v

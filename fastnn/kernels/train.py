@@ -7,6 +7,7 @@ compiled or optimised twice:
     forward_pass  every layer's forward pass (dropout when training)       predict
     gradients     forward_pass, the fused loss, every layer's backward     loss_and_grad, MPI
     update        the finite guard over every gradient, the optimizer       MPI (after the allreduce)
+                  (which checks what it writes: applied whole or not at all)
     step          gradients, then update                                   train_step
     train_epoch   a range of (shuffled) batches, each a step               fit
 Their addresses travel in ``Drivers``; Python calls them through their entry points. Drivers
@@ -33,7 +34,9 @@ Workspace: one per model and capacity.
     out, dout (C*S,)          layer k's output / d(loss)/d(output): the (N, O_k) block at N*act_at[k]
     z (C*Z,)                  pre-activations, the (N, O_k) block at N*z_at[k]
 Objective: loss, metric       addresses: the fused loss; a weighted count of correct rows (0: none)
-Optimizer: update, hyper, state   address; (H,) float64 constants; (S_opt, P) buffers
+Optimizer: update, hyper, state, steps   address; (H,) float64 constants; (S_opt, P) buffers;
+    steps (1,) int64: the optimizer's step count, advanced here by each step as it is taken
+    (in the compiled code, so an interruption between two calls cannot leave it behind)
 Drivers: forward, gradients, update, step   addresses of the drivers above (0: not built)
 Every driver runs with subnormal floats flushed to zero (``flush_subnormals``; the caller's
 mode is restored on return): they only ever make kernels slow, never models better. Only the
@@ -94,6 +97,7 @@ class Optimizer(NamedTuple):
     update: int
     hyper: np.ndarray
     state: np.ndarray
+    steps: np.ndarray
 
 
 class Drivers(NamedTuple):
@@ -253,43 +257,49 @@ def gradients_finite(g):
 
 
 @kernel
-def update(net, opt, lr, step):
-    """The finite guard, then the optimizer update. Returns 1.0, or 0.0 when a gradient is NaN
-    or inf: then nothing is written and the parameters stay the last finite ones."""
+def update(net, opt, lr):
+    """The finite guard, then the optimizer update as step opt.steps[0] + 1, which counts it.
+    Returns 1.0, or 0.0 when a gradient is NaN or inf (nothing written) or the update would
+    write a NaN or inf (the parameters put back exactly; see ``kernels.optimizers``): the
+    parameters stay the last finite ones and the step is not counted. Consumes net.grads."""
     mode = flush_subnormals()
     finite = gradients_finite(net.grads)
     if finite == 1.0:
-        call(opt.update, (net.params, net.grads, opt.state, opt.hyper, lr, step))
+        finite = call_value(opt.update, (net.params, net.grads, opt.state, opt.hyper, lr, opt.steps[0] + 1))
+        if finite == 1.0:
+            opt.steps[0] += 1
     restore_fp(mode)
     return finite
 
 
 @kernel
-def step(net, ws, objective, opt, drivers, X, y, w, lr, t):
-    """One step (optimizer step number t): gradients, then update. Returns the loss before the
-    update, NaN when the step was refused (a NaN or inf loss or gradient; nothing written), or
+def step(net, ws, objective, opt, drivers, X, y, w, lr):
+    """One step, the optimizer's next (opt.steps[0] + 1, which it counts): gradients, then
+    update. Returns the loss before the update, NaN when the step was refused (a NaN or inf
+    loss, gradient or new parameter; no parameter changed, the step not counted), or
     BAD_TARGET. A batch whose weights w sum to 0 has nothing to learn from: no update (Adam's
-    moments would still move the parameters)."""
+    moments would still move the parameters), but the step counts."""
     mode = flush_subnormals()  # once here, not again in each driver it calls
-    loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, t))
+    loss = call_value(drivers.gradients, (net, ws, objective, drivers, X, y, w, opt.steps[0] + 1))
     weighed = False
     for i in range(w.shape[0]):
         if w[i] != 0.0:
             weighed = True
             break
-    if loss != BAD_TARGET and weighed and not (
-            math.isfinite(loss) and call_value(drivers.update, (net, opt, lr, t)) == 1.0):
-        loss = math.nan
+    if loss != BAD_TARGET:
+        if not weighed:
+            opt.steps[0] += 1
+        elif not (math.isfinite(loss) and call_value(drivers.update, (net, opt, lr)) == 1.0):
+            loss = math.nan
     restore_fp(mode)
     return loss
 
 
 @kernel
-def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch, first_step):
-    """Batches first_batch <= b < stop_batch of an epoch, each a step.
+def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch):
+    """Batches first_batch <= b < stop_batch of an epoch, each a step (counted in opt.steps).
 
-    Batch b runs at learning rate epoch.lr[b] as optimizer step first_step + b - first_batch.
-    Returns (sum of loss * weight, sum of weight over correctly classified rows, batches done,
+    Batch b runs at learning rate epoch.lr[b]. Returns (sum of loss * weight, sum of weight over correctly classified rows, batches done,
     status): a step that diverges or meets a bad label stops the loop there, with the
     parameters of the last good step.
     """
@@ -313,8 +323,7 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
         else:
             X, y, w = typed_rows(epoch.X[start:start + m], net.params), epoch.y[start:start + m], \
                 epoch.w[start:start + m]
-        loss = call_value(drivers.step, (net, ws, objective, opt, drivers, X, y, w, epoch.lr[b],
-                                         first_step + b - first_batch))
+        loss = call_value(drivers.step, (net, ws, objective, opt, drivers, X, y, w, epoch.lr[b]))
         epoch.losses[b] = loss
         if loss == BAD_TARGET:
             restore_fp(mode)
