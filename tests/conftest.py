@@ -23,3 +23,14 @@ def require(module):
     if os.environ.get("CI", "").lower() == "true":
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+def checkout_env(**extra):
+    """The environment for a child Python that imports the fastnn of this checkout (the one
+    under test, whether or not it is the installed one)."""
+    import os
+    import pathlib
+
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)

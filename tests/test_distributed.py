@@ -48,17 +48,19 @@ SCRIPT = textwrap.dedent("""
             if rank == size - 1:
                 import threading, time
                 threading.Thread(target=lambda: (time.sleep(1.0), os.kill(os.getpid(), 9)), daemon=True).start()
-        elif mode.startswith("ckpt"):  # checkpoints every epoch; "ckpt-stop" dies after the second
+        elif mode.startswith("ckpt"):  # checkpoints every epoch; "ckpt-stop" dies after the second;
+            # "-own": a checkpoint folder per rank (per machine), where only rank 0's is ever written
             from fastnn import checkpoint
             save = checkpoint.save
 
             def save_then_maybe_die(directory, model_, opt_, rng_, epoch, *rest):
                 save(directory, model_, opt_, rng_, epoch, *rest)
-                if mode == "ckpt-stop" and epoch == 2:
+                if mode.startswith("ckpt-stop") and epoch == 2:
                     raise SystemExit("stopping after the checkpoint of epoch 2")
             checkpoint.save = save_then_maybe_die
+            folder = os.path.dirname(out) + "/ck-" + sys.argv[4] + (f"-rank{rank}" if mode.endswith("-own") else "")
             return distributed.fit(model, X, y, optimizer=fastnn.Adam(lr=1e-2), epochs=4, batch_size=batch,
-                                   checkpoint_dir=os.path.dirname(out) + "/ck-" + sys.argv[4], resume=True)
+                                   checkpoint_dir=folder, resume=True)
         elif mode in WEIGHTED:
             targets, loss, w, classes = weighted(mode, X, y)
             return distributed.fit(model, X, targets, loss=loss, sample_weight=w, class_weight=classes,
@@ -71,6 +73,8 @@ SCRIPT = textwrap.dedent("""
     history = distributed.abort_on_error(train)
     if mode.startswith("ckpt"):  # a resumed run's model.history holds every epoch, restored ones too
         history = model.history
+        mine = np.concatenate([p.ravel() for p in model.parameters()])
+        assert all(np.array_equal(mine, theirs) for theirs in comm.allgather(mine)), "the ranks' parameters differ"
     if rank == 0 and mode != "overflow":
         np.save(out, np.concatenate([p.ravel() for p in model.parameters()] + [np.array(history["loss"])]
                                     + [np.array(history.get("accuracy", []))]))
@@ -173,12 +177,17 @@ def test_shards_differ_by_at_most_one_row():
             assert max(lengths) - min(lengths) <= 1
 
 
-def test_checkpoint_and_resume_across_ranks(tmp_path):
-    proc, plain = run_ranks(tmp_path, 2, 32, mode="ckpt", tag="plain")
+@pytest.mark.parametrize("folders", ["", "-own"])
+def test_checkpoint_and_resume_across_ranks(tmp_path, folders):
+    # "-own": every rank names its own folder, as on machines without a shared disk; only rank 0
+    # writes, so on resume rank 1 finds nothing: every rank must resume from rank 0's checkpoint
+    proc, plain = run_ranks(tmp_path, 2, 32, mode="ckpt" + folders, tag="plain")
     assert proc.returncode == 0, proc.stderr
-    proc, _ = run_ranks(tmp_path, 2, 32, mode="ckpt-stop", tag="resumed")
+    proc, _ = run_ranks(tmp_path, 2, 32, mode="ckpt-stop" + folders, tag="resumed")
     assert proc.returncode != 0 and "stopping after the checkpoint of epoch 2" in proc.stderr
     assert not (tmp_path / "out-2-resumed.npy").exists()
-    proc, resumed = run_ranks(tmp_path, 2, 32, mode="ckpt", tag="resumed")
+    if folders:
+        assert not (tmp_path / "ck-resumed-rank1").exists()
+    proc, resumed = run_ranks(tmp_path, 2, 32, mode="ckpt" + folders, tag="resumed", timeout=60)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(resumed), np.load(plain))

@@ -447,3 +447,22 @@ def test_one_output_labels_say_what_shape_they_need():
     model = fastnn.Sequential(fastnn.Dense(4, 1))
     with pytest.raises(ValueError, match=r"y must have shape \(96,\) \(one label per row of X\), got \(96, 1\)"):
         model.loss_and_grad(X, np.zeros((96, 1), int), loss="softmax_cross_entropy")
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 3.0, 2: 0.5}])
+def test_held_out_rows_weigh_as_training_rows_of_their_class(class_weight):
+    # one class-weight table, from the training rows, for training and validation rows alike
+    # (validation_split once applied the class weights to the held-out rows twice)
+    from fastnn import training
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((400, 4)).astype(np.float32), rng.choice(3, 400, p=[0.6, 0.3, 0.1])
+    for split in (dict(validation_split=0.2), dict(validation_data=(X[:50], y[:50]))):
+        p = training.plan(net(), X, y, loss=None, optimizer=None, epochs=1, batch_size=32,
+                          class_weight=class_weight, **split)
+        Xv, yv, wv = p.validation
+        for c in range(3):
+            train_w, val_w = np.unique(p.w[p.y == c]), np.unique(wv[yv == c])
+            assert len(train_w) == 1 and np.array_equal(val_w, train_w), (split, c, train_w, val_w)
+        if class_weight == "balanced":  # n / (classes * rows of the class), over the training rows
+            counts = np.bincount(p.y, minlength=3)
+            np.testing.assert_allclose([p.w[p.y == c][0] for c in range(3)], len(p.y) / (3 * counts), rtol=1e-6)

@@ -55,6 +55,87 @@ def test_a_diverging_train_step_raises_and_changes_nothing():
         np.testing.assert_array_equal(p, b)
 
 
+def tiny_classifier(dtype=np.float32):
+    return fastnn.Sequential(fastnn.Dense(4, 8, activation="relu"), fastnn.Dense(8, 3), seed=0, dtype=dtype)
+
+
+@pytest.mark.parametrize("optimizer", [lambda: fastnn.SGD(lr=1e39), lambda: fastnn.SGD(lr=1e39, momentum=0.9),
+                                       lambda: fastnn.Adam(lr=1e39), lambda: fastnn.AdamW(lr=1e39)])
+def test_a_learning_rate_beyond_float32_is_refused_with_the_parameters_untouched(optimizer):
+    # 1e39 is a fine float64 but inf in float32, where the kernels compute: the update would write inf
+    X, y = regression()
+    model = tiny_classifier()
+    before = [p.copy() for p in model.parameters()]
+    opt = optimizer()
+    with pytest.raises(fastnn.DivergenceError, match="learning rate 1e[+]39 is beyond float32's range"):
+        model.train_step(X[:32], np.arange(32) % 3, optimizer=opt)
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p, b)
+    assert opt.step_count == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_update_that_overflows_is_refused_and_fit_keeps_the_last_finite_step(dtype):
+    # finite gradients (targets of 1e4), a finite learning rate from epoch 2 on, and an update
+    # beyond the dtype's range: the step is refused whole, the parameters stay epoch 1's
+    X, y = regression()
+    y = y * 1e4
+    huge = 3e38 if dtype == np.float32 else 1e307
+
+    def raise_lr(epoch, history):
+        model.optimizer.lr = huge
+
+    model = fastnn.Sequential(fastnn.Dense(4, 8, activation="tanh"), fastnn.Dense(8, 1), seed=0, dtype=dtype)
+    with pytest.raises(fastnn.DivergenceError, match=r"in epoch 2 at step 1 of 8") as info:
+        model.fit(X, y, loss="mse", optimizer=fastnn.SGD(lr=1e-4, momentum=0.5), epochs=3, batch_size=32,
+                  callbacks=[raise_lr])
+    assert all(np.isfinite(p).all() for p in model.parameters())
+    assert "beyond" not in str(info.value)  # (the learning rate itself fits the dtype)
+    one = fastnn.Sequential(fastnn.Dense(4, 8, activation="tanh"), fastnn.Dense(8, 1), seed=0, dtype=dtype)
+    one.fit(X, y, loss="mse", optimizer=fastnn.SGD(lr=1e-4, momentum=0.5), epochs=1, batch_size=32)
+    for p, q in zip(model.parameters(), one.parameters()):
+        np.testing.assert_array_equal(p, q)
+    assert model.optimizer.step_count == one.optimizer.step_count == 8
+
+
+def test_a_learning_rate_is_checked_whenever_it_changes():
+    X, y = regression()
+    model = tiny_classifier()
+    for opt in (fastnn.SGD(lr=0.1), fastnn.Adam(), fastnn.AdamW()):
+        model.train_step(X[:8], np.arange(8) % 3, optimizer=opt)
+        for bad in (float("nan"), float("inf"), -1.0, 0.0):
+            with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+                opt.lr = bad
+        with pytest.raises(ValueError, match="momentum must be a finite number >= 0" if isinstance(opt, fastnn.SGD)
+                           else r"betas\[1\] must lie in \[0, 1\)"):
+            if isinstance(opt, fastnn.SGD):
+                opt.momentum = float("nan")
+            else:
+                opt.betas = (0.9, 1.0)
+        opt.lr /= 2  # a fine change goes through
+        model.train_step(X[:8], np.arange(8) % 3, optimizer=opt)
+        assert all(np.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_optimizer_step_is_all_or_nothing_for_parameters_and_state():
+    # Adam's second moment overflows float32 ((1 - beta2) g^2 > 3.4e38) in the second array only
+    params = [np.ones(5, np.float32), np.ones((2, 3), np.float32)]
+    grads = [np.full(5, 0.5, np.float32), np.full((2, 3), 1e22, np.float32)]
+    opt = fastnn.Adam(lr=0.1)
+    opt.step([p.copy() for p in params], [g * 0 + 1 for g in grads])  # state to keep
+    state = {k: [a.copy() for a in v] for k, v in opt.state.items()}
+    before, grads_before = [p.copy() for p in params], [g.copy() for g in grads]
+    from fastnn.kernels.optimizers import UpdateRefused
+    with pytest.raises(UpdateRefused, match="nothing was changed"):
+        opt.step(params, grads)
+    for a, b in zip(params + grads, before + grads_before):
+        np.testing.assert_array_equal(a, b)
+    for k, v in opt.state.items():
+        for a, b in zip(v, state[k]):
+            np.testing.assert_array_equal(a, b)
+    assert opt.step_count == 1
+
+
 @pytest.mark.parametrize("path", ["train_step", "fit"])
 def test_a_finite_loss_with_an_overflowing_weight_gradient_is_refused(path):
     # loss (3e19 - 0)^2 ~ 1e39 is finite in float64, the bias gradient 2 * 3e19 is finite in
