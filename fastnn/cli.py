@@ -177,21 +177,26 @@ def _train_table(args) -> int:
     outputs = len(prep.classes) if classify else 1
     model, optimizer, schedule, recipe, sizes = _setup(args, "table", X.shape[1], outputs,
                                                        "softmax_cross_entropy" if classify else "mse")
-    model.preparation = prep
+    if table.columns is not None:
+        prep.target = np.array(str(table.target))
     targets = prep.labels if classify else prep.targets
-    Xp, yp, Xtp, ytp = prep.inputs(X), targets(y), prep.inputs(Xt), targets(yt)
+    Xp, yp = prep.inputs(X, model.dtype), targets(y)
+    Xtp, ytp = prep.inputs(Xt, model.dtype), targets(yt)
     print(f"training {'-'.join(map(str, sizes))} {args.activation} with {optimizer}, batch {recipe['batch_size']}, "
           f"{recipe['epochs']} epochs on {args.data.name} ({len(X):,} train / {len(Xt):,} test rows"
           + (f", {outputs} classes" if classify else "") + "); inputs standardised"
           + ("" if classify else ", target standardised"))
     history, explosions = _fit_watched(model, Xp, yp, optimizer, recipe, schedule, args,
                                        validation=(Xtp, ytp) if args.plot else None)
+    # from here on the model takes raw rows and labels, as it will after saving
+    model.preparation = prep
+    model.feature_names_in_ = None if table.columns is None else np.array(table.columns, dtype=object)
     if classify:
-        accuracy = model.evaluate(Xtp, ytp)["accuracy"]
+        accuracy = model.evaluate(Xt, yt)["accuracy"]
         print(f"test accuracy {accuracy:.2%} ({len(yt):,} rows)")
         failed = _failed_to_learn(explosions, accuracy, ytp)
     else:
-        pred = prep.outputs(model.predict(Xtp))[:, 0]
+        pred = model.predict(Xt)[:, 0]
         rmse, r2 = _regression_scores(pred, np.asarray(yt, np.float64))
         print(f"test RMSE {rmse:.4g}, R^2 {r2:.4f} ({len(yt):,} rows)")
         failed = "; ".join([str(explosions[0])] if explosions else []
@@ -296,37 +301,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _table_inputs(model, args, predicting):
+def _table_rows(model, args, labels):
+    """The raw rows (and labels) of ``--data`` for ``model``: a CSV's columns matched to the
+    model's by name (``tabular.read_rows``), with a note on stderr for what was dropped or
+    assumed. The model prepares raw rows itself."""
     from . import tabular
 
     if args.data is None:
         raise ValueError(f"{args.model} was trained on a table: give its rows with --data FILE.npz|FILE.csv")
-    table = tabular.read_table(args.data, args.target, features=model.in_features if predicting else None)
-    if not predicting and table.X_test is not None:  # an .npz with a test split: evaluate on it
-        table.X, table.y = table.X_test, table.y_test
-    if table.X.shape[1] != model.in_features:
-        raise tabular.DataError(f"{args.data} has {table.X.shape[1]} feature columns; {args.model} takes "
-                                f"{model.in_features}")
     prep = model.preparation
-    X = prep.inputs(table.X, model.dtype) if prep is not None else table.X.astype(model.dtype)
-    return table, X
+    label_name = None if prep is None or prep.target is None else str(prep.target)
+    names = None if model.feature_names_in_ is None else [str(c) for c in model.feature_names_in_]
+    table, notes = tabular.read_rows(args.data, features=model.in_features, names=names, target=args.target,
+                                     label_name=label_name, labels=labels)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return table
 
 
 def _evaluate_table(model, args) -> int:
-    table, X = _table_inputs(model, args, predicting=False)
-    if table.y is None:
-        raise ValueError(f"{args.data} has no labels to evaluate against")
+    table = _table_rows(model, args, labels=True)
+    X = table.X
     if not _check_overlap(model, X, args):
         return 1
-    prep = model.preparation
     if model.loss == "mse":
-        out = model.predict(X)
-        pred = (prep.outputs(out) if prep is not None else out)[:, 0]
-        rmse, r2 = _regression_scores(pred, np.asarray(table.y, np.float64))
+        rmse, r2 = _regression_scores(model.predict(X)[:, 0], np.asarray(table.y, np.float64))
         print(f"{args.model} on {args.data.name} ({len(X):,} rows): RMSE {rmse:.4g}, R^2 {r2:.4f}")
         return 0
-    y = prep.labels(table.y) if prep is not None else np.asarray(table.y, np.int64)
-    accuracy = float(np.mean(model.predict(X).argmax(axis=1) == y))
+    y = table.y if model.preparation is not None else np.asarray(table.y, np.int64)
+    accuracy = model.evaluate(X, y)["accuracy"]
     print(f"{args.model} on {args.data.name} ({len(X):,} rows): accuracy {accuracy:.2%}")
     return 0
 
@@ -340,11 +343,10 @@ def cmd_predict(args) -> int:
     if args.out is not None and args.out.suffix.lower() not in (".csv", ".npy"):
         raise ValueError(f"--out {args.out}: predictions are written as .csv or .npy")
     model = fastnn.load(args.model)
-    _, X = _table_inputs(model, args, predicting=True)
+    X = _table_rows(model, args, labels=False).X
     prep = model.preparation
     if model.loss == "mse":
-        out = model.predict(X)
-        values = prep.outputs(out) if prep is not None else out
+        values = model.predict(X)  # (raw units: the model keeps its target scaling)
         header = ["prediction"] if values.shape[1] == 1 else [f"prediction_{j}" for j in range(values.shape[1])]
         rows, array = values.tolist(), values[:, 0] if values.shape[1] == 1 else values
     else:

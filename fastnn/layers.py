@@ -22,7 +22,9 @@ class Dense:
         (slope 0.01), "sigmoid", "tanh" or "gelu" (tanh form).
 
     ``W`` and ``b`` are views into the owning ``Sequential``'s parameter buffer; they are
-    None until the layer is placed in a model.
+    None until the layer is placed in a model. Assigning them (``layer.W = array``) copies the
+    values into the model's parameters, as ``layer.W[...] = array`` does, after checking the
+    shape; before the layer is in a model it is an error (the model's seed sets the start).
     """
 
     def __init__(self, in_features, out_features, activation=None):
@@ -30,8 +32,42 @@ class Dense:
         self.out_features = positive_int("out_features", out_features)
         self.code = code_of(activation)
         self.activation = NAMES[self.code]
-        self.W = None
-        self.b = None
+        self._W = None
+        self._b = None
+
+    def _attach(self, W, b):
+        """Make ``W`` and ``b`` the model's views (called by the model that owns the layer)."""
+        self._W, self._b = W, b
+
+    @property
+    def W(self):
+        return self._W
+
+    @W.setter
+    def W(self, value):
+        self._assign("W", self._W, value)
+
+    @property
+    def b(self):
+        return self._b
+
+    @b.setter
+    def b(self, value):
+        self._assign("b", self._b, value)
+
+    def _assign(self, name, view, value):
+        if view is None:
+            raise AttributeError(f"{name} is set once the layer is in a model (Sequential(...)), which initialises it "
+                                 f"from its seed; assign it then, or set model.parameters() in place")
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be numeric, got dtype {value.dtype}")
+        if value.shape != view.shape:
+            raise ValueError(f"{name} of this layer has shape {view.shape}; got {value.shape} (the model's parameters "
+                             f"keep their shapes: build a new layer for another size)")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be finite; got NaN or inf")
+        view[...] = value
 
     def init_params(self, rng: np.random.Generator):
         """Fill W: He normal for relu-like activations, Glorot uniform otherwise; b = 0.

@@ -24,7 +24,8 @@ from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
 from .threads import one_blas_thread
 
-FORMAT_VERSION = 2  # 2 adds the loss, the training rows' fingerprint, the command line's preparation; 1 loads
+FORMAT_VERSION = 3  # 2 added the loss, the training rows' fingerprint, the command line's preparation; 3 the
+# column names (feature_names_in_). Versions 1 and 2 load.
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
@@ -81,7 +82,16 @@ class Sequential:
         The last ``fit``'s history, also when it was interrupted or diverged.
     preparation : fastnn.tabular.Preparation or None
         How the command line prepared raw rows for this model (input scaling, class labels,
-        target scaling); saved with it. None for a model trained from Python.
+        target scaling); saved with it. None for a model trained from Python. A model with a
+        preparation takes raw rows and raw labels in ``predict``, ``predict_proba``,
+        ``evaluate`` and ``score`` (``predict`` of a regression gives raw units), as the
+        command line and the ONNX export do; ``fit``, ``train_step`` and ``loss_and_grad``,
+        which work on the network's own inputs, refuse it.
+    feature_names_in_ : ndarray of str or None
+        The column names of the table the model was first fitted on (a pandas DataFrame, or a
+        CSV's header on the command line), in order; saved with it. Later tables with names
+        must have exactly these columns in this order (a ValueError names the difference);
+        plain arrays are taken in this order.
 
     Examples
     --------
@@ -118,10 +128,10 @@ class Sequential:
         self._dense = tuple(dense)  # the layers with numbers; dropout rides on them (self._drops)
         self._drops = np.array(drops, dtype=np.float64)
         self.dtype = np.dtype(dtype)
-        self.seed = seed
-        # dropout masks are keyed on this, the optimizer step, the layer and the element
-        self._mask_seed = (int(seed) if isinstance(seed, (int, np.integer)) and seed >= 0
-                           else int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        self.seed = _check_seed(seed)
+        # dropout masks are keyed on this (an int64), the optimizer step, the layer and the element
+        self._mask_seed = (int(seed) if isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63
+                           else int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> np.uint64(1)))
         size = sum(layer.in_features * layer.out_features + layer.out_features for layer in dense)
         self._flat_params = np.zeros(size, self.dtype)
         self._flat_grads = np.zeros(size, self.dtype)
@@ -130,6 +140,7 @@ class Sequential:
         self.optimizer = None
         self.history = None
         self.preparation = None
+        self.feature_names_in_ = None
         self._fingerprint = Fingerprint()  # of the rows fit trained on (see evaluate)
         if loss is not None:
             self.loss = self._check_head(check_loss(loss))
@@ -142,7 +153,7 @@ class Sequential:
         self._params = self._views(self._flat_params)
         self._grads = self._views(self._flat_grads)
         for layer, W, b in zip(self._dense, self._params[::2], self._params[1::2]):
-            layer.W, layer.b = W, b
+            layer._attach(W, b)
         self._engine = Engine(self._dense, self._drops, self._flat_params, self._flat_grads, self._mask_seed)
         self._training = threading.Lock()  # held by fit, train_step and loss_and_grad (``_train_alone``)
 
@@ -165,6 +176,18 @@ class Sequential:
             views.append(flat[start + i * o:start + i * o + o])
             start += i * o + o
         return views
+
+    _preparation = None
+
+    @property
+    def preparation(self):
+        """How raw rows become the network's inputs (see the class docstring), or None."""
+        return self._preparation
+
+    @preparation.setter
+    def preparation(self, value):
+        self._preparation = value
+        self._step = None  # (train_step's cached build checks it again)
 
     @property
     def in_features(self):
@@ -259,7 +282,16 @@ class Sequential:
     # -- checks and conversion, once per call -------------------------------------------
 
     def _inputs(self, X, name="X", check_finite=True):
-        if (type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 and X.shape[0]
+        """``X`` as the network reads it: checked, converted once, column names compared with
+        ``feature_names_in_``, and raw rows prepared (``preparation``)."""
+        if type(X) is not np.ndarray:
+            X = self._unnamed(X, name)
+        if self._preparation is not None:
+            X = self._preparation.inputs(self._rows(X, name, np.float64, check_finite), self.dtype)
+        return self._rows(X, name, self.dtype, check_finite)
+
+    def _rows(self, X, name, dtype, check_finite):
+        if (type(X) is np.ndarray and X.dtype == dtype and X.ndim == 2 and X.shape[0]
                 and X.shape[1] == self.in_features and X.flags.c_contiguous and X.flags.aligned):
             X_ok = X  # the per-step fast path: nothing to convert
         else:
@@ -274,13 +306,23 @@ class Sequential:
                                  f"{self.in_features}")
             if X.shape[0] == 0:
                 raise ValueError(f"{name} is empty (0 rows); pass at least one sample")
-            X_ok = np.require(X, dtype=self.dtype, requirements=("C", "A"))  # dtype, byte order, layout
+            X_ok = np.require(X, dtype=dtype, requirements=("C", "A"))  # dtype, byte order, layout
         if check_finite and not all_finite(X_ok):
             raise ValueError(f"{name} contains NaN or inf; remove or impute those values first")
         return X_ok
 
+    def _unnamed(self, X, name):
+        """A table's values as an array, after checking its column names against the model's."""
+        names = column_names(X)
+        if names is not None and self.feature_names_in_ is not None:
+            check_columns(names, self.feature_names_in_, name)
+        return X if isinstance(X, np.ndarray) else np.asarray(X)
+
     def _data(self, X, y, loss, check_finite=True):
         X = self._inputs(X, check_finite=check_finite)
+        prep = self._preparation
+        if prep is not None and prep.classes is not None:
+            y = prep.labels(np.asarray(y))  # raw labels (text too) -> class indices; an unknown label is named
         return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype, check=check_finite)
 
     def _weights(self, loss, y, n, sample_weight, class_weight=None):
@@ -293,6 +335,14 @@ class Sequential:
         if not ((self._flat_params.flags.writeable or not params) and self._flat_grads.flags.writeable):
             raise ValueError("this model's parameters are read-only (their buffer's flags.writeable is False); "
                              "training writes them in place: train a copy (copy.deepcopy(model)) instead")
+
+    def _refuse_prepared(self, call):
+        if self._preparation is not None:
+            raise ValueError(f"this model keeps the preparation the command line trained it with (its input scaling"
+                             f"{', class labels' if self._preparation.classes is not None else ', target scaling'}), "
+                             f"so predict, evaluate and score take raw rows; {call} works on the network's own "
+                             f"inputs and is refused for such a model. Train a new model from Python, or set "
+                             f"model.preparation = None and give it prepared rows (model.preparation.inputs(X))")
 
     def _train_alone(self):
         """Take the training lock, or refuse: training writes the parameters, gradients and
@@ -311,10 +361,13 @@ class Sequential:
 
     # -- the step -------------------------------------------------------------------------
 
-    def loss_and_grad(self, X, y, loss=None, sample_weight=None):
+    def loss_and_grad(self, X, y, loss=None, sample_weight=None, training=True):
         """Mean loss on ``(X, y)`` and its gradient with respect to every parameter.
 
         ``loss`` defaults to the model's (see ``fit``); ``sample_weight`` weighs the rows.
+        ``training``: with Dropout layers, True drops as the first training step does (the
+        masks of step 0: a fixed function, which finite differences can check); False is the
+        evaluation-mode loss and gradient, with no dropout (what ``evaluate`` scores).
 
         Returns
         -------
@@ -322,16 +375,20 @@ class Sequential:
         grads : list of ndarray
             New arrays matching ``parameters()`` in order and shape.
         """
+        self._refuse_prepared("loss_and_grad")
+        if not isinstance(training, (bool, np.bool_)):
+            raise TypeError(f"training must be True or False, got {training!r}")
         loss = self._task(loss)
         X, y = self._data(X, y, loss)
         w = self._weights(loss, y, X.shape[0], sample_weight)
         self._check_writable(params=False)  # (it writes gradients only)
         engine = self._engine
         gradients, objective, drivers = engine.gradients_fn(loss)
+        net = engine.net if training else engine.net._replace(p_drop=np.zeros_like(engine.net.p_drop))
         self._train_alone()
         try:
             ws = engine.workspace(X.shape[0])
-            value = gradients(engine.net, ws, objective, drivers, X, raw_rows_of(y), w, 0)
+            value = gradients(net, ws, objective, drivers, X, raw_rows_of(y), w, 0)
             return float(value), [g.copy() for g in self._grads]
         finally:
             self._training.release()
@@ -376,6 +433,7 @@ class Sequential:
     _step = None  # (loss, optimizer, compiled step, objective, drivers) of the last train_step
 
     def _build_step(self, loss, optimizer):
+        self._refuse_prepared("train_step")
         loss = self._task(loss, store=True)
         optimizer = self._resolve_optimizer(optimizer)
         engine = self._engine
@@ -453,6 +511,7 @@ class Sequential:
         """
         from . import training
 
+        self._refuse_prepared("fit")
         self._train_alone()
         try:
             plan = training.plan(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
@@ -467,8 +526,18 @@ class Sequential:
     # -- inference -----------------------------------------------------------------------
 
     def predict(self, X, batch_size=1024):
-        """Last-layer outputs (logits for a classifier), shape (N, out_features)."""
-        return self._engine.predict(self._inputs(X), positive_int("batch_size", batch_size))
+        """Last-layer outputs (logits for a classifier), shape (N, out_features); for a model
+        with a preparation, from raw rows, and a regression's outputs in raw units. Safe from
+        any number of threads at once."""
+        return self._outputs(self._inputs(X), positive_int("batch_size", batch_size))
+
+    def _outputs(self, X, batch_size=1024):
+        """The outputs for rows the network reads (``_inputs``), in the targets' raw units."""
+        out = self._engine.predict(X, batch_size)
+        prep = self._preparation
+        if prep is not None and prep.target_mean is not None:
+            out = prep.outputs(out).astype(self.dtype)
+        return out
 
     def predict_proba(self, X, batch_size=1024):
         """Probabilities, shape (N, out_features): the softmax of the logits for softmax
@@ -482,7 +551,7 @@ class Sequential:
         return softmax(out) if loss == "softmax_cross_entropy" else sigmoid(out)
 
     def _evaluate(self, X, y, loss, w=None):
-        out = self._engine.predict(X, 1024)
+        out = self._outputs(X)
         w = np.ones(X.shape[0], self.dtype) if w is None else w
         if not w.sum() > 0:
             raise ValueError("the sample weights sum to 0: there is nothing to evaluate")
@@ -502,7 +571,8 @@ class Sequential:
         cross-entropy the share of labels right: Keras' binary accuracy). ``loss`` defaults to
         the model's; the rows are weighed as in ``fit``. For a model trained by ``fit``, also
         ``"seen_in_training"``: the estimated share of these rows it was trained on (see
-        ``seen_in_training``); scores on training rows say little about new data."""
+        ``seen_in_training``); scores on training rows say little about new data. A model with a
+        preparation takes raw rows and raw labels, and a regression's loss is in raw units."""
         loss = self._task(loss)
         X, y = self._data(X, y, loss)
         scores = self._evaluate(X, y, loss, row_weights(loss, y, X.shape[0], self.dtype, sample_weight, class_weight))
@@ -515,7 +585,7 @@ class Sequential:
         loss = self._task(None)
         X, y = self._data(X, y, loss)
         w = row_weights(loss, y, X.shape[0], self.dtype, sample_weight)
-        out = self.predict(X)
+        out = self._outputs(X)
         if loss in CLASSIFIERS:
             return float(np.average(_right(loss, out, y), weights=w))
         mean = np.average(y, axis=0, weights=w)
@@ -541,6 +611,8 @@ class Sequential:
         arrays["fingerprint"] = self._fingerprint.hashes
         if self.preparation is not None:
             arrays.update({f"prep_{k}": v for k, v in vars(self.preparation).items() if v is not None})
+        if self.feature_names_in_ is not None:
+            arrays["feature_names"] = np.array([str(c) for c in self.feature_names_in_], dtype=str)
         with atomic_write(path) as f:
             np.savez(f, architecture=np.array(json.dumps(arch)), **arrays)
 
@@ -617,7 +689,7 @@ def load(path) -> Sequential:
         arch = json.loads(str(files.pop("architecture")))
         if arch.get("format") != "fastnn.Sequential":
             raise ValueError("it is not a fastnn model")
-        if arch.get("version") not in (1, FORMAT_VERSION):
+        if arch.get("version") not in (1, 2, FORMAT_VERSION):
             raise ValueError(f"format version {arch.get('version')!r}, this fastnn reads 1 to {FORMAT_VERSION}")
         dtype = _DTYPES[arch["dtype"]]
         layers = [Dropout(s["p_drop"]) if "p_drop" in s else Dense(s["in_features"], s["out_features"], s["activation"])
@@ -633,8 +705,16 @@ def load(path) -> Sequential:
         from .tabular import Preparation
         try:
             model.preparation = Preparation(**prep)
-        except TypeError as e:
-            raise ValueError(f"{path} is not a valid fastnn model file: its preparation is incomplete ({e})") from None
+            model.preparation.check(model.in_features, model.out_features, model.loss)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a valid fastnn model file: its preparation is damaged ({e})") from None
+    names = files.pop("feature_names", None)
+    if names is not None:
+        if not (names.dtype.kind == "U" and names.shape == (model.in_features,)
+                and len(set(names.tolist())) == names.size):
+            raise ValueError(f"{path} is not a valid fastnn model file: its column names are not "
+                             f"{model.in_features} distinct names")
+        model.feature_names_in_ = np.array(names.tolist(), dtype=object)
     expected = [f"param_{i}" for i in range(len(model._params))]
     if sorted(files) != sorted(expected):
         raise ValueError(f"{path} is not a valid fastnn model file: arrays {sorted(files)}, expected {expected}")
@@ -643,8 +723,60 @@ def load(path) -> Sequential:
         if a.shape != p.shape or a.dtype != dtype:
             raise ValueError(f"{path} is not a valid fastnn model file: {name} is {a.dtype}{a.shape}, "
                              f"expected {dtype}{p.shape}")
+        if not all_finite(a):
+            bad = np.argwhere(~np.isfinite(a))[0]
+            raise ValueError(f"{path} is not a usable fastnn model: {name} (layer {int(name[6:]) // 2}'s "
+                             f"{'weights' if int(name[6:]) % 2 == 0 else 'biases'}) holds NaN or inf (first at "
+                             f"{tuple(int(i) for i in bad)}); it cannot give finite predictions. Retrain it, or go "
+                             f"back to an earlier file or checkpoint")
         p[...] = a
     return model
+
+
+def _check_seed(seed):
+    """A seed ``np.random.default_rng`` takes: None, an integer >= 0 (of any size), or a sequence
+    of them; refused here, where it is given, rather than at the first step."""
+    if seed is None:
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, list, tuple)):
+        raise TypeError(f"seed must be None or an integer >= 0, got {type(seed).__name__} {seed!r}")
+    try:
+        np.random.SeedSequence(seed)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"seed must be None or an integer >= 0 (or a sequence of them), got {seed!r}: {e}") from None
+    return int(seed) if isinstance(seed, np.integer) else seed
+
+
+def column_names(X):
+    """The column names of a table (a pandas DataFrame, or anything with string ``columns``), as
+    an array of str; None for an array, or columns that are not named by text (as
+    scikit-learn)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or isinstance(X, np.ndarray):
+        return None
+    names = list(columns)
+    text = [isinstance(c, str) for c in names]
+    if not any(text):
+        return None
+    if not all(text):
+        raise TypeError(f"the columns of X are named by text and by other values ({names[:6]}...): name every "
+                        f"column by text (X.columns = X.columns.astype(str)) or none")
+    return np.array(names, dtype=object)
+
+
+def check_columns(names, expected, what="X"):
+    """Refuse columns ``names`` that are not ``expected`` in the same order, saying what differs."""
+    names, expected = list(names), list(expected)
+    if names == expected:
+        return
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"not seen in training {extra}"] if extra else [])
+        raise ValueError(f"{what} has other columns than the model was trained on: {'; '.join(parts)}. The model "
+                         f"takes {expected}")
+    raise ValueError(f"{what} has the model's columns in another order: trained on {expected}, got {names}; "
+                     f"reorder them (X[model.feature_names_in_])")
 
 
 def _check_optimizer(optimizer):

@@ -6,7 +6,8 @@ rows (the class labels, the input and target scaling).
   (for prediction only ``X``). Read without pickle.
 - ``.csv``: numeric feature columns and one label column (``target``: a header name or a
   column number, default the last); a first row that is not numbers where the rows below are
-  is taken as a header.
+  is taken as a header. A model trained on a header keeps the names, and the rows it is used on
+  later are matched to them by name (``read_rows``).
 """
 from __future__ import annotations
 
@@ -41,17 +42,109 @@ def _number(text):
         return None
 
 
-def read_table(path, target=None, *, features=None) -> Table:
-    """Read ``path`` (.npz or .csv). ``features``: the number of feature columns a model expects
-    (prediction): a CSV with one more column has its label column (``target``) dropped."""
+def read_table(path, target=None) -> Table:
+    """Read a table to train on from ``path`` (.npz or .csv); ``target``: the CSV's label
+    column, a header name or a column number (default: the last)."""
+    path = _data_file(path)
+    if path.suffix.lower() == ".npz":
+        return _read_npz(path, None)
+    header, texts = _csv_cells(path)
+    width = len(texts[0])
+    if width < 2:
+        raise DataError(f"{path} has one column; training needs feature columns and a label column")
+    label_col = _column(target, header, width, path)
+    cols = [c for c in range(width) if c != label_col]
+    if header is not None:
+        seen = set()
+        for c in cols:
+            if header[c] in seen:
+                raise DataError(f"{path}: the column name {header[c]!r} appears twice; columns are matched by name "
+                                f"when the model is used later, so names must be distinct")
+            seen.add(header[c])
+    return Table(_numbers(path, header, texts, cols), _label_column(path, header, texts, label_col),
+                 columns=[header[c] for c in cols] if header else None,
+                 target=header[label_col] if header else label_col)
+
+
+def read_rows(path, *, features, names=None, target=None, label_name=None, labels=False):
+    """Read the rows a trained model is used on, from ``path`` (.npz or .csv).
+
+    ``features``: how many inputs the model takes; ``names``: its column names in order (a CSV
+    header at training), or None; ``target``: the label column (a name or a number; default:
+    ``label_name``, the model's label column, if the file has it, else the column left over,
+    else the last); ``labels``:
+    the rows' labels are needed (evaluation). A CSV with a header is matched to ``names`` by
+    name: reordered columns work, a missing one is an error naming it, and other columns (an id,
+    the label) are dropped. Without names on one side, columns go by position, with at most
+    one extra column, the label. Returns ``(table, notes)``: notes say what was dropped or
+    assumed, for the user to read."""
+    path = _data_file(path)
+    notes = []
+    if path.suffix.lower() == ".npz":
+        table = _read_npz(path, features)
+        if labels and table.X_test is not None:  # an .npz with a test split: evaluate on it
+            table.X, table.y = table.X_test, table.y_test
+        if labels and table.y is None:
+            raise DataError(f"{path} has no array y: the rows' labels are needed to evaluate")
+        return table, notes
+    header, texts = _csv_cells(path)
+    width = len(texts[0])
+    if header is not None and names is not None:
+        label_col = None
+        if target is not None:
+            label_col = _column(target, header, width, path)
+        elif label_name is not None and label_name in header:
+            label_col = header.index(label_name)
+        missing = [n for n in names if n not in header]
+        if missing:
+            raise DataError(f"{path} lacks the column{'s' if len(missing) > 1 else ''} {missing} the model was trained "
+                            f"on; it has {header}")
+        twice = [n for n in names if header.count(n) > 1]
+        if twice:
+            raise DataError(f"{path}: the column {twice[0]!r} appears more than once; which one the model takes is "
+                            f"not clear")
+        cols = [header.index(n) for n in names]
+        rest = [c for c in range(width) if c not in cols]
+        if label_col is None and labels:
+            if len(rest) != 1:
+                raise DataError(f"{path}: name the label column with --target; besides the model's columns it has "
+                                f"{[header[c] for c in rest] or 'none'}")
+            label_col = rest[0]
+        if label_col in cols:
+            raise DataError(f"{path}: the label column {header[label_col]!r} is one of the model's inputs")
+        dropped = [header[c] for c in rest if c != label_col or not labels]
+        if dropped:
+            notes.append(f"{path.name}: columns not used by the model, dropped: {', '.join(dropped)}")
+        if cols != sorted(cols) or len(rest) > (label_col is not None):
+            notes.append(f"{path.name}: columns matched by name to the model's {len(names)} inputs")
+    else:
+        if width == features and not labels:
+            label_col = None
+        elif width == features + 1:
+            if target is None and header is not None and label_name in header:
+                target = label_name
+            label_col = _column(target, header, width, path)
+        else:
+            raise DataError(f"{path} has {width} columns; the model takes {features} features"
+                            + (" and the label column" if labels else " (and may be given the label column)"))
+        cols = [c for c in range(width) if c != label_col]
+        if names is not None:
+            notes.append(f"{path.name} has no header row: its columns are taken in the order the model was "
+                         f"trained on: {', '.join(map(str, names))}")
+    X = _numbers(path, header, texts, cols)
+    y = _label_column(path, header, texts, label_col) if label_col is not None else None
+    if labels and y is None:
+        raise DataError(f"{path} has no label column to evaluate against")
+    return Table(X, y, columns=[header[c] for c in cols] if header else None), notes
+
+
+def _data_file(path):
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"no data file {path}")
-    if path.suffix.lower() == ".npz":
-        return _read_npz(path, features)
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path, target, features)
-    raise DataError(f"{path}: expected a .npz (arrays X, y) or a .csv file, got {path.suffix or 'no extension'}")
+    if path.suffix.lower() not in (".npz", ".csv"):
+        raise DataError(f"{path}: expected a .npz (arrays X, y) or a .csv file, got {path.suffix or 'no extension'}")
+    return path
 
 
 def _read_npz(path, features):
@@ -108,7 +201,8 @@ def _labels(y, n, what):
     return y
 
 
-def _read_csv(path, target, features):
+def _csv_cells(path):
+    """``(header or None, rows of stripped cells)`` of a CSV file with rows of one width."""
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     if not rows:
@@ -124,17 +218,10 @@ def _read_csv(path, target, features):
         header, texts = texts[0], texts[1:]
     elif len(texts) == 1 and non_numbers[0] == width:
         raise DataError(f"{path} has a header row and no data")
-    predicting = features is not None
-    if predicting and width == features:
-        label_col = None
-    else:
-        label_col = _column(target, header, width, path)
-    if predicting and label_col is not None and width != features + 1:
-        raise DataError(f"{path} has {width} columns; the model takes {features} features (or {features} and the "
-                        f"label column)")
-    if not predicting and width < 2:
-        raise DataError(f"{path} has one column; training needs feature columns and a label column")
-    cols = [c for c in range(width) if c != label_col]
+    return header, texts
+
+
+def _numbers(path, header, texts, cols):
     X = np.empty((len(texts), len(cols)))
     for i, row in enumerate(texts):
         for j, c in enumerate(cols):
@@ -145,22 +232,21 @@ def _read_csv(path, target, features):
                 raise DataError(f"{path}: row {i + 1 + (header is not None)}, column {c + 1}{name} {what}; feature "
                                 f"columns must be numbers (fill missing values, encode categories as numbers)")
             X[i, j] = value
-    y = None
-    if label_col is not None:
-        labels = [row[label_col] for row in texts]
-        if any(not cell for cell in labels):
-            r = labels.index("")
-            raise DataError(f"{path}: row {r + 1 + (header is not None)} has no label (column {label_col + 1})")
-        numbers = [_number(cell) for cell in labels]
-        if all(v is not None for v in numbers):
-            y = np.array(numbers)
-            if all(cell.lstrip("+-").isdigit() for cell in labels):
-                y = y.astype(np.int64)
-        else:
-            y = np.array(labels)
-    columns = [header[c] for c in cols] if header else None
-    name = header[label_col] if header and label_col is not None else label_col
-    return Table(X, y, columns=columns, target=name)
+    return X
+
+
+def _label_column(path, header, texts, label_col):
+    labels = [row[label_col] for row in texts]
+    if any(not cell for cell in labels):
+        r = labels.index("")
+        raise DataError(f"{path}: row {r + 1 + (header is not None)} has no label (column {label_col + 1})")
+    numbers = [_number(cell) for cell in labels]
+    if all(v is not None for v in numbers):
+        y = np.array(numbers)
+        if all(cell.lstrip("+-").isdigit() for cell in labels):
+            y = y.astype(np.int64)
+        return y
+    return np.array(labels)
 
 
 def _column(target, header, width, path):
@@ -211,12 +297,14 @@ def holdout(n, fraction=0.2, seed=0):
 class Preparation:
     """How the command line turned raw rows into the network's inputs and outputs:
     x -> (x - input_mean) / input_scale; a class index -> classes[index]; a regression
-    output -> output * target_scale + target_mean."""
+    output -> output * target_scale + target_mean. The input columns are the model's
+    ``feature_names_in_`` (when the table had a header), in that order."""
     input_mean: np.ndarray
     input_scale: np.ndarray
     classes: np.ndarray | None = None
     target_mean: np.ndarray | None = None
     target_scale: np.ndarray | None = None
+    target: np.ndarray | None = None  # the label column's name (a 0-d str array), to find it again
 
     @classmethod
     def fit(cls, X, y=None, task="classify"):
@@ -230,6 +318,36 @@ class Preparation:
             prep.target_mean, prep.target_scale = Y.mean(axis=0), np.where(t_scale > 0, t_scale, 1.0)
         return prep
 
+    def check(self, n_in, n_out, loss):
+        """Refuse a preparation that does not fit a network of ``n_in`` inputs and ``n_out``
+        outputs trained with ``loss`` (a damaged or foreign model file), saying what is wrong."""
+        def vector(name, a, size, positive=False):
+            if a is None or a.ndim != 1 or a.shape[0] != size or a.dtype.kind != "f":
+                raise ValueError(f"{name} must be {size} floats, got {getattr(a, 'dtype', None)}"
+                                 f"{getattr(a, 'shape', '')}")
+            if not np.all(np.isfinite(a)) or (positive and not np.all(a > 0)):
+                raise ValueError(f"{name} holds {'NaN, inf or values <= 0' if positive else 'NaN or inf'}")
+        vector("input_mean", self.input_mean, n_in)
+        vector("input_scale", self.input_scale, n_in, positive=True)
+        if loss == "mse":
+            if self.classes is not None:
+                raise ValueError("a regression model with class labels")
+            vector("target_mean", self.target_mean, n_out)
+            vector("target_scale", self.target_scale, n_out, positive=True)
+        else:
+            c = self.classes
+            if c is None or c.ndim != 1 or c.dtype.kind not in "iufU" or c.shape[0] != n_out:
+                raise ValueError(f"a classifier of {n_out} outputs needs {n_out} class labels, got "
+                                 f"{getattr(c, 'shape', None)}")
+            if c.dtype.kind == "f" and not np.all(np.isfinite(c)):
+                raise ValueError("class labels hold NaN or inf")
+            if n_out > 1 and not np.all(c[1:] > c[:-1]):
+                raise ValueError("class labels must be distinct and sorted")
+            if self.target_mean is not None or self.target_scale is not None:
+                raise ValueError("a classifier with a target scaling")
+        if self.target is not None and not (self.target.ndim == 0 and self.target.dtype.kind == "U"):
+            raise ValueError("the label column's name is not a name")
+
     def inputs(self, X, dtype=np.float32):
         return ((X - self.input_mean) / self.input_scale).astype(dtype)
 
@@ -239,7 +357,8 @@ class Preparation:
         index = np.searchsorted(self.classes, y)
         known = (index < len(self.classes)) & (self.classes[np.minimum(index, len(self.classes) - 1)] == y)
         if not known.all():
-            raise DataError(f"label {y[~known][0]!r} is not one the model was trained on: {self.classes.tolist()}")
+            raise DataError(f"label {y[~known][0].item()!r} is not one the model was trained on: "
+                            f"{self.classes.tolist()}")
         return index.astype(np.int64)
 
     def targets(self, y):

@@ -101,9 +101,12 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
     """Check every argument of ``fit`` and prepare the run; raises before anything is trained,
     and a refused call changes nothing. The model keeps the loss (if it had none) and the
     optimizer."""
+    from .model import column_names
+
     loss = model._task(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
+    names = column_names(X)  # (a DataFrame's: compared with the model's in _data, kept by a first fit)
     X, y = model._data(X, y, loss)
     w = row_weights(loss, y, X.shape[0], model.dtype, sample_weight)  # (class weights below, from training rows)
     model._check_writable()
@@ -125,9 +128,12 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
                         f"got {type(lr_schedule).__name__}")
     rng_before = model._rng.bit_generator.state
     try:
-        return _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose,
-                     lr_schedule, checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings,
-                     sample_weight, class_weight)
+        p = _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose,
+                  lr_schedule, checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings,
+                  sample_weight, class_weight)
+        if names is not None and model.feature_names_in_ is None:
+            model.feature_names_in_ = names
+        return p
     except BaseException:
         model._rng.bit_generator.state = rng_before  # (a resumed run's split may have moved it)
         raise

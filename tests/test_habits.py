@@ -121,19 +121,28 @@ def test_a_loss_given_to_the_constructor_is_the_models():
         net(loss="hinge")
 
 
-def test_a_version_1_model_file_still_loads(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_model_files_of_versions_1_and_2_still_load(tmp_path, version):
     model = net()
-    path = tmp_path / "v1.npz"
-    arch = {"format": "fastnn.Sequential", "version": 1, **model._architecture(), "seed": 0}
+    path = tmp_path / f"v{version}.npz"
+    arch = {"format": "fastnn.Sequential", "version": version, **model._architecture(), "seed": 0}
+    extra = {}
+    if version == 2:  # the loss, the training rows' fingerprint and a command line's preparation
+        arch.update(loss="softmax_cross_entropy", fingerprint_stride=1)
+        extra = {"fingerprint": np.zeros(0, np.uint64), "prep_input_mean": np.zeros(4),
+                 "prep_input_scale": np.full(4, 2.0), "prep_classes": np.array(["a", "b", "c"])}
     np.savez(path, architecture=np.array(json.dumps(arch)),
-             **{f"param_{i}": p for i, p in enumerate(model.parameters())})
+             **{f"param_{i}": p for i, p in enumerate(model.parameters())}, **extra)
     loaded = fastnn.load(path)
-    assert loaded.loss is None
+    assert loaded.loss == (None if version == 1 else "softmax_cross_entropy") and loaded.feature_names_in_ is None
     for p, q in zip(model.parameters(), loaded.parameters()):
         np.testing.assert_array_equal(p, q)
-    model.save(tmp_path / "v2.npz")
-    with zipfile.ZipFile(tmp_path / "v2.npz") as z:
-        assert json.loads(np.load(z.open("architecture.npy")).item())["version"] == 2
+    if version == 2:  # raw rows: halved by the scaling, then the network
+        X = np.random.default_rng(0).standard_normal((5, 4))
+        np.testing.assert_array_equal(loaded.predict(X), model.predict((X / 2.0).astype(np.float32)))
+    model.save(tmp_path / "v3.npz")
+    with zipfile.ZipFile(tmp_path / "v3.npz") as z:
+        assert json.loads(np.load(z.open("architecture.npy")).item())["version"] == 3
 
 
 def test_float_labels_that_are_whole_numbers_are_class_labels_and_others_say_use_mse():
@@ -466,3 +475,60 @@ def test_held_out_rows_weigh_as_training_rows_of_their_class(class_weight):
         if class_weight == "balanced":  # n / (classes * rows of the class), over the training rows
             counts = np.bincount(p.y, minlength=3)
             np.testing.assert_allclose([p.w[p.y == c][0] for c in range(3)], len(p.y) / (3 * counts), rtol=1e-6)
+
+
+# -- quiet surprises for PyTorch and Keras users ------------------------------------------------
+
+def test_assigning_a_layers_weights_sets_the_models_parameters():
+    X, y = blobs()
+    model = net()
+    layer = model.layers[0]
+    W = np.arange(layer.W.size, dtype=np.float64).reshape(layer.W.shape) / 100
+    layer.W = W
+    layer.b = np.full(layer.b.shape, 0.5)
+    np.testing.assert_array_equal(model.parameters()[0], W.astype(np.float32))
+    np.testing.assert_array_equal(model.parameters()[1], 0.5)
+    assert np.shares_memory(layer.W, model.parameters()[0])  # still the model's view
+    twin = net()
+    twin.parameters()[0][...], twin.parameters()[1][...] = W, 0.5
+    np.testing.assert_array_equal(model.predict(X), twin.predict(X))  # the model computes with them
+    with pytest.raises(ValueError, match=r"has shape \(4, 8\); got \(8, 4\)"):
+        layer.W = W.T
+    with pytest.raises(ValueError, match="must be finite"):
+        layer.b = np.full(layer.b.shape, np.nan)
+    with pytest.raises(AttributeError, match="once the layer is in a model"):
+        fastnn.Dense(3, 2).W = np.zeros((3, 2))
+
+
+def test_loss_and_grad_gives_the_evaluation_loss_without_dropout():
+    X, y = blobs()
+    dropped = fastnn.Sequential(fastnn.Dense(4, 16, activation="relu"), fastnn.Dropout(0.5), fastnn.Dense(16, 3),
+                                seed=1)
+    plain = fastnn.Sequential(fastnn.Dense(4, 16, activation="relu"), fastnn.Dense(16, 3), seed=1)
+    loss, grads = dropped.loss_and_grad(X, y, training=False)
+    loss_plain, grads_plain = plain.loss_and_grad(X, y)
+    assert loss == loss_plain == pytest.approx(dropped.evaluate(X, y)["loss"], rel=1e-6)
+    for g, h in zip(grads, grads_plain):
+        np.testing.assert_array_equal(g, h)
+    assert dropped.loss_and_grad(X, y)[0] != loss  # training mode drops (step 0's masks)
+    with pytest.raises(TypeError, match="training must be True or False"):
+        dropped.loss_and_grad(X, y, training="no")
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**63 + 1, 2**64 + 7, [1, 2, 3]])
+def test_any_seed_numpy_takes_trains(seed):
+    X, y = blobs()
+    model = fastnn.Sequential(fastnn.Dense(4, 8, activation="relu"), fastnn.Dropout(0.3), fastnn.Dense(8, 3),
+                              seed=seed)
+    model.fit(X, y, epochs=2)
+    assert np.isfinite(model.history["loss"]).all()
+    again = fastnn.Sequential(fastnn.Dense(4, 8, activation="relu"), fastnn.Dropout(0.3), fastnn.Dense(8, 3),
+                              seed=seed)
+    again.fit(X, y, epochs=2)
+    assert again.history == model.history  # the seed keys everything, masks included
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("0", TypeError)])
+def test_a_seed_numpy_refuses_is_refused_where_it_is_given(seed, error):
+    with pytest.raises(error, match="seed must be None or an integer >= 0"):
+        fastnn.Sequential(fastnn.Dense(4, 3), seed=seed)

@@ -69,7 +69,7 @@ def test_a_csv_with_text_labels_trains_evaluates_and_predicts(tmp_path):
     assert rows[0] == ["label", "p_setosa", "p_versicolor", "p_virginica"] and len(rows) == 301
     proba = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
-    expected = model.preparation.classes[model.predict(model.preparation.inputs(X)).argmax(axis=1)]
+    expected = model.preparation.classes[model.predict(X).argmax(axis=1)]  # (the model prepares raw rows)
     assert [r[0] for r in rows[1:]] == expected.tolist()
     assert np.mean(expected == y) > 0.85
     assert command("predict", str(model_path), str(data), "--out", str(out), cwd=tmp_path).returncode == 2  # exists
