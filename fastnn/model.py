@@ -286,6 +286,11 @@ class Sequential:
         ``feature_names_in_``, and raw rows prepared (``preparation``)."""
         if type(X) is not np.ndarray:
             X = self._unnamed(X, name)
+        elif (self._preparation is None and X.dtype == self.dtype and X.ndim == 2 and X.shape[0]
+              and X.shape[1] == self.in_features and X.flags.c_contiguous and X.flags.aligned):
+            if check_finite and not all_finite(X):  # the per-step fast path: nothing to convert
+                raise ValueError(f"{name} contains NaN or inf; remove or impute those values first")
+            return X
         if self._preparation is not None:
             X = self._preparation.inputs(self._rows(X, name, np.float64, check_finite), self.dtype)
         return self._rows(X, name, self.dtype, check_finite)
@@ -348,10 +353,14 @@ class Sequential:
         """Take the training lock, or refuse: training writes the parameters, gradients and
         workspace in place, so two trainings of one model at once would race. (Predicting
         needs no lock: see ``fastnn.engine``.) The caller releases it."""
-        if not self._training.acquire(blocking=False):
-            raise RuntimeError("this model is being trained already (fit, train_step or loss_and_grad in another "
-                               "thread, or called from a callback of its own fit): train one model from one thread "
-                               "at a time, or train a copy (copy.deepcopy(model))")
+        if not self._training.acquire(False):
+            raise self._busy()
+
+    @staticmethod
+    def _busy():
+        return RuntimeError("this model is being trained already (fit, train_step or loss_and_grad in another "
+                            "thread, or called from a callback of its own fit): train one model from one thread at "
+                            "a time, or train a copy (copy.deepcopy(model))")
 
     def _refused(self, X, y, loss, optimizer):
         """The error for a step the kernels refused: bad inputs if they explain it, else divergence."""
@@ -413,7 +422,9 @@ class Sequential:
         self._check_writable()
         n = X.shape[0]
         engine = self._engine
-        self._train_alone()
+        lock = self._training
+        if not lock.acquire(False):  # (_train_alone, inline: this is the per-step path)
+            raise self._busy()
         try:
             ws = engine.workspace(n)
             w = engine.ones[:n] if sample_weight is None else row_weights(loss, y, n, self.dtype, sample_weight)
@@ -425,7 +436,7 @@ class Sequential:
             else:
                 value = fn(*args)
         finally:
-            self._training.release()
+            lock.release()
         if not value >= 0.0:  # NaN (refused) or BAD_TARGET
             raise self._refused(X, y, loss, optimizer)
         return value

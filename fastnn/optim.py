@@ -125,7 +125,7 @@ class Optimizer:
             olds.append(old)
             if not run(kernel, _kernels.signature(p.dtype), p.reshape(-1), old, state, hyper, float(self.lr),
                        self.step_count + 1):
-                for q, before in zip(params, olds):
+                for q, before in zip(params, olds):  # (each kernel left the old parameters in its gradient)
                     q.reshape(-1)[...] = before
                 for s, before in zip(self._state, saved):
                     s[...] = before

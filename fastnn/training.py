@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import checkpoint
 from .callbacks import EarlyStopping
 from .engine import raw_rows_of
 from .kernels._checks import positive_int
 from .kernels.train import OK, Epoch
 from .losses import CLASSIFIERS, class_weights, row_weights
+from .model import column_names
 from .schedules import Constant, Schedule
 from .threads import one_blas_thread
 
@@ -101,8 +103,6 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
     """Check every argument of ``fit`` and prepare the run; raises before anything is trained,
     and a refused call changes nothing. The model keeps the loss (if it had none) and the
     optimizer."""
-    from .model import column_names
-
     loss = model._task(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
@@ -126,7 +126,8 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
     elif not isinstance(lr_schedule, Schedule):
         raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
                         f"got {type(lr_schedule).__name__}")
-    rng_before = model._rng.bit_generator.state
+    moves = resume or validation_split  # (what may move the generator before training starts)
+    rng_before = model._rng.bit_generator.state if moves else None
     try:
         p = _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose,
                   lr_schedule, checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings,
@@ -135,20 +136,19 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
             model.feature_names_in_ = names
         return p
     except BaseException:
-        model._rng.bit_generator.state = rng_before  # (a resumed run's split may have moved it)
+        if moves:
+            model._rng.bit_generator.state = rng_before  # (a resumed run's split may have moved it)
         raise
 
 
 def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose, lr_schedule,
           checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings, sample_weight,
           class_weight):
-    from . import checkpoint
-
     if resume:  # the split is drawn from the generator as the run began, so a resumed run holds out the same rows
         start = checkpoint.run_start(checkpoint_dir)
         if start is not None:
             model._rng.bit_generator.state = start
-    run_rng = model._rng.bit_generator.state
+    run_rng = model._rng.bit_generator.state if checkpoint_dir is not None else None  # (kept by checkpoints)
     if validation_split:
         held = int(round(validation_split * X.shape[0]))
         if held < 1 or held >= X.shape[0]:
@@ -210,6 +210,13 @@ def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, 
     return p
 
 
+try:  # the signal module's own functions, without the enum conversions that cost 20 us a fit
+    import _signal as _signals
+except ImportError:  # (another Python)
+    _signals = signal
+SIGINT = int(signal.SIGINT)
+
+
 class Interrupts:
     """Ctrl-C during ``fit``, taken at safe points: the signal is noted, and the run raises
     ``KeyboardInterrupt`` where the model, its optimizer, its history and its checkpoint agree
@@ -224,13 +231,13 @@ class Interrupts:
 
     def __enter__(self):
         if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._note)
+                and _signals.getsignal(SIGINT) is signal.default_int_handler):
+            self._previous = _signals.signal(SIGINT, self._note)
         return self
 
     def __exit__(self, *exc):
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            _signals.signal(SIGINT, self._previous)
             self._previous = None
 
     def _note(self, signum, frame):
@@ -293,7 +300,6 @@ def end_of_epoch(model, p, epoch, loss, accuracy, bar):
         stop |= bool(cb(epoch + 1, history))
     p.stopped = bool(stop)
     if p.checkpoint_dir is not None:
-        from . import checkpoint
         checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, epoch + 1, history, p.settings,
                         p.run_state())
     return p.stopped

@@ -13,14 +13,15 @@ Adam / AdamW (torch.optim.Adam / AdamW), t = step number starting at 1:
     v <- b2*v + (1 - b2) g^2
     p <- p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
 
-Every update checks what it writes, in the same loop (``_written``): a step is applied whole
-or not at all. Finite gradients can still overflow an update (a learning rate of 1e30, a
-moment of g^2 beyond float32's range), and a NaN or inf parameter is never written. The
-gradient is consumed: each element of ``g`` is overwritten with the parameter's old value as
-the new one is written, so a refused update puts every parameter back exactly (``_undo``),
-at the cost of one store to a cache line already read. A state element (momentum, moments)
-takes its new value only where all of that element's new values are finite, so the state
-stays finite too. Returns 1.0 (applied) or 0.0 (refused: ``p`` as before the call).
+Every update checks what it writes, in the same loop (``_finite``), so that a step can be
+applied whole or not at all: finite gradients can still overflow an update (a learning rate
+of 1e30, a moment of g^2 beyond float32's range), and a NaN or inf parameter is never kept.
+The gradient is consumed: each element of ``g`` is overwritten with the parameter's old value
+as the new one is written (one store to a cache line already read). A state element
+(momentum, moments) takes its new value only where all of that element's new values are
+finite, so the state stays finite. Returns 1.0 (applied) or 0.0 (refused): then the caller
+puts ``p`` back from ``g``, exactly (the ``update`` driver, once per dtype, rather than a second
+loop compiled into every optimizer's kernel).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def signature(dtype):
     constants in the order its ``..._HYPER`` names them; ``lr`` is passed apart because a
     schedule changes it every step. Switches (momentum or not, Nesterov, decoupled decay) pick
     the kernel, so each compiled kernel has one loop. Returns 1.0 when applied, 0.0 when
-    refused (see the module docstring); ``g`` is overwritten either way.
+    refused (see the module docstring); ``g`` holds the old parameters either way.
     """
     m, v = array_type(dtype, 2), array_type(dtype, 1)
     return types.float64(v, v, m, types.Array(types.float64, 1, "C"), types.float64, types.int64)
@@ -66,17 +67,6 @@ def _finite(x):
     """True for a finite number. x - x is 0 for finite x and NaN for NaN and +-inf; fastnn's
     fast-math flags leave out nnan and ninf, so LLVM may not fold it to 0."""
     return x - x == 0.0
-
-
-@helper
-def _undo(bad, p, g):
-    """The end of every update: if any written value was not finite, put every parameter back
-    from ``g`` (where each old value was kept) and return 0.0; else 1.0."""
-    if bad:
-        for i in range(p.size):
-            p[i] = g[i]
-        return 0.0
-    return 1.0
 
 
 SGD_HYPER = ("momentum", "weight_decay")
@@ -96,7 +86,7 @@ def sgd_kernel(momentum: bool, nesterov: bool):
                 bad |= not _finite(new)
                 g[i] = old
                 p[i] = new
-            return _undo(bad, p, g)
+            return 0.0 if bad else 1.0
         return sgd_update
 
     @kernel(python_entry=False)
@@ -114,7 +104,7 @@ def sgd_kernel(momentum: bool, nesterov: bool):
             v[i] = vi if ok else v_old
             g[i] = old
             p[i] = new
-        return _undo(bad, p, g)
+        return 0.0 if bad else 1.0
     return sgd_momentum_update
 
 
@@ -153,7 +143,7 @@ def adam_kernel(decoupled: bool):
             v[i] = vi if ok else v_old
             g[i] = old
             p[i] = new
-        return _undo(bad, p, g)
+        return 0.0 if bad else 1.0
     return adam_update
 
 
@@ -196,8 +186,10 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     if nesterov and momentum == 0.0:
         raise ValueError("nesterov=True needs momentum > 0")
     state = v.reshape(1, -1).copy() if momentum else v[:0].reshape(0, p.size)
-    if not run(sgd_kernel(momentum != 0.0, bool(nesterov)), signature(p.dtype), p, g.copy(), state,
+    old = g.copy()
+    if not run(sgd_kernel(momentum != 0.0, bool(nesterov)), signature(p.dtype), p, old, state,
                np.array([momentum, weight_decay]), lr, 1):
+        p[...] = old
         raise _refused("sgd_update")
     if momentum:
         v[...] = state[0]
@@ -223,8 +215,10 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     weight_decay = _checks.positive("weight_decay", weight_decay, allow_zero=True)
     state = np.empty((2, p.size), p.dtype)  # the kernel takes both moments as rows of one array
     state[0], state[1] = m, v
-    if not run(adam_kernel(bool(decoupled)), signature(p.dtype), p, g.copy(), state,
+    old = g.copy()
+    if not run(adam_kernel(bool(decoupled)), signature(p.dtype), p, old, state,
                np.array([beta1, beta2, eps, weight_decay]), lr, int(step)):
+        p[...] = old
         raise _refused("adam_update")
     m[...], v[...] = state
     return p, m, v

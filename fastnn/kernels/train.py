@@ -268,6 +268,9 @@ def update(net, opt, lr):
         finite = call_value(opt.update, (net.params, net.grads, opt.state, opt.hyper, lr, opt.steps[0] + 1))
         if finite == 1.0:
             opt.steps[0] += 1
+        else:  # the update left each old parameter in the gradient it consumed
+            for i in range(net.params.size):
+                net.params[i] = net.grads[i]
     restore_fp(mode)
     return finite
 
