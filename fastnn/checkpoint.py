@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import zipfile
 
 import numpy as np
 
-from ._files import atomic_write
+from ._files import atomic_write, remove_stale
 
 FILENAME = "checkpoint.npz"
 VERSION = 2
@@ -66,17 +65,26 @@ def save(directory, model, optimizer, rng, epoch, history, settings, run=None):
         np.savez(f, meta=np.array(json.dumps(_json_safe(meta))), params=model._flat_params, **arrays)
 
 
-def _read(path):
-    """``(meta, arrays)`` of a checkpoint file; CheckpointError when it is not one we can read."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            files = {k: f[k] for k in f.files}
-        meta = json.loads(str(files.pop("meta")))
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path} is not a readable fastnn checkpoint ({e})") from None
+MAX_META_BYTES = 64 << 20  # the JSON description: the history grows by a few numbers an epoch
+
+
+def _meta(archive, path):
+    from .model import parse_json
+
+    names = set(archive.members)
+    if "meta" not in names or "params" not in names:
+        raise CheckpointError(f"{path} is not a fastnn checkpoint: it holds {sorted(names)[:5]}")
+    meta = parse_json(str(archive.read("meta", shape=(), kinds="U", max_bytes=4 * MAX_META_BYTES)), path,
+                      "fastnn checkpoint")
     if not isinstance(meta, dict) or meta.get("format") != "fastnn.checkpoint" or meta.get("version") not in (1, VERSION):
         raise CheckpointError(f"{path} is not a fastnn checkpoint of version 1 to {VERSION}")
-    return meta, files
+    return meta
+
+
+def _archive(path):
+    from ._files import Archive
+
+    return Archive(path, "fastnn checkpoint", error=CheckpointError)
 
 
 def run_start(directory):
@@ -85,8 +93,13 @@ def run_start(directory):
     path = pathlib.Path(directory) / FILENAME
     if not path.exists():
         return None
-    meta, _ = _read(path)
-    return (meta.get("run") or {}).get("run_rng")
+    try:
+        with _archive(path) as archive:
+            meta = _meta(archive, path)
+    except ValueError as e:  # (parse_json's: a checkpoint error all the same)
+        raise CheckpointError(str(e)) from None
+    run = meta.get("run")
+    return run.get("run_rng") if isinstance(run, dict) else None
 
 
 def load(directory, model, optimizer, rng, settings, extendable=False, early_stopping=None):
@@ -98,12 +111,25 @@ def load(directory, model, optimizer, rng, settings, extendable=False, early_sto
     A run may be resumed with more epochs than it was started with (extended) when its
     learning-rate schedule does not depend on the run's length (``extendable``)."""
     path = pathlib.Path(directory) / FILENAME
+    remove_stale(path)  # what a save killed midway left
     if not path.exists():
         return None
-    meta, files = _read(path)
     try:
+        with _archive(path) as archive:
+            meta = _meta(archive, path)
+            expected = model._flat_params
+            shape = (None,) * expected.ndim
+            allowed = {"meta", "params", "early_stopping.best_params"}
+            unknown = [k for k in archive.members if k not in allowed and not k.startswith("optimizer.")]
+            if unknown:
+                raise CheckpointError(f"{path} holds members {sorted(unknown)[:5]} a checkpoint does not have "
+                                      f"(refused unread)")
+            files = {k: archive.read(k, shape=shape, kinds="f", max_bytes=expected.nbytes)
+                     for k in archive.members if k != "meta"}
         return _restore(path, meta, files, model, optimizer, rng, settings, extendable, early_stopping)
-    except (KeyError, TypeError, AttributeError) as e:
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{path} is not a valid fastnn checkpoint: {type(e).__name__} {e}") from None
 
 

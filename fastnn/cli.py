@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 import time
@@ -588,6 +589,17 @@ def main(argv=None) -> int:
         return 2
     except FloatingPointError as e:  # DivergenceError: nothing was saved
         print(f"error: {e} Nothing was saved.", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory (a smaller --batch-size or model, or more memory)", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # a bug of fastnn's: one line, with what to report, never a traceback
+        print(f"error: {type(e).__name__}: {e} (this is a fastnn bug: please report the command and this line; "
+              f"FASTNN_TRACEBACK=1 shows where it happened)", file=sys.stderr)
+        if os.environ.get("FASTNN_TRACEBACK") == "1":
+            raise
         return 1
 
 

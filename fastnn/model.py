@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-from ._files import atomic_write
+from ._files import Archive, atomic_write
 from .engine import Engine, raw_rows_of
 from .fingerprint import Fingerprint
 from .kernels._checks import all_finite, positive_int
@@ -671,76 +671,141 @@ def _right(loss, out, y):
     return np.mean((out > 0) == (y >= 0.5), axis=1)
 
 
+MAX_LAYERS = 10_000  # layers a model file may declare (the JSON is read before anything is allocated)
+MAX_JSON_BYTES = 1 << 20
+
+
+def parse_json(text, path, what):
+    """``text`` as JSON, every failure (nesting too deep included) a ValueError naming ``path``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not a valid {what}: its description is not readable JSON "
+                         f"({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def _layers_of(arch, path):
+    """The layers a model file's architecture declares, every field checked before any is built."""
+    def bad(why):
+        return ValueError(f"{path} is not a valid fastnn model file: {why}")
+
+    if not isinstance(arch, dict) or arch.get("format") != "fastnn.Sequential":
+        raise bad("it is not a fastnn model")
+    version = arch.get("version")
+    if version not in (1, 2, FORMAT_VERSION) or isinstance(version, bool):
+        shown = repr(version) if isinstance(version, (int, float, type(None))) else repr(str(version)[:20])
+        raise bad(f"format version {shown}; this fastnn reads 1 to {FORMAT_VERSION}")
+    if arch.get("dtype") not in _DTYPES:
+        raise bad(f"dtype {str(arch.get('dtype'))[:20]!r}")
+    specs = arch.get("layers")
+    if not isinstance(specs, list) or not 0 < len(specs) <= MAX_LAYERS:
+        raise bad(f"it must declare 1 to {MAX_LAYERS:,} layers")
+    layers = []
+    for k, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise bad(f"layer {k} is not a description of a layer")
+        try:
+            if set(spec) == {"p_drop"}:
+                layers.append(Dropout(spec["p_drop"]))
+            elif set(spec) == {"in_features", "out_features", "activation"}:
+                if spec["activation"] is not None and not isinstance(spec["activation"], str):
+                    raise ValueError(f"activation {spec['activation']!r}")
+                layers.append(Dense(spec["in_features"], spec["out_features"], spec["activation"]))
+            else:
+                raise ValueError(f"unknown fields {sorted(map(str, spec))[:6]}")
+        except (TypeError, ValueError) as e:
+            raise bad(f"layer {k}: {e}") from None
+    if arch.get("loss") is not None and not isinstance(arch.get("loss"), str):
+        raise bad("its loss is not a name")
+    seed = arch.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise bad("its seed is not an integer >= 0")
+    stride = arch.get("fingerprint_stride", 1)
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= 2**62:
+        raise bad("its fingerprint stride is not a positive integer")
+    return layers
+
+
+PREPARATION_FIELDS = ("input_mean", "input_scale", "classes", "target_mean", "target_scale", "target")
+
+
 def load(path) -> Sequential:
-    """Read a model written by ``Sequential.save``; validates everything, never unpickles."""
+    """Read a model written by ``Sequential.save``. Never unpickles, and checks the archive,
+    its description and every member's declared shape and size before reading or allocating
+    anything (a damaged or hostile file is a ValueError naming it, and costs nothing)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file {path}")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a fastnn model file: it is not an .npz archive (a model is one, written by "
                          f"Sequential.save), or the archive is cut short")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            files = {k: f[k] for k in f.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise ValueError(f"{path} is not a fastnn model file: it holds pickled Python objects, which fastnn "
-                             f"never loads (they can run code)") from None
-        raise ValueError(f"{path} is not a readable fastnn model file: the archive is damaged ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{path} is not a readable fastnn model file: the archive is damaged ({e})") from None
-    if "architecture" not in files:
-        if "meta" in files and "params" in files:
-            raise ValueError(f"{path} is a fastnn training checkpoint, not a model: continue training with "
-                             f"model.fit(..., checkpoint_dir=<its folder>, resume=True) on a model of the same "
-                             f"layers, then model.save(...)")
-        raise ValueError(f"{path} is an .npz archive but not a fastnn model: it holds {sorted(files)[:5]}, "
-                         f"where Sequential.save writes 'architecture' and 'param_0', 'param_1', ...")
-    try:
-        arch = json.loads(str(files.pop("architecture")))
-        if arch.get("format") != "fastnn.Sequential":
-            raise ValueError("it is not a fastnn model")
-        if arch.get("version") not in (1, 2, FORMAT_VERSION):
-            raise ValueError(f"format version {arch.get('version')!r}, this fastnn reads 1 to {FORMAT_VERSION}")
+    with Archive(path, "fastnn model file") as archive:
+        names = set(archive.members)
+        if "architecture" not in names:
+            if "meta" in names and "params" in names:
+                raise ValueError(f"{path} is a fastnn training checkpoint, not a model: continue training with "
+                                 f"model.fit(..., checkpoint_dir=<its folder>, resume=True) on a model of the same "
+                                 f"layers, then model.save(...)")
+            raise ValueError(f"{path} is an .npz archive but not a fastnn model: it holds {sorted(names)[:5]}, "
+                             f"where Sequential.save writes 'architecture' and 'param_0', 'param_1', ...")
+        text = archive.read("architecture", shape=(), kinds="U", max_bytes=4 * MAX_JSON_BYTES)
+        arch = parse_json(str(text), path, "fastnn model file")
+        layers = _layers_of(arch, path)
         dtype = _DTYPES[arch["dtype"]]
-        layers = [Dropout(s["p_drop"]) if "p_drop" in s else Dense(s["in_features"], s["out_features"], s["activation"])
-                  for s in arch["layers"]]
-        model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype, loss=arch.get("loss"))
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a valid fastnn model file: {e}") from None
-    fingerprint = files.pop("fingerprint", None)
-    if fingerprint is not None:
-        model._fingerprint = Fingerprint(fingerprint, arch.get("fingerprint_stride", 1))
-    prep = {k[len("prep_"):]: files.pop(k) for k in list(files) if k.startswith("prep_")}
-    if prep:
-        from .tabular import Preparation
+        dense = [layer for layer in layers if isinstance(layer, Dense)]
+        shapes = [s for l in dense for s in ((l.in_features, l.out_features), (l.out_features,))]
+        expected = {f"param_{i}": shape for i, shape in enumerate(shapes)}
+        allowed = set(expected) | {"architecture", "fingerprint", "feature_names"} | {f"prep_{k}" for k in
+                                                                                       PREPARATION_FIELDS}
+        unknown = sorted(names - allowed)
+        if unknown:
+            raise ValueError(f"{path} is not a valid fastnn model file: it holds members {unknown[:5]} that a model "
+                             f"file does not have (refused unread)")
+        missing = sorted(set(expected) - names)
+        if missing:
+            raise ValueError(f"{path} is not a valid fastnn model file: it lacks {missing[:5]}")
+        for name, shape in expected.items():  # every parameter's header, before the model is allocated
+            got, got_dtype, _, offset = archive.header(name)
+            if got != shape or got_dtype != dtype:
+                raise ValueError(f"{path} is not a valid fastnn model file: {name} is {got_dtype}{got}, expected "
+                                 f"{dtype}{shape}")
+            held = archive.members[name].file_size - offset
+            if held != dtype.itemsize * int(np.prod(shape, dtype=object)):
+                raise ValueError(f"{path} is not a valid fastnn model file: {name} declares {dtype}{shape} but holds "
+                                 f"{held:,} bytes")
         try:
-            model.preparation = Preparation(**prep)
-            model.preparation.check(model.in_features, model.out_features, model.loss)
+            model = Sequential(*layers, seed=arch.get("seed") or 0, dtype=dtype, loss=arch.get("loss"))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path} is not a valid fastnn model file: its preparation is damaged ({e})") from None
-    names = files.pop("feature_names", None)
-    if names is not None:
-        if not (names.dtype.kind == "U" and names.shape == (model.in_features,)
-                and len(set(names.tolist())) == names.size):
-            raise ValueError(f"{path} is not a valid fastnn model file: its column names are not "
-                             f"{model.in_features} distinct names")
-        model.feature_names_in_ = np.array(names.tolist(), dtype=object)
-    expected = [f"param_{i}" for i in range(len(model._params))]
-    if sorted(files) != sorted(expected):
-        raise ValueError(f"{path} is not a valid fastnn model file: arrays {sorted(files)}, expected {expected}")
-    for name, p in zip(expected, model._params):
-        a = files[name]
-        if a.shape != p.shape or a.dtype != dtype:
-            raise ValueError(f"{path} is not a valid fastnn model file: {name} is {a.dtype}{a.shape}, "
-                             f"expected {dtype}{p.shape}")
-        if not all_finite(a):
-            bad = np.argwhere(~np.isfinite(a))[0]
-            raise ValueError(f"{path} is not a usable fastnn model: {name} (layer {int(name[6:]) // 2}'s "
-                             f"{'weights' if int(name[6:]) % 2 == 0 else 'biases'}) holds NaN or inf (first at "
-                             f"{tuple(int(i) for i in bad)}); it cannot give finite predictions. Retrain it, or go "
-                             f"back to an earlier file or checkpoint")
-        p[...] = a
+            raise ValueError(f"{path} is not a valid fastnn model file: {e}") from None
+        n_in, n_out = model.in_features, model.out_features
+        if "fingerprint" in names:
+            from .fingerprint import CAPACITY
+            model._fingerprint = Fingerprint(archive.read("fingerprint", shape=(None,), dtype=np.uint64,
+                                                          max_bytes=8 * CAPACITY), arch.get("fingerprint_stride", 1))
+        prep = {k: archive.read(f"prep_{k}", kinds="fiuU", max_bytes=64 * (n_in + n_out + 1024))
+                for k in PREPARATION_FIELDS if f"prep_{k}" in names}
+        if prep:
+            from .tabular import Preparation
+            try:
+                model.preparation = Preparation(**prep)
+                model.preparation.check(n_in, n_out, model.loss)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path} is not a valid fastnn model file: its preparation is damaged ({e})") from None
+        if "feature_names" in names:
+            feature_names = archive.read("feature_names", shape=(n_in,), kinds="U", max_bytes=4096 * (n_in + 1))
+            if len(set(feature_names.tolist())) != n_in:
+                raise ValueError(f"{path} is not a valid fastnn model file: its column names are not {n_in} distinct "
+                                 f"names")
+            model.feature_names_in_ = np.array(feature_names.tolist(), dtype=object)
+        for name, p in zip(expected, model._params):
+            a = archive.read(name, shape=p.shape, dtype=dtype)
+            if not all_finite(a):
+                bad = np.argwhere(~np.isfinite(a))[0]
+                raise ValueError(f"{path} is not a usable fastnn model: {name} (layer {int(name[6:]) // 2}'s "
+                                 f"{'weights' if int(name[6:]) % 2 == 0 else 'biases'}) holds NaN or inf (first at "
+                                 f"{tuple(int(i) for i in bad)}); it cannot give finite predictions. Retrain it, or "
+                                 f"go back to an earlier file or checkpoint")
+            p[...] = a
     return model
 
 

@@ -150,12 +150,10 @@ def _data_file(path):
 def _read_npz(path, features):
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not an .npz archive (write one with np.savez(path, X=X, y=y))")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except ValueError as e:
-        raise DataError(f"{path}: {'it holds pickled objects, which fastnn never loads' if 'pickle' in str(e) else e}"
-                        ) from None
+    from ._files import Archive
+
+    with Archive(path, "data file (.npz)", error=DataError) as archive:  # (members other than these: unread)
+        arrays = {k: archive.read(k, kinds="biufUS") for k in ("X", "y", "X_test", "y_test") if k in archive.members}
     if "X" not in arrays:
         raise DataError(f"{path} has arrays {sorted(arrays)}; it needs X (rows, features) and, to train, y")
     if features is None and "y" not in arrays:

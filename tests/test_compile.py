@@ -122,11 +122,14 @@ def test_each_compiled_kernel_has_a_data_file_named_after_its_key(tmp_path):
     finds them free, so two processes writing the index at once could each store a different
     kernel as number 1 and leave a key naming the other one's code. fastnn names a data file
     after its key: a race can lose an index entry (a recompile later), never swap code."""
-    from fastnn.kernels._jit import _KeyedCacheFile
+    from fastnn.kernels._cache import AuthenticatedCacheFile
 
-    cache = _KeyedCacheFile(str(tmp_path), "dense.forward_kernel", "stamp")
+    class Files(AuthenticatedCacheFile):
+        KEY = b"k" * 32
+
+    cache = Files(str(tmp_path), "dense.forward_kernel", "stamp")
     cache.save(("relu", "float32"), "relu code")
-    stale = _KeyedCacheFile(str(tmp_path), "dense.forward_kernel", "stamp")
+    stale = Files(str(tmp_path), "dense.forward_kernel", "stamp")
     stale._load_index = lambda: {}  # a second process that read the index before the first wrote
     stale.save(("gelu", "float32"), "gelu code")
     assert len(list(tmp_path.glob("dense.forward_kernel.*.nbc"))) == 2  # never the same file

@@ -46,13 +46,15 @@ def test_editing_a_kernel_helper_never_leaves_a_stale_compiled_kernel(tmp_path):
 
 
 def test_cache_folder_choice_skips_unwritable_roots(tmp_path, monkeypatch):
-    from fastnn.kernels import _jit
+    from fastnn.kernels import _cache
 
     (tmp_path / "file").write_text("")  # a cache root under a file cannot be made
     monkeypatch.delenv("FASTNN_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file" / "cache"))
-    chosen = _jit._choose_cache_dir("ab" * 32)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    chosen, key = _cache.choose("ab" * 32)
     assert chosen is not None and not str(chosen).startswith(str(tmp_path))  # the temporary folder's
+    assert len(key) == 32 and (tmp_path / "config" / "fastnn" / "cache.key").read_bytes() == key
 
 
 SHOW_CACHE = "import fastnn.kernels._jit as jit; print(jit.CACHE, jit.CACHE_DIR)"
@@ -60,7 +62,7 @@ SHOW_CACHE = "import fastnn.kernels._jit as jit; print(jit.CACHE, jit.CACHE_DIR)
 
 def cache_choice(tmp_path, env_extra, code=SHOW_CACHE):
     env = {k: v for k, v in os.environ.items() if k != "FASTNN_CACHE_DIR"}
-    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), **env_extra)
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), XDG_CONFIG_HOME=str(tmp_path / "config"), **env_extra)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          timeout=120, cwd=ROOT)
     cached, where = out.stdout.split()
@@ -100,14 +102,15 @@ def test_a_cache_folder_others_could_plant_is_not_used(tmp_path, plant):
 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="folder modes and owners are POSIX")
-def test_a_cache_folder_the_user_names_is_used_with_a_warning_when_others_can_write_it(tmp_path):
+def test_a_cache_folder_the_user_names_is_not_used_when_others_can_write_it(tmp_path):
     named = tmp_path / "shared"
     named.mkdir()
     named.chmod(0o777)
     cached, where, err = cache_choice(tmp_path, {"FASTNN_CACHE_DIR": str(named)})
-    assert cached and where.startswith(str(named)) and "writable by other users" in err
+    assert not cached and where == "None" and "writable by other users" in err and str(named) in err
     named.chmod(0o755)
-    assert cache_choice(tmp_path, {"FASTNN_CACHE_DIR": str(named)})[2] == ""
+    cached, where, err = cache_choice(tmp_path, {"FASTNN_CACHE_DIR": str(named)})
+    assert cached and where.startswith(str(named)) and err == ""
 
 
 def test_fastnn_imports_and_caches_without_os_getuid(tmp_path):

@@ -8,8 +8,9 @@
 - Caching: Numba stamps a cached kernel with its own file only, so an edit to a helper in
   another file would leave a stale kernel in use. fastnn's kernels are cached under a key
   made of *all* kernel sources, the Numba, llvmlite and NumPy versions and every setting
-  that changes generated code (``_KernelCacheLocator``). ``FASTNN_CACHE=0`` turns caching
-  off; ``FASTNN_CACHE_DIR`` moves the cache.
+  that changes generated code (``_KernelCacheLocator``), in folders and files no one else can
+  have written (``_cache``). ``FASTNN_CACHE=0`` turns caching off; ``FASTNN_CACHE_DIR`` moves
+  the cache.
 - Composition (``_compose``): a training step is a few small compiled drivers
   (``kernels/train.py``) that call each layer's kernels through their addresses. Each kernel
   is compiled once per dtype and shared by every model; a driver is compiled once per dtype
@@ -23,12 +24,9 @@ import functools
 import hashlib
 import os
 import pathlib
-import stat
 import sys
-import tempfile
 import threading
 import time
-import warnings
 
 import llvmlite
 import numba
@@ -36,6 +34,8 @@ import numpy as np
 from numba import types
 from numba.core import caching, config
 from numba.extending import intrinsic, overload, register_jitable
+
+from . import _cache
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
 # Reassociation only for sums of terms that cannot cancel (MSE, the fused small layers): elsewhere it
@@ -66,98 +66,11 @@ def sources_digest(directory: pathlib.Path = KERNEL_DIR) -> str:
     return h.hexdigest()
 
 
-def _writable_dir(path: pathlib.Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-        return True
-    except OSError:
-        return False
-
-
-def _user_name() -> str:
-    if hasattr(os, "getuid"):
-        return str(os.getuid())
-    try:
-        import getpass
-        return getpass.getuser()
-    except Exception:  # no user name to be had (no login, no environment): a fixed one
-        return "user"
-
-
-def _unsafe_reason(path: pathlib.Path) -> str | None:
-    """Why ``path`` may not hold a cache (Numba unpickles what it finds there), or None: it
-    must be a real folder (not a symbolic link), owned by this user, writable by no one else."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        return "is a symbolic link"
-    if not stat.S_ISDIR(st.st_mode):
-        return "is not a folder"
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        return "belongs to another user"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return "is writable by other users"
-    return None
-
-
-def _private_dir(root: pathlib.Path, parts) -> pathlib.Path:
-    """``root/parts...``, each folder created with mode 0700 and each checked (``_unsafe_reason``).
-    Raises OSError when one cannot be made, ``_Unsafe`` when one is not safe to use."""
-    path = root
-    for part in (None, *parts):
-        if part is not None:
-            path = path / part
-        try:
-            path.mkdir(mode=0o700, parents=part is None)
-        except FileExistsError:
-            pass
-        reason = _unsafe_reason(path)
-        if reason:
-            raise _Unsafe(f"{path} {reason}")
-    tempfile.TemporaryFile(dir=path).close()
-    return path
-
-
-class _Unsafe(Exception):
-    pass
-
-
-def _choose_cache_dir(digest: str) -> pathlib.Path | None:
-    """Where compiled kernels are cached; None runs uncached.
-
-    ``FASTNN_CACHE_DIR`` is used as given (with a warning when other users can write it).
-    Otherwise the first usable of the user cache and the temporary folder, each folder made
-    private (0700) and checked: one that is a symbolic link, another user's, or writable by
-    others is not used, and kernels run uncached after a one-line warning. (Numba unpickles its
-    cache files: a folder someone else can write would let them run code in this process.)
-    """
-    parts = ("numba", digest[:16])
-    user = os.environ.get("FASTNN_CACHE_DIR")
-    if user:
-        candidate = pathlib.Path(user).joinpath(*parts)
-        if not _writable_dir(candidate):
-            return None
-        for folder in (pathlib.Path(user), candidate):
-            if hasattr(os, "getuid") and os.stat(folder).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                warnings.warn(f"fastnn: the kernel cache {folder} (FASTNN_CACHE_DIR) is writable by other "
-                              f"users, who could run code in this process through it", stacklevel=2)
-                break
-        return candidate
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    for root in (pathlib.Path(xdg) / "fastnn", pathlib.Path(tempfile.gettempdir()) / f"fastnn-{_user_name()}"):
-        try:
-            return _private_dir(root, parts)
-        except _Unsafe as unsafe:
-            warnings.warn(f"fastnn: not caching compiled kernels: {unsafe}; remove it or set FASTNN_CACHE_DIR "
-                          f"to a folder of your own", stacklevel=2)
-            return None
-        except OSError:
-            continue  # cannot be made or written here: try the next place
-    return None
-
-
 DIGEST = sources_digest()
-CACHE_DIR = _choose_cache_dir(DIGEST) if os.environ.get("FASTNN_CACHE", "1") != "0" and JIT else None
+if os.environ.get("FASTNN_CACHE", "1") != "0" and JIT:
+    CACHE_DIR, _cache.AuthenticatedCacheFile.KEY = _cache.choose(DIGEST)
+else:
+    CACHE_DIR = None
 CACHE = CACHE_DIR is not None
 
 
@@ -185,26 +98,6 @@ class _KernelCacheLocator(caching._CacheLocator):
 
 if _KernelCacheLocator not in caching.CacheImpl._locator_classes:
     caching.CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
-
-
-class _KeyedCacheFile(caching.IndexDataCacheFile):
-    """Numba's cache index, with each data file named after its key.
-
-    Numba numbers the data files of one index 1, 2, ... as it finds them free. The kernels of
-    one factory share an index (one file per kernel factory line), so two processes compiling
-    into it at once (MPI ranks, parallel test workers) could both take number 1 for different
-    kernels and leave a key pointing at the other kernel's code. Named after the key, a data
-    file only ever holds that key's code; a race can at worst lose an index entry, which
-    costs a compilation in a later process, never a wrong kernel. The data is written before
-    the index names it.
-    """
-
-    def save(self, key, data):
-        name = self._data_name_pattern.replace("{number:d}", hashlib.sha256(repr(key).encode()).hexdigest()[:24])
-        self._save_data(name, data)
-        overloads = self._load_index()
-        overloads[key] = name
-        self._save_index(overloads)
 
 
 _TWINS = {}  # id(intrinsic) -> (intrinsic, the Python function that stands in for it)
@@ -264,8 +157,7 @@ def kernel(fn=None, *, fastmath=FASTMATH, python_entry=True):
         if not JIT:
             return as_python(f)
         dispatcher = numba.njit(**options)(f)
-        if isinstance(getattr(dispatcher._cache, "_cache_file", None), caching.IndexDataCacheFile):
-            dispatcher._cache._cache_file.__class__ = _KeyedCacheFile
+        _cache.protect(dispatcher)  # authenticated files; unreadable is a miss, unwritable a warning
         return dispatcher
     return decorate if fn is None else decorate(fn)
 
@@ -460,7 +352,8 @@ def compiling(what, *, quiet=False, announce=None):
     """
     def say():
         if not quiet:
-            print(f"fastnn: compiling {what} (once; cached for later runs)", file=sys.stderr, flush=True)
+            later = "once; cached for later runs" if CACHE else "the kernel cache is off: every process compiles again"
+            print(f"fastnn: compiling {what} ({later})", file=sys.stderr, flush=True)
         if announce is not None:
             announce()
 
