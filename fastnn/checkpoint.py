@@ -134,6 +134,8 @@ def load(directory, model, optimizer, rng, settings, extendable=False, early_sto
 
 
 def _restore(path, meta, files, model, optimizer, rng, settings, extendable, early_stopping):
+    if meta["version"] == 1:  # (written before a run's settings named its early-stopping rule)
+        settings = {k: v for k, v in settings.items() if k != "early_stopping"}
     if meta["architecture"] != model._architecture():
         raise CheckpointError(f"{path} belongs to another model: {meta['architecture']['layers']}")
     saved = meta["settings"]

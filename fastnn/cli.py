@@ -180,6 +180,8 @@ def _train_table(args) -> int:
                                                        "softmax_cross_entropy" if classify else "mse")
     if table.columns is not None:
         prep.target = np.array(str(table.target))
+    elif isinstance(table.target, (int, np.integer)):
+        prep.target_at = np.array(int(table.target))
     targets = prep.labels if classify else prep.targets
     Xp, yp = prep.inputs(X, model.dtype), targets(y)
     Xtp, ytp = prep.inputs(Xt, model.dtype), targets(yt)
@@ -312,9 +314,10 @@ def _table_rows(model, args, labels):
         raise ValueError(f"{args.model} was trained on a table: give its rows with --data FILE.npz|FILE.csv")
     prep = model.preparation
     label_name = None if prep is None or prep.target is None else str(prep.target)
+    label_at = None if prep is None or prep.target_at is None else int(prep.target_at)
     names = None if model.feature_names_in_ is None else [str(c) for c in model.feature_names_in_]
     table, notes = tabular.read_rows(args.data, features=model.in_features, names=names, target=args.target,
-                                     label_name=label_name, labels=labels)
+                                     label_name=label_name, label_at=label_at, labels=labels)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return table

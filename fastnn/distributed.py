@@ -94,6 +94,7 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
     if isinstance(batch_size, int) and not isinstance(batch_size, bool) and 0 < batch_size < size:
         raise ValueError(f"batch_size={batch_size} is smaller than the {size} ranks: every rank needs rows; "
                          f"use a global batch of at least {size}")
+    model._refuse_prepared("distributed.fit")
     _agree(comm, "the model", model._architecture())
     model._train_alone()
     try:
@@ -172,6 +173,9 @@ class _Epochs:
         self.y = raw_rows_of(plan.y)
         self.x_buf = np.empty((self.local, plan.X.shape[1]), model.dtype)
         self.stats = np.zeros(3)  # this rank's (loss * weight, weight of correct rows, weight) of a batch
+
+    def build(self, bar, epoch):
+        """(Everything was built in __init__.)"""
 
     def epoch(self, epoch, bar):
         p, model, comm, MPI = self.plan, self.model, self.comm, self.MPI

@@ -50,7 +50,8 @@ def group_types(dtype):
             "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m, np.zeros(1, np.int64))),
             "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
             "epoch": numba.typeof(train.Epoch(*(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0, np.int64), False,
-                                              0, np.zeros(0), *(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0))),
+                                              0, np.zeros(0), *(np.zeros((0, 0), np.uint8),) * 2, v,
+                                              *(np.zeros(0),) * 3)),
             "X": _jit.array_type(f, 2), "w": _jit.array_type(f, 1), "raw": numba.types.Array(numba.uint8, 2, "C")}
 
 
@@ -64,7 +65,7 @@ def driver_signature(name, dtype):
             "gradients": f8(net, ws, obj, drv, t["X"], t["raw"], t["w"], i8),
             "update": f8(net, opt, f8),
             "step": f8(net, ws, obj, opt, drv, t["X"], t["raw"], t["w"], f8),
-            "train_epoch": numba.types.Tuple((f8, f8, i8, i8))(net, ws, obj, opt, drv, t["epoch"], i8, i8),
+            "train_epoch": numba.types.Tuple((i8, i8))(net, ws, obj, opt, drv, t["epoch"], i8, i8),
             }[name]
 
 

@@ -65,8 +65,10 @@ class Dense:
         if value.shape != view.shape:
             raise ValueError(f"{name} of this layer has shape {view.shape}; got {value.shape} (the model's parameters "
                              f"keep their shapes: build a new layer for another size)")
+        with np.errstate(over="ignore"):
+            value = value.astype(view.dtype)
         if not np.all(np.isfinite(value)):
-            raise ValueError(f"{name} must be finite; got NaN or inf")
+            raise ValueError(f"{name} must be finite in {view.dtype}; got NaN or inf, or values beyond its range")
         view[...] = value
 
     def init_params(self, rng: np.random.Generator):

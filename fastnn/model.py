@@ -165,6 +165,8 @@ class Sequential:
         return state
 
     def __setstate__(self, state):
+        if "preparation" in state:  # (pickled before it became a property)
+            state["_preparation"] = state.pop("preparation")
         self.__dict__.update(state)
         self._bind()
 
@@ -178,6 +180,7 @@ class Sequential:
         return views
 
     _preparation = None
+    feature_names_in_ = None  # (also what a model pickled before the names were kept has)
 
     @property
     def preparation(self):
@@ -328,7 +331,9 @@ class Sequential:
         prep = self._preparation
         if prep is not None and prep.classes is not None:
             y = prep.labels(np.asarray(y))  # raw labels (text too) -> class indices; an unknown label is named
-        return X, prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype, check=check_finite)
+        # (a prepared regression's raw targets stay float64, as its outputs: see _outputs)
+        dtype = np.float64 if prep is not None and prep.target_mean is not None else self.dtype
+        return X, prepare_targets(loss, y, X.shape[0], self.out_features, dtype, check=check_finite)
 
     def _weights(self, loss, y, n, sample_weight, class_weight=None):
         if sample_weight is None and class_weight is None:
@@ -408,8 +413,11 @@ class Sequential:
         ``loss`` and ``optimizer`` as in ``fit`` (defaults: the model's, else cross-entropy and
         Adam(lr=1e-3)). A batch whose ``sample_weight`` sums to 0 makes no update.
 
-        Raises ``DivergenceError`` (and changes nothing) when the loss or a gradient is NaN or
-        inf, and ``ValueError`` when the inputs explain it (NaN in X, a label out of range).
+        Raises ``DivergenceError`` when the loss, a gradient or the update would be NaN or inf:
+        no parameter changes and the step is not counted (an update that overflows with finite
+        gradients leaves the optimizer's buffers having taken in this gradient where it stayed
+        finite; see ``fastnn.kernels.optimizers``). Raises ``ValueError`` when the inputs explain
+        it (NaN in X, a label out of range).
         """
         step = self._step
         if step is None or not ((loss is None or loss == step[0]) and (
@@ -547,7 +555,7 @@ class Sequential:
         out = self._engine.predict(X, batch_size)
         prep = self._preparation
         if prep is not None and prep.target_mean is not None:
-            out = prep.outputs(out).astype(self.dtype)
+            out = prep.outputs(out)  # float64: raw units may need more digits than the network's dtype
         return out
 
     def predict_proba(self, X, batch_size=1024):
@@ -566,7 +574,10 @@ class Sequential:
         w = np.ones(X.shape[0], self.dtype) if w is None else w
         if not w.sum() > 0:
             raise ValueError("the sample weights sum to 0: there is nothing to evaluate")
-        value = self._engine.loss(loss, out, y, w)
+        if out.dtype == self.dtype:
+            value = self._engine.loss(loss, out, y, w)
+        else:  # a prepared regression, in raw units and float64: the weighted mean squared error
+            value = np.average(np.mean((out - y) ** 2, axis=1), weights=w)
         scores = {"loss": float(value)}
         if loss in CLASSIFIERS:
             scores["accuracy"] = float(np.average(_right(loss, out, y), weights=w))
@@ -726,7 +737,7 @@ def _layers_of(arch, path):
     return layers
 
 
-PREPARATION_FIELDS = ("input_mean", "input_scale", "classes", "target_mean", "target_scale", "target")
+PREPARATION_FIELDS = ("input_mean", "input_scale", "classes", "target_mean", "target_scale", "target", "target_at")
 
 
 def load(path) -> Sequential:
@@ -814,7 +825,8 @@ def _check_seed(seed):
     of them; refused here, where it is given, rather than at the first step."""
     if seed is None:
         return seed
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, list, tuple)):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, list, tuple, np.ndarray)) or (
+            isinstance(seed, np.ndarray) and seed.dtype.kind not in "iu"):
         raise TypeError(f"seed must be None or an integer >= 0, got {type(seed).__name__} {seed!r}")
     try:
         np.random.SeedSequence(seed)
@@ -837,6 +849,10 @@ def column_names(X):
     if not all(text):
         raise TypeError(f"the columns of X are named by text and by other values ({names[:6]}...): name every "
                         f"column by text (X.columns = X.columns.astype(str)) or none")
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise ValueError(f"X names the column(s) {twice[:5]} more than once: columns are matched by name, so each "
+                         f"name must be given once")
     return np.array(names, dtype=object)
 
 

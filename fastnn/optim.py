@@ -54,6 +54,11 @@ class Optimizer:
             raise ValueError(f"step_count must be an integer >= 0, got {value!r}")
         self._steps[0] = value
 
+    def __setstate__(self, state):
+        if "step_count" in state:  # (pickled before the count moved into an array)
+            state["_steps"] = np.array([state.pop("step_count")], np.int64)
+        self.__dict__.update(state)
+
     def __getstate__(self):
         # the compiled tuple holds a kernel's address, valid in this process only: a copy or an
         # unpickled optimizer builds its own on its first step
@@ -142,9 +147,22 @@ class Optimizer:
         return d
 
     def load_state_dict(self, d: dict) -> None:
-        """Restore what ``state_dict`` returned (hyper-parameters, step count and buffers)."""
+        """Restore what ``state_dict`` returned (hyper-parameters, step count and buffers). A dict
+        that is refused (a value out of range) leaves the optimizer as it was."""
+        before, steps = self.__dict__.copy(), self.step_count
+        try:
+            self._load_state_dict(d)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            self._steps[0] = steps
+            raise
+
+    def _load_state_dict(self, d):
+        for name in self._hyper:  # all in place first, then each checked with the others (Nesterov, momentum)
+            object.__setattr__(self, name, d[name])
         for name in self._hyper:
-            setattr(self, name, d[name])  # (checked, as every assignment)
+            object.__setattr__(self, name, self._checked(name, getattr(self, name)))
         self.step_count = int(d["step_count"])
         found = {}
         for key in d:
@@ -178,14 +196,18 @@ class SGD(Optimizer):
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
-        if nesterov and self.momentum == 0:
-            raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = nesterov
 
     def _checked(self, name, value):
         if name in ("momentum", "weight_decay"):
-            return _checks.positive(name, value, allow_zero=True)
+            value = _checks.positive(name, value, allow_zero=True)
+            if name == "momentum" and value == 0 and getattr(self, "nesterov", False):
+                raise ValueError("momentum 0 with nesterov=True: Nesterov momentum needs momentum > 0 (set "
+                                 "nesterov = False first)")
+            return value
         if name == "nesterov":
+            if value and not getattr(self, "momentum", 0):
+                raise ValueError("nesterov=True needs momentum > 0")
             return bool(value)
         return super()._checked(name, value)
 

@@ -55,6 +55,9 @@ def read_table(path, target=None) -> Table:
     label_col = _column(target, header, width, path)
     cols = [c for c in range(width) if c != label_col]
     if header is not None:
+        if header[label_col] in [header[c] for c in cols]:
+            raise DataError(f"{path}: the label column's name {header[label_col]!r} is also a feature column's; "
+                            f"columns are matched by name when the model is used later, so names must be distinct")
         seen = set()
         for c in cols:
             if header[c] in seen:
@@ -66,13 +69,14 @@ def read_table(path, target=None) -> Table:
                  target=header[label_col] if header else label_col)
 
 
-def read_rows(path, *, features, names=None, target=None, label_name=None, labels=False):
+def read_rows(path, *, features, names=None, target=None, label_name=None, label_at=None, labels=False):
     """Read the rows a trained model is used on, from ``path`` (.npz or .csv).
 
     ``features``: how many inputs the model takes; ``names``: its column names in order (a CSV
     header at training), or None; ``target``: the label column (a name or a number; default:
-    ``label_name``, the model's label column, if the file has it, else the column left over,
-    else the last); ``labels``:
+    ``label_name``, the model's label column, if the file has it, else the column left over when
+    the model's label column has no name; in a file without names, ``label_at``, its position in
+    the training file, else the last); ``labels``:
     the rows' labels are needed (evaluation). A CSV with a header is matched to ``names`` by
     name: reordered columns work, a missing one is an error naming it, and other columns (an id,
     the label) are dropped. Without names on one side, columns go by position, with at most
@@ -87,7 +91,7 @@ def read_rows(path, *, features, names=None, target=None, label_name=None, label
         if labels and table.y is None:
             raise DataError(f"{path} has no array y: the rows' labels are needed to evaluate")
         return table, notes
-    header, texts = _csv_cells(path)
+    header, texts = _csv_cells(path, names)
     width = len(texts[0])
     if header is not None and names is not None:
         label_col = None
@@ -106,6 +110,9 @@ def read_rows(path, *, features, names=None, target=None, label_name=None, label
         cols = [header.index(n) for n in names]
         rest = [c for c in range(width) if c not in cols]
         if label_col is None and labels:
+            if label_name is not None:
+                raise DataError(f"{path} has no column {label_name!r}, the label column the model was trained with: "
+                                f"name the file's label column with --target")
             if len(rest) != 1:
                 raise DataError(f"{path}: name the label column with --target; besides the model's columns it has "
                                 f"{[header[c] for c in rest] or 'none'}")
@@ -123,6 +130,8 @@ def read_rows(path, *, features, names=None, target=None, label_name=None, label
         elif width == features + 1:
             if target is None and header is not None and label_name in header:
                 target = label_name
+            elif target is None and label_at is not None and label_at < width:
+                target = label_at  # (where the training file had its label)
             label_col = _column(target, header, width, path)
         else:
             raise DataError(f"{path} has {width} columns; the model takes {features} features"
@@ -199,9 +208,14 @@ def _labels(y, n, what):
     return y
 
 
-def _csv_cells(path):
-    """``(header or None, rows of stripped cells)`` of a CSV file with rows of one width."""
-    with open(path, newline="") as f:
+def _csv_cells(path, names=None):
+    """``(header or None, rows of stripped cells)`` of a CSV file with rows of one width. A byte
+    order mark (as Excel writes) is not part of the first name, and a column empty in every row,
+    header included (a comma at the end of every line), is not a column. The first row is a
+    header when it holds more text than the row below, when a column that is text in every row
+    below holds a number there (names that are numbers, over text labels), or when it holds
+    every one of ``names`` (the columns a model was trained on)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"{path} is empty")
@@ -210,11 +224,18 @@ def _csv_cells(path):
         if len(row) != width:
             raise DataError(f"{path}: row {i + 1} has {len(row)} columns, row 1 has {width}")
     texts = [[cell.strip() for cell in row] for row in rows]
-    non_numbers = [sum(_number(c) is None for c in row) for row in texts]
+    empty = [c for c in range(width) if not any(row[c] for row in texts)]
+    if empty:
+        texts = [[cell for c, cell in enumerate(row) if c not in empty] for row in texts]
+        width -= len(empty)
+    is_text = [[_number(c) is None for c in row] for row in texts]
+    non_numbers = [sum(row) for row in is_text]
     header = None
-    if len(texts) > 1 and non_numbers[0] > max(non_numbers[1:2]):  # more text than the row below: names
+    if len(texts) > 1 and (non_numbers[0] > max(non_numbers[1:2])  # more text than the row below: names
+                           or any(not is_text[0][c] and all(r[c] for r in is_text[1:]) for c in range(width))
+                           or (names is not None and set(names) <= set(texts[0]))):
         header, texts = texts[0], texts[1:]
-    elif len(texts) == 1 and non_numbers[0] == width:
+    elif len(texts) == 1 and (non_numbers[0] == width or (names is not None and set(names) <= set(texts[0]))):
         raise DataError(f"{path} has a header row and no data")
     return header, texts
 
@@ -240,6 +261,10 @@ def _label_column(path, header, texts, label_col):
         raise DataError(f"{path}: row {r + 1 + (header is not None)} has no label (column {label_col + 1})")
     numbers = [_number(cell) for cell in labels]
     if all(v is not None for v in numbers):
+        bad = [i for i, v in enumerate(numbers) if not np.isfinite(v)]
+        if bad:
+            raise DataError(f"{path}: row {bad[0] + 1 + (header is not None)} has the label {labels[bad[0]]!r}, which "
+                            f"is not a value to learn (column {label_col + 1}); fill or drop the row")
         y = np.array(numbers)
         if all(cell.lstrip("+-").isdigit() for cell in labels):
             y = y.astype(np.int64)
@@ -303,6 +328,7 @@ class Preparation:
     target_mean: np.ndarray | None = None
     target_scale: np.ndarray | None = None
     target: np.ndarray | None = None  # the label column's name (a 0-d str array), to find it again
+    target_at: np.ndarray | None = None  # its position in the training file (a 0-d int array)
 
     @classmethod
     def fit(cls, X, y=None, task="classify"):
@@ -345,6 +371,9 @@ class Preparation:
                 raise ValueError("a classifier with a target scaling")
         if self.target is not None and not (self.target.ndim == 0 and self.target.dtype.kind == "U"):
             raise ValueError("the label column's name is not a name")
+        if self.target_at is not None and not (self.target_at.ndim == 0 and self.target_at.dtype.kind in "iu"
+                                               and 0 <= int(self.target_at) <= n_in):
+            raise ValueError("the label column's position is not one of the training file's columns")
 
     def inputs(self, X, dtype=np.float32):
         return ((X - self.input_mean) / self.input_scale).astype(dtype)

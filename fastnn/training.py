@@ -25,7 +25,7 @@ from .engine import raw_rows_of
 from .kernels._checks import positive_int
 from .kernels.train import OK, Epoch
 from .losses import CLASSIFIERS, class_weights, row_weights
-from .model import column_names
+from .model import check_columns, column_names
 from .schedules import Constant, Schedule
 from .threads import one_blas_thread
 
@@ -129,6 +129,9 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
     moves = resume or validation_split  # (what may move the generator before training starts)
     rng_before = model._rng.bit_generator.state if moves else None
     try:
+        if names is not None and validation_data is not None and isinstance(validation_data, (tuple, list)) \
+                and validation_data and column_names(validation_data[0]) is not None:
+            check_columns(column_names(validation_data[0]), names, "validation_data's X")
         p = _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose,
                   lr_schedule, checkpoint_dir, resume, validation_split, early_stopping, callbacks, settings,
                   sample_weight, class_weight)
@@ -218,15 +221,17 @@ SIGINT = int(signal.SIGINT)
 
 
 class Interrupts:
-    """Ctrl-C during ``fit``, taken at safe points: the signal is noted, and the run raises
-    ``KeyboardInterrupt`` where the model, its optimizer, its history and its checkpoint agree
-    (after the compiled chunk of batches that was running, with an epoch that just finished
-    recorded and checkpointed first). A second Ctrl-C before that point raises at once. Only
-    the main thread receives signals, and only Python's default handler is replaced (a
-    program's own SIGINT handler stays in charge)."""
+    """Ctrl-C during ``fit``, taken at safe points. Inside ``deferred()`` blocks (an epoch's
+    compiled chunks and its end: history, validation, early stopping, callbacks, checkpoint) the
+    signal is noted, and the run raises ``KeyboardInterrupt`` where the model, its optimizer,
+    its history and its checkpoint agree: after the chunk of batches that was running, or after
+    a finished epoch is recorded and checkpointed. Elsewhere (compiling, say) it raises at once,
+    and so does a second Ctrl-C. Only the main thread receives signals, and only Python's
+    default handler is replaced (a program's own SIGINT handler stays in charge)."""
 
     def __init__(self):
         self.pending = False
+        self.critical = 0
         self._previous = None
 
     def __enter__(self):
@@ -241,9 +246,17 @@ class Interrupts:
             self._previous = None
 
     def _note(self, signum, frame):
-        if self.pending:
+        if self.pending or not self.critical:
             raise KeyboardInterrupt
         self.pending = True
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.critical += 1
+        try:
+            yield
+        finally:
+            self.critical -= 1
 
     def check(self):
         """Raise KeyboardInterrupt if Ctrl-C came: call where stopping leaves everything agreeing."""
@@ -255,17 +268,24 @@ class Interrupts:
 def run(model, p, runner):
     """Train epochs ``p.first_epoch .. p.epochs - 1`` with ``runner``; returns the history."""
     with Interrupts() as p.interrupts:
+        if p.checkpoint_dir is not None and p.first_epoch == 0 and not p.history["loss"]:
+            with p.interrupts.deferred():  # the start, so that a run stopped in its first epoch resumes exactly
+                checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, 0, p.history, p.settings,
+                                p.run_state())
+            p.interrupts.check()
         for epoch in range(p.first_epoch, p.epochs):
             if p.stopped:  # (resumed from the checkpoint of a run that had stopped)
                 break
             bar = _progress(p, epoch) if p.verbose else None
             try:
-                loss_sum, correct, weight = runner.epoch(epoch, bar)
+                runner.build(bar, epoch)  # (compiling: Ctrl-C stops it at once)
+                with p.interrupts.deferred():
+                    loss_sum, correct, weight = runner.epoch(epoch, bar)
+                    end_of_epoch(model, p, epoch, float(loss_sum / weight), float(correct / weight), bar)
             except BaseException:
                 if bar is not None:
                     bar.close()
                 raise
-            end_of_epoch(model, p, epoch, float(loss_sum / weight), float(correct / weight), bar)
             p.interrupts.check()
     stopper = p.early_stopping
     if stopper is not None and stopper.restore_best and stopper._best_params is not None:
@@ -317,11 +337,13 @@ class CompiledEpochs:
         X, y = raw_rows_of(p.X), raw_rows_of(p.y)  # the compiled loop moves rows as bytes
         self.epoch_args = Epoch(X, y, p.w, np.empty(0, np.int64), p.shuffle, p.batch_size, np.empty(p.batches),
                                 np.empty((rows, X.shape[1]), np.uint8), np.empty((rows, y.shape[1]), np.uint8),
-                                np.empty(rows, model.dtype), np.empty(p.batches))
-        self.weight = float(p.w.sum())
+                                np.empty(rows, model.dtype), *(np.zeros(p.batches) for _ in range(3)))
         self.fn = None
 
-    def _build(self, bar, epoch):
+    def build(self, bar, epoch):
+        """Compile (or load) the epoch loop, once."""
+        if self.fn is not None:
+            return
         engine = self.model._engine
         announce = None
         if bar is not None:
@@ -333,23 +355,21 @@ class CompiledEpochs:
 
     def epoch(self, epoch, bar):
         p, model = self.p, self.model
-        if self.fn is None:
-            self._build(bar, epoch)
+        self.build(bar, epoch)
         engine, optimizer = model._engine, p.optimizer
         n, batches = p.X.shape[0], p.batches
         args = self.epoch_args
         p.learning_rates(epoch, out=args.lr)
         if p.shuffle:
             args = args._replace(order=model._rng.permutation(n))
-        loss_sum, correct, first, chunk = 0.0, 0.0, 0, 1
+        first, chunk = 0, 1
         while first < batches:
             stop = min(first + chunk, batches)
             start = time.perf_counter()
             opt = optimizer._compiled(engine)
             with one_blas_thread() if self.serial else contextlib.nullcontext():
                 # (the compiled loop counts its steps in the optimizer itself)
-                part_loss, part_correct, done, status = self.fn(engine.net, self.ws, self.objective, opt,
-                                                                self.drivers, args, first, stop)
+                done, status = self.fn(engine.net, self.ws, self.objective, opt, self.drivers, args, first, stop)
             if p.first_loss is None:  # the first step with a loss (a batch of weight 0 has none)
                 weighed = args.losses[first:first + done][args.losses[first:first + done] > 0]
                 p.first_loss = float(weighed[0]) if weighed.size else None
@@ -357,8 +377,6 @@ class CompiledEpochs:
                 from .model import DivergenceError
                 raise DivergenceError.at(first + done + 1, epoch + 1, batches, lr=args.lr[first + done],
                                          dtype=model.dtype)
-            loss_sum += part_loss
-            correct += part_correct
             if bar is not None:
                 bar.update(min(stop * p.batch_size, n) - min(first * p.batch_size, n))
                 bar.set_postfix(loss=f"{args.losses[stop - 1]:.4f}", refresh=False)
@@ -367,7 +385,8 @@ class CompiledEpochs:
             first = stop
             if first < batches and p.interrupts is not None:
                 p.interrupts.check()  # (after the last chunk, run() first records the finished epoch)
-        return loss_sum, correct, self.weight
+        # sums in one order, whatever the chunks were (their length is timed)
+        return float(np.dot(args.losses, args.weights)), float(args.correct.sum()), float(args.weights.sum())
 
 
 def _progress(p, epoch):

@@ -201,3 +201,97 @@ def test_a_damaged_preparation_is_refused(tmp_path):
     assert fastnn.load(tmp_path / "m.npz").preparation.classes.tolist() == ["a", "b", "c"]
     with zipfile.ZipFile(tmp_path / "m.npz") as z:
         assert "feature_names.npy" not in z.namelist()
+
+
+# -- found by a hostile trial and a review ------------------------------------------------------
+
+def test_a_prepared_regression_keeps_the_digits_its_targets_need(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 3))
+    t = 1.7e9 + X @ [30.0, -20.0, 10.0] + rng.standard_normal(400)  # large values, a spread of about 40
+    write_csv(tmp_path / "big.csv", ["a", "b", "c", "price"], [[f"{v:.6f}" for v in x] + [f"{p:.3f}"]
+                                                                for x, p in zip(X, t)])
+    proc = command("train", "--data", "big.csv", "--epochs", "60", "--out", "b.npz", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rmse = float(next(l for l in proc.stdout.splitlines() if l.startswith("test RMSE")).split()[2].rstrip(","))
+    assert rmse < 8  # float32 raw outputs are 128 apart at 1.7e9
+    model = fastnn.load(tmp_path / "b.npz")
+    pred = model.predict(X)[:, 0]
+    assert pred.dtype == np.float64 and len(np.unique(np.round(pred % 128, 3))) > 50
+    assert np.sqrt(model.evaluate(X, t)["loss"]) < 8 and model.score(X, t) > 0.9
+
+
+def test_evaluate_without_the_label_column_is_an_error_not_another_column(trained):
+    tmp, X, y, header = trained
+    rows = [[f"{v:.4f}" for v in x] + [str(i % 3)] for i, x in enumerate(X)]
+    write_csv(tmp / "fold.csv", header[:4] + ["fold"], rows)
+    proc = command("evaluate", "m.npz", "--data", "fold.csv", "--allow-overlap", cwd=tmp)
+    assert proc.returncode != 0 and "has no column 'species', the label column the model was trained with" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_file_without_a_header_drops_the_label_where_training_had_it(tmp_path):
+    data, X, y = flowers(tmp_path, header=False)
+    rows = read_csv(data)
+    middle = write_csv(tmp_path / "mid.csv", None, [r[:1] + [r[4]] + r[1:4] for r in rows])  # label 2nd
+    assert command("train", "--data", str(middle), "--target", "1", "--out", "m.npz", "--epochs", "5",
+                   cwd=tmp_path).returncode == 0
+    a = command("predict", "m.npz", str(middle), cwd=tmp_path)
+    b = command("predict", "m.npz", str(middle), "--target", "1", cwd=tmp_path)
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+
+
+def test_headers_of_numbers_a_byte_order_mark_and_trailing_commas(tmp_path):
+    data, X, y = flowers(tmp_path)
+    rows = read_csv(data)[1:]
+    numbered = write_csv(tmp_path / "numbered.csv", ["1", "2", "3", "4", "5"], rows)  # names that are numbers
+    proc = command("train", "--data", str(numbered), "--out", "n.npz", "--epochs", "5", cwd=tmp_path)
+    assert proc.returncode == 0 and "(60 of 300 rows" in proc.stdout, proc.stdout
+    assert fastnn.load(tmp_path / "n.npz").preparation.classes.tolist() == SPECIES.tolist()
+    features = write_csv(tmp_path / "numbered-x.csv", ["1", "2", "3", "4"], [r[:4] for r in rows[:5]])
+    proc = command("predict", "n.npz", str(features), cwd=tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1 + 5
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + data.read_bytes())  # as Excel's "CSV UTF-8" writes
+    proc = command("train", "--data", str(bom), "--out", "b.npz", "--epochs", "5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert list(fastnn.load(tmp_path / "b.npz").feature_names_in_)[0] == "sepal_length"
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("".join(line + ",\n" for line in data.read_text().splitlines()))
+    proc = command("predict", "b.npz", str(trailing), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == command("predict", "b.npz", str(bom), cwd=tmp_path).stdout
+
+
+def test_label_and_feature_names_that_clash_and_missing_labels_are_refused_at_training(tmp_path):
+    data, X, y = flowers(tmp_path)
+    rows = read_csv(data)
+    write_csv(tmp_path / "clash.csv", ["a", "b", "c", "d", "a"], rows[1:])
+    proc = command("train", "--data", "clash.csv", cwd=tmp_path)
+    assert proc.returncode != 0 and "is also a feature column's" in proc.stderr
+    numbers = [r[:4] + [str(i % 2)] for i, r in enumerate(rows[1:])]
+    numbers[7][4] = "nan"
+    write_csv(tmp_path / "nan.csv", ["a", "b", "c", "d", "y"], numbers)
+    proc = command("train", "--data", "nan.csv", cwd=tmp_path)
+    assert proc.returncode != 0 and "row 9 has the label 'nan'" in proc.stderr
+
+
+def test_duplicate_or_misordered_dataframe_columns_are_refused_at_fit():
+    pd = require("pandas")
+    frame = pd.DataFrame(np.eye(4)[:, :3], columns=["a", "a", "b"])
+    model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
+    with pytest.raises(ValueError, match=r"names the column\(s\) \['a'\] more than once"):
+        model.fit(frame, [0, 1, 0, 1])
+    good = pd.DataFrame(np.eye(4)[:, :3], columns=["a", "b", "c"])
+    with pytest.raises(ValueError, match="validation_data's X has the model's columns in another order"):
+        model.fit(good, [0, 1, 0, 1], validation_data=(good[["c", "b", "a"]], [0, 1, 0, 1]))
+    assert model.feature_names_in_ is None and model.optimizer is None  # a refused fit keeps nothing
+
+
+def test_distributed_fit_refuses_a_prepared_model(trained):
+    require("mpi4py")
+    from fastnn import distributed
+    tmp, X, y, header = trained
+    model = fastnn.load(tmp / "m.npz")
+    with pytest.raises(ValueError, match="distributed.fit works on the network's own inputs"):
+        distributed.fit(model, X, y)

@@ -532,3 +532,64 @@ def test_any_seed_numpy_takes_trains(seed):
 def test_a_seed_numpy_refuses_is_refused_where_it_is_given(seed, error):
     with pytest.raises(error, match="seed must be None or an integer >= 0"):
         fastnn.Sequential(fastnn.Dense(4, 3), seed=seed)
+
+
+def test_optimizer_settings_that_contradict_each_other_are_refused_on_assignment():
+    opt = fastnn.SGD(lr=0.1)
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        opt.nesterov = True
+    opt = fastnn.SGD(lr=0.1, momentum=0.9, nesterov=True)
+    with pytest.raises(ValueError, match="momentum 0 with nesterov=True"):
+        opt.momentum = 0.0
+    opt.nesterov = False
+    opt.momentum = 0.0  # in this order it is fine
+
+
+def test_a_refused_state_dict_leaves_the_optimizer_as_it_was():
+    opt = fastnn.Adam(lr=0.01)
+    X, y = blobs()
+    net().train_step(X, y, optimizer=opt)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=r"betas\[1\] must lie in \[0, 1\)"):
+        opt.load_state_dict({**before, "lr": 0.5, "betas": (0.9, 1.5), "step_count": 7})
+    after = opt.state_dict()
+    assert after.keys() == before.keys() and opt.lr == 0.01 and opt.step_count == 1
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_layer_weights_beyond_the_dtype_are_refused():
+    model = net()
+    with pytest.raises(ValueError, match="must be finite in float32"):
+        model.layers[0].W = np.full(model.layers[0].W.shape, 1e39)
+    assert np.isfinite(model.parameters()[0]).all()
+
+
+def test_a_numpy_array_seed_works_as_numpy_takes_it():
+    X, y = blobs()
+    a = fastnn.Sequential(fastnn.Dense(4, 3), seed=np.array([1, 2]))
+    b = fastnn.Sequential(fastnn.Dense(4, 3), seed=[1, 2])
+    a.fit(X, y, epochs=1)
+    b.fit(X, y, epochs=1)
+    np.testing.assert_array_equal(a.parameters()[0], b.parameters()[0])
+    with pytest.raises(TypeError, match="seed must be None or an integer"):
+        fastnn.Sequential(fastnn.Dense(4, 3), seed=np.array([1.5]))
+
+
+def test_a_version_1_checkpoint_with_early_stopping_still_resumes(tmp_path):
+    from fastnn import checkpoint
+    X, y = blobs()
+    args = dict(epochs=4, batch_size=16, validation_split=0.25, checkpoint_dir=tmp_path,
+                early_stopping=fastnn.EarlyStopping(patience=10))
+    model = net()
+    model.fit(X, y, **{**args, "epochs": 2})
+    with np.load(tmp_path / "checkpoint.npz") as f:  # as version 1 wrote it: no early stopping, no run state
+        arrays = {k: f[k] for k in f.files if k != "early_stopping.best_params"}
+    meta = json.loads(str(arrays["meta"]))
+    meta["settings"] = {k: v for k, v in meta["settings"].items() if k not in ("early_stopping", "epochs")}
+    meta["settings"]["epochs"] = 4
+    meta.update(version=1, early_stopping=None, run={})
+    np.savez(tmp_path / "checkpoint.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    resumed = net()
+    resumed.fit(X, y, resume=True, **args)
+    assert len(resumed.history["loss"]) == 4 and checkpoint.VERSION == 2

@@ -156,3 +156,98 @@ def test_after_ctrl_c_the_model_optimizer_history_and_checkpoint_agree(tmp_path,
     assert same == "True"  # the optimizer counted exactly the steps applied to the parameters
     assert saved == epochs >= 2  # every finished epoch is in the history and the checkpoint
     assert epochs * 256 <= steps < (epochs + 1) * 256
+
+
+FIRST_EPOCH = textwrap.dedent("""
+    import signal, sys, numpy as np, fastnn
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60000, 64)).astype(np.float32), rng.integers(0, 3, 60000)
+    def net():  # an epoch of about a second
+        return fastnn.Sequential(fastnn.Dense(64, 512, activation="tanh"), fastnn.Dense(512, 256, activation="tanh"),
+                                 fastnn.Dense(256, 3), seed=4)
+    args = dict(epochs=2, batch_size=8, validation_split=0.2, checkpoint_dir=sys.argv[1])
+    net().fit(X[:64], y[:64], batch_size=8)  # compiled before the clock starts
+    model = net()
+    print("start", flush=True)
+    try:
+        model.fit(X, y, **args)
+        print("finished before the signal", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted in epoch", len(model.history["loss"]) + 1, flush=True)
+    model.fit(X, y, resume=True, **args)  # the same object: its generator and parameters have moved
+    full = net()
+    full.fit(X, y, **{**args, "checkpoint_dir": None})
+    same = all(np.array_equal(p, q) for p, q in zip(model.parameters(), full.parameters()))
+    print("result", same, model.history == full.history, flush=True)
+""")
+
+
+def test_ctrl_c_in_the_first_epoch_then_resume_on_the_same_object_is_exact(tmp_path):
+    script = tmp_path / "first.py"
+    script.write_text(FIRST_EPOCH)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ck")], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=checkout_env())
+    try:
+        for line in proc.stdout:
+            if line.startswith("start"):
+                break
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGINT)
+        lines = [line.strip() for line in proc.stdout]
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert "interrupted in epoch 1" in lines, lines
+    assert "result True True" in lines, lines
+
+
+def test_an_epochs_history_does_not_depend_on_where_the_compiled_loop_returned(monkeypatch):
+    from fastnn import training
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 3000)
+    w = rng.random(3000)
+
+    def run():
+        model = fastnn.Sequential(fastnn.Dense(5, 16, activation="relu"), fastnn.Dense(16, 3), seed=0)
+        return model.fit(X, y, epochs=2, batch_size=16, sample_weight=w)
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 1e-9)  # a return to Python after every batch
+    one_by_one = run()
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 10.0)  # the whole epoch at once
+    whole = run()
+    assert one_by_one == whole
+
+
+COMPILING = textwrap.dedent("""
+    import signal, sys, time, numpy as np, fastnn
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    model = fastnn.Sequential(fastnn.Dense(8, 16, activation="gelu"), fastnn.Dense(16, 4, activation="tanh"),
+                              fastnn.Dense(4, 2), seed=0, dtype=np.float64)
+    print("start", flush=True)
+    try:
+        model.fit(np.ones((64, 8)), np.arange(64) % 2, optimizer=fastnn.AdamW(), epochs=3)
+        print("compiled and trained before the signal", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", time.perf_counter(), flush=True)
+""")
+
+
+def test_ctrl_c_while_fit_compiles_stops_at_once(tmp_path):
+    script = tmp_path / "compile.py"
+    script.write_text(COMPILING)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=checkout_env(FASTNN_CACHE="0", FASTNN_PARALLEL_COMPILE="0"))
+    try:
+        for line in proc.stdout:
+            if line.startswith("start"):
+                break
+        time.sleep(0.3)  # compiling takes seconds with the cache off
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        lines = [line.split() for line in proc.stdout]
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    words = next(w for w in lines if w)
+    assert words[0] == "interrupted" and float(words[1]) - sent < 0.5, lines

@@ -176,3 +176,26 @@ def test_fresh_models_predicted_from_two_threads_do_not_corrupt_memory():
     out = subprocess.run([sys.executable, "-c", HAMMER], capture_output=True, text=True, timeout=600,
                          env=checkout_env())
     assert out.returncode == 0 and out.stdout.strip() == "survived", out.stderr[-2000:]
+
+
+def test_predictions_never_see_a_refused_update(rng, switching):
+    # every update here overflows and is refused; the parameters written meanwhile stay finite
+    model, X = model_and_rows(rng, 256)
+    y = rng.integers(0, 5, len(X))
+    stop, seen = threading.Event(), []
+
+    def predict_until_stopped():
+        while not stop.is_set():
+            seen.append(bool(np.isfinite(model.predict(X[:64])).all()))
+
+    t = threading.Thread(target=predict_until_stopped)
+    t.start()
+    try:
+        opt = fastnn.SGD(lr=1e39)
+        for _ in range(300):
+            with pytest.raises(fastnn.DivergenceError):
+                model.train_step(X[:32], y[:32], optimizer=opt)
+    finally:
+        stop.set()
+        t.join()
+    assert len(seen) > 10 and all(seen)

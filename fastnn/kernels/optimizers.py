@@ -17,9 +17,9 @@ Every update checks what it writes, in the same loop (``_finite``), so that a st
 applied whole or not at all: finite gradients can still overflow an update (a learning rate
 of 1e30, a moment of g^2 beyond float32's range), and a NaN or inf parameter is never kept.
 The gradient is consumed: each element of ``g`` is overwritten with the parameter's old value
-as the new one is written (one store to a cache line already read). A state element
-(momentum, moments) takes its new value only where all of that element's new values are
-finite, so the state stays finite. Returns 1.0 (applied) or 0.0 (refused): then the caller
+as the new one is written (one store to a cache line already read). An element (parameter,
+momentum, moments) takes its new values only where all of them are finite, so nothing
+non-finite is ever stored (another thread predicting meanwhile never reads one). Returns 1.0 (applied) or 0.0 (refused): then the caller
 puts ``p`` back from ``g``, exactly (the ``update`` driver, once per dtype, rather than a second
 loop compiled into every optimizer's kernel).
 """
@@ -83,9 +83,10 @@ def sgd_kernel(momentum: bool, nesterov: bool):
             for i in range(p.size):
                 old = p[i]
                 new = old - lr * (g[i] + weight_decay * old)
-                bad |= not _finite(new)
+                ok = _finite(new)
+                bad |= not ok
                 g[i] = old
-                p[i] = new
+                p[i] = new if ok else old
             return 0.0 if bad else 1.0
         return sgd_update
 
@@ -103,7 +104,7 @@ def sgd_kernel(momentum: bool, nesterov: bool):
             bad |= not ok
             v[i] = vi if ok else v_old
             g[i] = old
-            p[i] = new
+            p[i] = new if ok else old
         return 0.0 if bad else 1.0
     return sgd_momentum_update
 
@@ -142,7 +143,7 @@ def adam_kernel(decoupled: bool):
             m[i] = mi if ok else m_old
             v[i] = vi if ok else v_old
             g[i] = old
-            p[i] = new
+            p[i] = new if ok else old
         return 0.0 if bad else 1.0
     return adam_update
 

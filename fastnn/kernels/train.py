@@ -50,6 +50,10 @@ Epoch: one per epoch of ``fit``.
     lr (B,) float64           each batch's learning rate (the schedule applied)
     x, yb, wb                 where a shuffled batch is gathered: (C, I bytes), (C, row bytes), (C,)
     losses (B,) float64       each batch's loss
+    weights (B,) float64      each batch's sum of row weights
+    correct (B,) float64      each batch's weight of correctly classified rows (0 without a metric)
+    (per batch, so that an epoch's sums do not depend on where the compiled loop returned to
+    Python: those returns are timed)
 """
 from __future__ import annotations
 
@@ -123,6 +127,8 @@ class Epoch(NamedTuple):
     yb: np.ndarray
     wb: np.ndarray
     losses: np.ndarray
+    weights: np.ndarray
+    correct: np.ndarray
 
 
 class Layer(NamedTuple):
@@ -302,14 +308,14 @@ def step(net, ws, objective, opt, drivers, X, y, w, lr):
 def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch):
     """Batches first_batch <= b < stop_batch of an epoch, each a step (counted in opt.steps).
 
-    Batch b runs at learning rate epoch.lr[b]. Returns (sum of loss * weight, sum of weight over correctly classified rows, batches done,
+    Batch b runs at learning rate epoch.lr[b]; its loss, weight and weight of correctly
+    classified rows go to epoch.losses[b], .weights[b] and .correct[b]. Returns (batches done,
     status): a step that diverges or meets a bad label stops the loop there, with the
     parameters of the last good step.
     """
     mode = flush_subnormals()
     n = epoch.X.shape[0]
     size = epoch.batch_size
-    total, correct = 0.0, 0.0
     last = len(net.layers) - 1
     for b in range(first_batch, stop_batch):
         start = b * size
@@ -330,15 +336,16 @@ def train_epoch(net, ws, objective, opt, drivers, epoch, first_batch, stop_batch
         epoch.losses[b] = loss
         if loss == BAD_TARGET:
             restore_fp(mode)
-            return total, correct, b - first_batch, BAD_TARGETS
+            return b - first_batch, BAD_TARGETS
         if not loss >= 0.0:  # NaN: the step was refused
             restore_fp(mode)
-            return total, correct, b - first_batch, DIVERGED
+            return b - first_batch, DIVERGED
         weight = 0.0
         for i in range(m):
             weight += w[i]
-        total += loss * weight
+        epoch.weights[b] = weight
+        epoch.correct[b] = 0.0
         if objective.metric != NO_KERNEL:
-            correct += call_value(objective.metric, (layer(net, ws, last, m).out, y, w))
+            epoch.correct[b] = call_value(objective.metric, (layer(net, ws, last, m).out, y, w))
     restore_fp(mode)
-    return total, correct, stop_batch - first_batch, OK
+    return stop_batch - first_batch, OK
