@@ -35,6 +35,7 @@ LOSS_KERNELS = {
     "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
     "mse": (loss_kernels._mse, None, False),
     "binary_cross_entropy": (loss_kernels._binary_cross_entropy, loss_kernels._count_binary_correct, False),
+    "poisson": (loss_kernels._poisson, None, False),
 }
 DRIVERS = tuple(train.DRIVER_FUNCTIONS[field] for field in train.Drivers._fields)  # in field order
 
@@ -46,7 +47,7 @@ def group_types(dtype):
     v, m = np.zeros(0, f), np.zeros((0, 0), f)
     return {"net": numba.typeof(train.Net(v, v, np.zeros((0, 0), np.int64), np.zeros(0), 0, 0, 0)),
             "ws": numba.typeof(train.Workspace(v, v, v)),
-            "objective": numba.typeof(train.Objective(0, 0)),
+            "objective": numba.typeof(train.Objective(0, 0, 0, 0.0)),
             "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m, np.zeros(1, np.int64))),
             "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
             "epoch": numba.typeof(train.Epoch(*(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0, np.int64), False,
@@ -193,8 +194,19 @@ class Engine:
             lsig, msig = loss_kernels.signatures(self.dtype)
             metric_addr = (_jit.address(metric_kernel, msig) if metric and metric_kernel is not None
                            else train.NO_KERNEL)
-            self._built[key] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr)
+            self._built[key] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr, train.NO_KERNEL, 0.0)
         return self._built[key]
+
+    def penalised(self, objective, l2):
+        """``objective`` with scikit-learn's L2 penalty of strength ``l2`` (alpha; 0: none)."""
+        if not l2:
+            return objective
+        return objective._replace(penalty=self.penalty_address(), l2=float(l2))
+
+    def penalty_address(self):
+        if "penalty" not in self._built:
+            self._built["penalty"] = _jit.address(loss_kernels._l2_penalty, loss_kernels.penalty_signature(self.dtype))
+        return self._built["penalty"]
 
     def update_address(self, optimizer):
         """The address of ``optimizer``'s update kernel for this dtype."""

@@ -105,7 +105,7 @@ def _model_graph(b, x, model, probabilities, outputs):
         if prep is not None and prep.target_mean is not None:
             out = b.node("Add", [b.node("Mul", [out, b.const("target_scale", prep.target_scale)]),
                                  b.const("target_mean", prep.target_mean)])
-        return [b.node("Identity", [out], outputs=[outputs[0]])]
+        return [b.node("Identity", [out], outputs=[outputs[0]])]  # (Poisson: the log rate, as predict)
     head = "Softmax" if loss == "softmax_cross_entropy" else "Sigmoid"
     result = [b.node(head, [out], outputs=[outputs[0]], **({"axis": 1} if head == "Softmax" else {}))
               if probabilities else b.node("Identity", [out], outputs=[outputs[0]])]
@@ -194,8 +194,8 @@ def estimator_graph(b, x, estimator, outputs):
     dtype): ``outputs`` = (label, probabilities) for a classifier, (variable,) for a regressor."""
     model = estimator.model_
     out = _network(b, x, model)
-    if not hasattr(estimator, "classes_"):
-        return [b.node("Identity", [out], outputs=[outputs[0]])]
+    if not hasattr(estimator, "classes_"):  # a regressor: its prediction (Poisson: the rate, e^output)
+        return [b.node("Exp" if model.loss == "poisson" else "Identity", [out], outputs=[outputs[0]])]
     if model.loss == "binary_cross_entropy":  # one logistic output: [1 - p, p]
         p = b.node("Sigmoid", [out])
         proba = b.node("Concat", [b.node("Sub", [b.const("one", [[1.0]]), p]), p], outputs=[outputs[1]], axis=1)

@@ -1,7 +1,8 @@
 """Loss names, their targets and row weights. The numbers are computed by ``fastnn.kernels.losses``.
 
 fastnn's own names are the kernels': ``"softmax_cross_entropy"``, ``"binary_cross_entropy"``
-and ``"mse"``. Keras' names are accepted too and mean the same loss:
+``"mse"`` and ``"poisson"`` (half the Poisson deviance on log rates). Keras' names are accepted
+too and mean the same loss:
 ``"sparse_categorical_crossentropy"`` (integer labels) and ``"categorical_crossentropy"``
 (one-hot rows) are softmax cross-entropy, ``"binary_crossentropy"`` is binary cross-entropy
 on logits, ``"mean_squared_error"`` is mse. A model stores the canonical name.
@@ -67,6 +68,7 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
     binary_cross_entropy: targets in [0, 1] (0/1 labels, bools or probabilities), (n, outputs),
     or (n,) for one output -> the model's dtype.
     mse: float targets (n, outputs) -> the model's dtype (a 1-D y is taken as one output).
+    poisson: counts or rates >= 0, (n, outputs), or (n,) for one output -> the model's dtype.
     ``check=False`` leaves the values (labels in range, finite targets) to the kernels, which
     check them as they read them: the per-step fast path, which then copies nothing.
     """
@@ -75,7 +77,7 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
             if y.dtype == np.int64 and y.ndim == 1 and (not check or labels_in_range(y, outputs)):
                 return y  # already what the kernel reads
         elif y.dtype == dtype and (y.shape == (n, outputs) or (outputs == 1 and y.shape == (n,))) and (
-                not check or (all_finite(y) if loss == "mse" else bool(np.all((y >= 0) & (y <= 1))))):
+                not check or _in_range(loss, y)):
             return y.reshape(n, outputs)
     loss = check_loss(loss)
     y = np.asarray(y)
@@ -90,11 +92,23 @@ def prepare_targets(loss: str, y, n: int, outputs: int, dtype, check: bool = Tru
     y = np.array(y, dtype=dtype, order="C", copy=True)  # owned and writable, whatever came in
     if not all_finite(y):
         raise ValueError("y contains NaN or inf; remove or impute those targets")
+    if loss == "poisson" and not np.all(y >= 0):
+        raise ValueError(f"y must hold counts or rates >= 0 for poisson, got values from {y.min()} to {y.max()}; "
+                         f"for targets of any sign use loss='mse'")
     if loss == "binary_cross_entropy" and not np.all((y >= 0) & (y <= 1)):
         raise ValueError(f"y must hold 0/1 labels (or probabilities in [0, 1]) for {loss}, got values from "
                          f"{y.min()} to {y.max()}; for regression use loss='mse', for one label out of several "
                          f"classes loss='softmax_cross_entropy'")
     return y
+
+
+def _in_range(loss, y):
+    """A float target array's values are what ``loss`` takes (finite, and its range)."""
+    if loss == "mse":
+        return all_finite(y)
+    if loss == "poisson":
+        return all_finite(y) and bool(np.all(y >= 0))
+    return bool(np.all((y >= 0) & (y <= 1)))
 
 
 def _class_labels_of(loss, y):

@@ -18,7 +18,7 @@ import numpy as np
 from ._files import Archive, atomic_write
 from .engine import Engine, raw_rows_of
 from .fingerprint import Fingerprint
-from .kernels._checks import all_finite, positive_int
+from .kernels._checks import all_finite, positive, positive_int
 from .layers import Dense, Dropout
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
@@ -375,13 +375,14 @@ class Sequential:
 
     # -- the step -------------------------------------------------------------------------
 
-    def loss_and_grad(self, X, y, loss=None, sample_weight=None, training=True):
+    def loss_and_grad(self, X, y, loss=None, sample_weight=None, training=True, l2=0.0):
         """Mean loss on ``(X, y)`` and its gradient with respect to every parameter.
 
         ``loss`` defaults to the model's (see ``fit``); ``sample_weight`` weighs the rows.
         ``training``: with Dropout layers, True drops as the first training step does (the
         masks of step 0: a fixed function, which finite differences can check); False is the
-        evaluation-mode loss and gradient, with no dropout (what ``evaluate`` scores).
+        evaluation-mode loss and gradient, with no dropout (what ``evaluate`` scores). ``l2``:
+        the L2 penalty on the weight matrices, as in ``fit``.
 
         Returns
         -------
@@ -398,6 +399,7 @@ class Sequential:
         self._check_writable(params=False)  # (it writes gradients only)
         engine = self._engine
         gradients, objective, drivers = engine.gradients_fn(loss)
+        objective = engine.penalised(objective, positive("l2", l2, allow_zero=True))
         net = engine.net if training else engine.net._replace(p_drop=np.zeros_like(engine.net.p_drop))
         self._train_alone()
         try:
@@ -464,7 +466,8 @@ class Sequential:
 
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32,
             validation_data=None, shuffle=True, verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False,
-            validation_split=0.0, early_stopping=None, callbacks=(), sample_weight=None, class_weight=None):
+            validation_split=0.0, early_stopping=None, callbacks=(), sample_weight=None, class_weight=None,
+            l2=0.0):
         """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
 
         Parameters
@@ -512,6 +515,10 @@ class Sequential:
         class_weight : dict {class index: weight} or "balanced", optional
             Multiplies each row's weight by its class's (scikit-learn's "balanced":
             N / (classes * rows of the class)); for class labels only.
+        l2 : float >= 0
+            An L2 penalty on the weight matrices (not the biases), scikit-learn's ``alpha``:
+            each batch's loss gains ``l2/2 * sum(W^2) / sum(w)`` (w: the batch's row weights, so
+            its rows for a plain mean), and the history's loss includes it. 0: none.
 
         Raises
         ------
@@ -537,7 +544,8 @@ class Sequential:
                                  validation_data=validation_data, shuffle=shuffle, verbose=verbose,
                                  lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=resume,
                                  validation_split=validation_split, early_stopping=early_stopping,
-                                 callbacks=callbacks, sample_weight=sample_weight, class_weight=class_weight)
+                                 callbacks=callbacks, sample_weight=sample_weight, class_weight=class_weight,
+                                 l2=l2)
             return training.run(self, plan, training.CompiledEpochs(self, plan))
         finally:
             self._training.release()
@@ -602,14 +610,16 @@ class Sequential:
 
     def score(self, X, y, sample_weight=None):
         """One number, higher is better, from the model's loss: accuracy for the cross-entropies
-        (as ``evaluate``), the coefficient of determination R^2 for mse (scikit-learn's
-        ``score``, averaged uniformly over outputs)."""
+        (as ``evaluate``), the coefficient of determination R^2 for mse and poisson (of the
+        rates, exp of the outputs; scikit-learn's ``score``, averaged uniformly over outputs)."""
         loss = self._task(None)
         X, y = self._data(X, y, loss)
         w = row_weights(loss, y, X.shape[0], self.dtype, sample_weight)
         out = self._outputs(X)
         if loss in CLASSIFIERS:
             return float(np.average(_right(loss, out, y), weights=w))
+        if loss == "poisson":  # the outputs are log rates; R^2 of the rates, as scikit-learn's score
+            out = np.exp(out.astype(np.float64))
         mean = np.average(y, axis=0, weights=w)
         residual = np.average((y - out) ** 2, axis=0, weights=w)
         total = np.average((y - mean) ** 2, axis=0, weights=w)

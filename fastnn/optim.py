@@ -160,7 +160,7 @@ class Optimizer:
 
     def _load_state_dict(self, d):
         for name in self._hyper:  # all in place first, then each checked with the others (Nesterov, momentum)
-            object.__setattr__(self, name, d[name])
+            object.__setattr__(self, name, d[name] if name in d or name != "eps_after_correction" else True)
         for name in self._hyper:
             object.__setattr__(self, name, self._checked(name, getattr(self, name)))
         self.step_count = int(d["step_count"])
@@ -221,19 +221,22 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (``torch.optim.Adam``): bias-corrected moments, eps added after the square root;
-    ``weight_decay`` is added to the gradient (L2), unlike ``AdamW``."""
+    ``weight_decay`` is added to the gradient (L2), unlike ``AdamW``. ``eps_after_correction``:
+    True adds eps to the bias-corrected sqrt(v) (PyTorch); False to sqrt(v) before the
+    correction (scikit-learn's MLPs, Keras 2), which its estimators use."""
 
-    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _hyper = ("lr", "betas", "eps", "weight_decay", "eps_after_correction")
     _kernel_hyper = _kernels.ADAM_HYPER
     _buffers = ("exp_avg", "exp_avg_sq")
     decoupled = False
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, eps_after_correction=True):
         super().__init__()
         self.lr = lr
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
+        self.eps_after_correction = eps_after_correction
 
     def _checked(self, name, value):
         if name == "betas":
@@ -244,6 +247,8 @@ class Adam(Optimizer):
             return (b1, b2)
         if name in ("eps", "weight_decay"):
             return _checks.positive(name, value, allow_zero=True)
+        if name == "eps_after_correction":
+            return bool(value)
         return super()._checked(name, value)
 
     def _kernel(self):

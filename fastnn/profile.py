@@ -82,7 +82,8 @@ def timed_step(model, loss, optimizer, records):
             dropout_forward=_timed(records, "dropout_forward", dropout._dropout_forward, dsig_f, _dropout_cost),
             dropout_backward=_timed(records, "dropout_backward", dropout._dropout_backward, dsig_b, _dropout_cost))
     objective = train.Objective(_timed(records, loss, _engine.LOSS_KERNELS[loss][0],
-                                       loss_kernels.signatures(dtype)[0], _loss_cost), train.NO_KERNEL)
+                                       loss_kernels.signatures(dtype)[0], _loss_cost), train.NO_KERNEL,
+                                train.NO_KERNEL, 0.0)
     update = _timed(records, "optimizer_update", optimizer._kernel(), optimizers.signature(dtype), _optimizer_cost)
     guard = _timed(records, "finite_guard", train.gradients_finite, numba.float64(_jit.array_type(dtype, 1)),
                    _guard_cost)

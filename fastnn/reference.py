@@ -88,6 +88,21 @@ def mse(pred, target):
     return float(np.mean(diff * diff, dtype=np.float64)), diff * (2 / diff.size)
 
 
+def poisson(logits, target):
+    """``(mean loss, dlogits)`` of half the Poisson deviance with a log link over all elements:
+    mean(t log t - t - t x + e^x), in float64."""
+    x, t = logits.astype(np.float64), target.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tlogt = np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)), 0.0)
+    rate = np.exp(x)
+    return float(np.mean(tlogt - t - t * x + rate)), ((rate - t) / t.size).astype(logits.dtype)
+
+
+def l2_penalty(W, c):
+    """``(c/2 * sum(W^2), c * W)``: the L2 penalty of a weight matrix and its gradient."""
+    return 0.5 * c * float(np.sum(W.astype(np.float64) ** 2)), (c * W).astype(W.dtype)
+
+
 def binary_cross_entropy(logits, target):
     """``(mean loss, dlogits)`` of sigmoid + binary cross-entropy over all elements; logits and
     target (N, K), targets in [0, 1]: -mean(t log s + (1 - t) log(1 - s)), s = sigmoid(logits)."""
@@ -108,16 +123,20 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
 
 
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                decoupled=False):
-    """One Adam or AdamW step (PyTorch's formula); returns ``(new p, new m, new v)``."""
+                decoupled=False, eps_after_correction=True):
+    """One Adam or AdamW step (PyTorch's formula; with ``eps_after_correction=False``
+    scikit-learn's, eps added to sqrt(v) before the bias correction); returns ``(new p, new m,
+    new v)``."""
     if decoupled:
         p = p * (1 - lr * weight_decay)
     else:
         g = g + weight_decay * p
     m = m + (1 - beta1) * (g - m)
     v = beta2 * v + (1 - beta2) * g * g
-    denom = np.sqrt(v) / math.sqrt(1 - beta2**step) + eps
-    return p - (lr / (1 - beta1**step)) * m / denom, m, v
+    if eps_after_correction:
+        return p - (lr / (1 - beta1**step)) * m / (np.sqrt(v) / math.sqrt(1 - beta2**step) + eps), m, v
+    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    return p - step_size * m / (np.sqrt(v) + eps), m, v
 
 
 def _uniform(seed, step, layer, shape):

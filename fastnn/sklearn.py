@@ -1,29 +1,35 @@
 """scikit-learn estimators backed by fastnn: ``MLPClassifier`` and ``MLPRegressor``.
 
-Constructor parameters, fitted attributes and stopping rules are those of
-``sklearn.neural_network.MLPClassifier``/``MLPRegressor``, wherever fastnn can honour them:
-- ``solver``: "adam" (default) or "sgd" (with ``momentum`` and ``nesterovs_momentum``);
-  "lbfgs" (full-batch quasi-Newton) is refused with a clear error.
-- ``learning_rate`` (sgd only, as scikit-learn): "constant"; "invscaling", lr =
-  learning_rate_init / (t_ + 1)^power_t after each epoch (t_: samples seen); "adaptive", lr
-  divided by 5 whenever the loss (or validation score) has not improved by ``tol`` for
-  ``n_iter_no_change`` epochs, stopping below 1e-6.
-- ``tol``/``n_iter_no_change``/``early_stopping``/``validation_fraction``: scikit-learn's
-  rules, on the training loss or (early stopping) on the validation score: accuracy, or R^2
-  for the regressor; with early stopping the best epoch's weights are kept. A ``max_iter`` that
-  ends training first gives scikit-learn's ``ConvergenceWarning``.
-- ``warm_start``: ``fit`` continues from the fitted network; ``sample_weight`` in ``fit``.
+Constructor parameters, fitted attributes and rules are those of
+``sklearn.neural_network.MLPClassifier``/``MLPRegressor``, so the same settings give comparable
+results, on scaled data or not:
+- **Initialisation** as scikit-learn's (``_init_coef``): weights and biases uniform in
+  +-sqrt(6 / (fan_in + fan_out)), with 2 in place of 6 for ``activation="logistic"``, drawn from
+  ``random_state`` in scikit-learn's order (``fastnn.Sequential`` keeps He/Glorot by activation).
+- **L2 penalty** as scikit-learn's: ``alpha/2 * sum(W^2)`` over the weight matrices only (not
+  the biases), divided by each batch's number of rows, or its sum of sample weights; in the
+  loss (so ``loss_curve_`` includes it) and in the gradient (``Sequential.fit(l2=...)``).
+- ``solver``: "adam" (default), "sgd" (``momentum``, ``nesterovs_momentum``; ``learning_rate``
+  "constant", "invscaling" lr = learning_rate_init / (t_ + 1)^power_t after each epoch,
+  "adaptive" lr / 5 whenever ``n_iter_no_change`` epochs pass without improving by ``tol``),
+  or "lbfgs": full-batch L-BFGS (SciPy's L-BFGS-B) on the fused loss and gradient, with
+  ``max_iter`` iterations, ``max_fun`` evaluations and ``tol`` as scikit-learn's; it sets
+  ``loss_``, and no ``loss_curve_``.
+- The stochastic solvers run one ``fit`` with scikit-learn's epoch rules in a per-epoch hook
+  (``tol``/``n_iter_no_change`` on the training loss, or with ``early_stopping`` on the
+  validation score: accuracy, or R^2; the best epoch's weights kept), so an estimator pays
+  little over the network it wraps. ``max_iter`` reached first gives ``ConvergenceWarning``.
+- ``warm_start``, ``partial_fit`` (stochastic solvers), ``sample_weight``.
 - Binary problems train one logistic output (binary cross-entropy), as scikit-learn does;
   more classes a softmax output (``out_activation_``).
-- ``alpha`` (L2 penalty) becomes weight decay ``alpha / batch_size`` on the gradient, as
-  scikit-learn adds ``alpha * W / batch_size``; here it applies to the biases too, and with
-  ``sample_weight`` it stays ``alpha / batch_size`` (scikit-learn divides by the batch's sum of
-  weights). The early-stopping score is unweighted, as scikit-learn's.
-- ``loss_curve_``: each epoch's mean training loss in scikit-learn's terms: log-loss, or half the
-  squared error for the regressor, plus 0.5 * alpha * sum(W^2) / batch_size (scikit-learn adds
-  that term per batch with the batch's weights; here with the epoch's last weights).
+- ``MLPRegressor(loss=...)``: "squared_error" (half the mean squared error, as scikit-learn's)
+  or "poisson" (half the Poisson deviance with a log link: the network's output is the log of
+  the rate, and ``predict`` gives the rate).
 - The classifier trains float32 input in float32 (faster) and anything else in float64; the
   regressor always trains in float64, so a target's scale does not cost it precision.
+- Threads: from ``fastnn.set_num_threads`` and threadpoolctl or joblib limits, never from the
+  clock. A fit called from a thread other than the main one (joblib's threading backend, a
+  thread pool) runs BLAS on one thread, so concurrent fits do not fight over the cores.
 Requires scikit-learn (``pip install "fastnn-cpu[sklearn]"``, or ``pip install ".[sklearn]"`` in a
 checkout); fastnn itself does not.
 """
@@ -37,6 +43,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
@@ -57,7 +64,7 @@ class _BaseMLP(BaseEstimator):
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -80,17 +87,19 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
 
     # -- building -------------------------------------------------------------------------
+
+    # the network's loss is this factor times scikit-learn's: fastnn's mse is the mean squared
+    # error, scikit-learn's "squared_error" half of it (so alpha and the learning rate follow)
+    _loss_scale = 1.0
 
     def _check_params(self):
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' (full-batch quasi-Newton) is not available in fastnn, which trains by "
-                             "mini-batch gradient steps; use solver='adam' or 'sgd'")
-        if self.solver not in ("adam", "sgd"):
-            raise ValueError(f"solver must be 'adam' or 'sgd', got {self.solver!r}")
+        if self.solver not in ("lbfgs", "sgd", "adam"):
+            raise ValueError(f"solver must be 'lbfgs', 'sgd' or 'adam', got {self.solver!r}")
         if self.learning_rate not in _SCHEDULES:
             raise ValueError(f"learning_rate must be one of {list(_SCHEDULES)}, got {self.learning_rate!r}")
         sizes = [self.hidden_layer_sizes] if np.isscalar(self.hidden_layer_sizes) else list(self.hidden_layer_sizes)
@@ -100,6 +109,7 @@ class _BaseMLP(BaseEstimator):
             positive(name, getattr(self, name), allow_zero=True)
         positive("learning_rate_init", self.learning_rate_init)
         positive_int("max_iter", self.max_iter)
+        positive_int("max_fun", self.max_fun)
         positive_int("n_iter_no_change", self.n_iter_no_change)
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             positive_int("batch_size (or 'auto')", self.batch_size)
@@ -116,35 +126,51 @@ class _BaseMLP(BaseEstimator):
         return min(200, n) if self.batch_size == "auto" else min(int(self.batch_size), n)
 
     def _build(self, n_features, n_outputs, hidden, dtype):
+        """A new network with scikit-learn's initialisation, drawn from ``random_state`` in its order."""
         self._random_state = check_random_state(self.random_state)
-        seed = int(self._random_state.randint(2**31 - 1))
         sizes = [n_features, *hidden, n_outputs]
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        start = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            start.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)))
+            start.append(self._random_state.uniform(-bound, bound, fan_out))
+        seed = int(self._random_state.randint(2**31 - 1))  # (the shuffling's)
         act = _ACTIVATIONS[self.activation]
         layers = [Dense(a, b, activation=act) for a, b in zip(sizes[:-2], sizes[1:-1])]
         self.model_ = Sequential(*layers, Dense(sizes[-2], n_outputs), seed=seed, dtype=dtype, loss=self._loss)
+        for p, value in zip(self.model_.parameters(), start):
+            p[...] = value
         self.optimizer_ = None
-        self.loss_curve_ = []
         self.n_iter_ = 0
         self.t_ = 0
         self.n_outputs_ = n_outputs
         self.n_layers_ = len(sizes)
-        self.best_loss_ = np.inf
         self._no_improvement_count = 0
-        if self.early_stopping:
-            self.validation_scores_ = []
-            self.best_validation_score_ = -np.inf
-            self.best_loss_ = None
+        if self.solver != "lbfgs":
+            self.loss_curve_ = []
+            self.best_loss_ = np.inf
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
 
-    def _optimizer(self, batch_size):
+    def _optimizer(self):
         if self.optimizer_ is None:
-            decay = self.alpha / batch_size
+            lr = self.learning_rate_init * self._lr_factor()
             if self.solver == "sgd":
-                self.optimizer_ = SGD(lr=self.learning_rate_init, momentum=self.momentum, weight_decay=decay,
+                self.optimizer_ = SGD(lr=lr, momentum=self.momentum,
                                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
             else:
-                self.optimizer_ = Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                                       weight_decay=decay)
+                # scikit-learn's placement of epsilon; scaled with the loss, so that the steps are its own
+                self.optimizer_ = Adam(lr=lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon * self._loss_scale,
+                                       eps_after_correction=False)
         return self.optimizer_
+
+    def _lr_factor(self):
+        """SGD on a loss ``_loss_scale`` times scikit-learn's takes steps that much smaller to take
+        scikit-learn's steps (Adam does not see a gradient's scale)."""
+        return 1.0 / self._loss_scale if self.solver == "sgd" else 1.0
 
     @property
     def coefs_(self):
@@ -158,19 +184,18 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self, "model_")
         return self.model_.parameters()[1::2]
 
-    def _curve_loss(self, loss, batch_size):
-        """fastnn's epoch loss in scikit-learn's terms (see the module docstring)."""
-        if self._loss == "mse":
-            loss = 0.5 * loss
-        return loss + 0.5 * self.alpha * sum(float(np.dot(W.ravel(), W.ravel())) for W in self.coefs_) / batch_size
-
     def _train(self, X, y, epochs, batch_size, sample_weight=None, incremental=False):
-        """scikit-learn's epoch loop (``_fit_stochastic``): one fastnn epoch at a time, then the
-        learning-rate schedule and the stopping rules."""
+        """scikit-learn's training: L-BFGS, or its epoch loop (``_fit_stochastic``) as one fastnn
+        ``fit`` whose per-epoch hook applies the learning-rate schedule and the stopping rules."""
+        with _threads_for_this_call():
+            if self.solver == "lbfgs":
+                return self._fit_lbfgs(X, y, sample_weight)
+            return self._fit_stochastic(X, y, epochs, batch_size, sample_weight, incremental)
+
+    def _fit_stochastic(self, X, y, epochs, batch_size, sample_weight, incremental):
         if not incremental:  # as scikit-learn: every fit (warm or not) gets a new optimizer and count
             self.optimizer_, self._no_improvement_count = None, 0
-        optimizer = self._optimizer(batch_size)
-        model = self.model_
+        optimizer = self._optimizer()
         validation = None
         early = self.early_stopping and not incremental
         if early:
@@ -182,29 +207,77 @@ class _BaseMLP(BaseEstimator):
             if sample_weight is not None:
                 sample_weight = split[4]
             validation = (Xv, yv)
-        for _ in range(epochs):
-            history = model.fit(X, y, optimizer=optimizer, epochs=1, batch_size=batch_size, shuffle=self.shuffle,
-                                verbose=int(bool(self.verbose)), sample_weight=sample_weight)
+        rows, stopped = X.shape[0], [False]
+        lr_factor = self._lr_factor()
+
+        def set_lr(lr):
+            # scikit-learn's momentum keeps the learning rate inside the velocity (v <- mu v - lr g),
+            # PyTorch's outside (v <- mu v + g; p <- p - lr v): so that a new rate applies to new
+            # gradients only, as in scikit-learn, the buffer is rescaled by old / new
+            state = optimizer.state
+            if state is not None and "momentum_buffer" in state:
+                for buffer in state["momentum_buffer"]:
+                    buffer *= optimizer.lr / lr
+            optimizer.lr = lr
+
+        def end_of_epoch(epoch, history):
             self.n_iter_ += 1
-            self.t_ += X.shape[0]
-            self.loss_curve_.append(self._curve_loss(history["loss"][-1], batch_size))
+            self.t_ += rows
+            self.loss_curve_.append(history["loss"][-1] / self._loss_scale)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {self.loss_curve_[-1]:.8f}")
+            self.loss_ = self.loss_curve_[-1]
             if self.solver == "sgd" and self.learning_rate == "invscaling":
-                optimizer.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
+                set_lr(self.learning_rate_init / (self.t_ + 1) ** self.power_t * lr_factor)
             if incremental:
-                continue
+                return False
             self._update_no_improvement_count(validation)
             if self._no_improvement_count > self.n_iter_no_change:
-                if self.solver == "sgd" and self.learning_rate == "adaptive" and optimizer.lr > 1e-6:
-                    optimizer.lr /= 5.0
+                if self.solver == "sgd" and self.learning_rate == "adaptive" and optimizer.lr / lr_factor > 1e-6:
+                    set_lr(optimizer.lr / 5.0)
                     self._no_improvement_count = 0
-                    continue
-                break
-        else:
-            if not incremental and self.n_iter_ >= self.max_iter:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                              f"optimization hasn't converged yet.", ConvergenceWarning)
+                    return False
+                stopped[0] = True
+                return True
+            return False
+
+        self.model_.fit(X, y, optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=self.shuffle,
+                        sample_weight=sample_weight, callbacks=[end_of_epoch], l2=self.alpha * self._loss_scale)
+        if not incremental and not stopped[0] and self.n_iter_ >= self.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                          f"optimization hasn't converged yet.", ConvergenceWarning)
         if early and self._best_params is not None:
-            model._flat_params[...] = self._best_params
+            for p, best in zip(self.model_.parameters(), self._best_params):
+                p[...] = best
+        return self
+
+    def _fit_lbfgs(self, X, y, sample_weight):
+        """scikit-learn's ``_fit_lbfgs``: SciPy's L-BFGS-B over all parameters, full batch."""
+        import scipy.optimize
+
+        model = self.model_
+        params = model.parameters()
+        sizes = np.cumsum([p.size for p in params])[:-1]
+        scale, l2 = self._loss_scale, self.alpha * self._loss_scale
+
+        def loss_and_grad(theta):
+            for p, part in zip(params, np.split(theta, sizes)):
+                p[...] = part.reshape(p.shape)
+            value, grads = model.loss_and_grad(X, y, sample_weight=sample_weight, l2=l2)
+            return value / scale, np.concatenate([g.ravel() for g in grads]).astype(np.float64) / scale
+
+        result = scipy.optimize.minimize(
+            loss_and_grad, np.concatenate([p.ravel() for p in params]).astype(np.float64), method="L-BFGS-B",
+            jac=True, options={"maxfun": int(self.max_fun), "maxiter": int(self.max_iter), "gtol": self.tol,
+                               **_lbfgs_quiet()})
+        if result.status != 0:
+            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
+                          f"{result.message}. Increase the number of iterations (max_iter) or scale the data.",
+                          ConvergenceWarning)
+        self.n_iter_ = min(int(result.nit), int(self.max_iter))
+        self.loss_ = float(result.fun)
+        for p, part in zip(params, np.split(result.x, sizes)):
+            p[...] = part.reshape(p.shape)
         return self
 
     _best_params = None
@@ -216,7 +289,7 @@ class _BaseMLP(BaseEstimator):
             improved = score >= self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = self.model_._flat_params.copy()
+                self._best_params = [p.copy() for p in self.model_.parameters()]
         else:
             loss = self.loss_curve_[-1]
             improved = loss <= self.best_loss_ - self.tol
@@ -240,6 +313,39 @@ class _BaseMLP(BaseEstimator):
 
     def _weights(self, X, sample_weight):
         return None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+
+
+def _stochastic(estimator):
+    """``partial_fit`` exists for the stochastic solvers only, as in scikit-learn."""
+    if estimator.solver == "lbfgs":
+        raise AttributeError("partial_fit is only available for stochastic optimizers; lbfgs is not stochastic")
+    return True
+
+
+def _lbfgs_quiet():
+    """SciPy's option that silences L-BFGS-B: ``iprint`` before SciPy 1.15 deprecated it."""
+    import scipy
+    major, minor = (int(v) for v in scipy.__version__.split(".")[:2])
+    return {} if (major, minor) >= (1, 15) else {"iprint": -1}
+
+
+class _threads_for_this_call:
+    """A fit called from a thread other than the main one (joblib's threading backend, a pool)
+    runs BLAS on one thread: concurrent fits then keep a core each instead of fighting over
+    both. Decided by where the call comes from, never by the clock, so a fit's thread count
+    (and rounding) is the same in every run."""
+
+    def __enter__(self):
+        import threading
+
+        from .threads import one_blas_thread
+        self._inner = one_blas_thread() if threading.current_thread() is not threading.main_thread() else None
+        if self._inner is not None:
+            self._inner.__enter__()
+
+    def __exit__(self, *exc):
+        if self._inner is not None:
+            self._inner.__exit__(*exc)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -293,6 +399,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             self._build(X.shape[1], outputs, hidden, X.dtype)
         return self._train(X, self._encode(y), int(self.max_iter), self._batch(len(X)), self._weights(X, sample_weight))
 
+    @available_if(_stochastic)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch on (X, y), keeping the model and the optimizer state of earlier calls.
 
@@ -325,11 +432,42 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """A multi-layer perceptron regressor trained by fastnn (mean squared error), with a linear
-    output layer. Parameters and fitted attributes as ``sklearn.neural_network.MLPRegressor``."""
+    """A multi-layer perceptron regressor trained by fastnn. Parameters (``loss`` first, as in
+    scikit-learn 1.7 and later) and fitted attributes as ``sklearn.neural_network.MLPRegressor``:
+    ``loss="squared_error"`` (half the mean squared error, a linear output) or ``"poisson"``
+    (half the Poisson deviance, an exponential output: counts and rates >= 0)."""
 
-    _loss = "mse"
-    out_activation_ = "identity"
+    _LOSSES = {"squared_error": ("mse", "identity", 2.0), "poisson": ("poisson", "exp", 1.0)}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+                         warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+                         early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
+                         beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+        self.loss = loss
+
+    @property
+    def _loss(self):
+        return self._LOSSES[self.loss][0] if self.loss in self._LOSSES else None
+
+    @property
+    def _loss_scale(self):
+        return self._LOSSES[self.loss][2]
+
+    @property
+    def out_activation_(self):
+        return self._LOSSES[self.loss][1]
+
+    def _check_params(self):
+        if self.loss not in self._LOSSES:
+            raise ValueError(f"loss must be one of {sorted(self._LOSSES)}, got {self.loss!r}")
+        return super()._check_params()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -343,7 +481,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _score_rows(self, X, y):
         from sklearn.metrics import r2_score
-        return float(r2_score(y, self.model_.predict(X)))
+        return float(r2_score(y, self._rates(self.model_.predict(X))))
+
+    def _rates(self, out):
+        """Predictions from the network's outputs: the outputs, or for Poisson their exponential."""
+        return np.exp(out) if self.loss == "poisson" else out
 
     def fit(self, X, y, sample_weight=None):
         """Train for up to ``max_iter`` epochs (from scratch, or on from the fitted network with
@@ -352,6 +494,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         warm = self.warm_start and hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=np.float64, reset=not warm, multi_output=True, y_numeric=True)
         y2 = self._targets(y)
+        if self.loss == "poisson" and np.any(y2 < 0):
+            raise ValueError("loss='poisson' needs targets >= 0 (counts or rates)")
         if warm:
             if y2.shape[1] != self.model_.out_features:
                 raise ValueError(f"warm_start: y has {y2.shape[1]} outputs, the fitted model {self.model_.out_features}")
@@ -360,6 +504,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             self._build(X.shape[1], y2.shape[1], hidden, X.dtype)
         return self._train(X, y2, int(self.max_iter), self._batch(len(X)), self._weights(X, sample_weight))
 
+    @available_if(_stochastic)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch on (X, y), keeping the model and the optimizer state of earlier calls."""
         first = not hasattr(self, "model_")
@@ -375,7 +520,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X):
         """Predicted targets: (n_samples,) when fitted on 1-D y, else (n_samples, n_outputs)."""
-        out = self._predict_raw(X)
+        out = self._rates(self._predict_raw(X))
         return out[:, 0] if self._y_ndim == 1 else out
 
 

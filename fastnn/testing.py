@@ -16,7 +16,7 @@ TOLERANCE = {
 }
 
 ACTIVATIONS = tuple(CODES)  # identity, relu, leaky_relu, sigmoid, tanh, gelu
-LOSS_KERNELS = ("softmax_cross_entropy", "mse", "binary_cross_entropy")  # the fused loss kernels
+LOSS_KERNELS = ("softmax_cross_entropy", "mse", "binary_cross_entropy", "poisson")  # the fused loss kernels
 
 # (N, I, O) for layer-level checks: N = 1, odd sizes, I or O = 1, and MNIST-like shapes.
 DENSE_SHAPES = ((1, 1, 1), (1, 7, 3), (3, 1, 5), (5, 4, 1), (17, 33, 9), (9, 3, 40), (64, 1, 64), (64, 64, 1),
@@ -102,6 +102,8 @@ def targets(rng, loss, n, outputs, dtype):
         return rng.integers(0, outputs, n)
     if loss == "binary_cross_entropy":
         return (rng.random((n, outputs)) < 0.5).astype(dtype)
+    if loss == "poisson":
+        return rng.poisson(2.0, (n, outputs)).astype(dtype)
     return rng.standard_normal((n, outputs)).astype(dtype)
 
 
@@ -219,13 +221,18 @@ class KernelCase:
         elif kernel in LOSS_KERNELS:
             n, c = d["N"], d["C"]
             target = {"softmax_cross_entropy": lambda: rng.integers(0, c, n), "mse": lambda: r(n, c),
-                      "binary_cross_entropy": lambda: (rng.random((n, c)) < 0.5).astype(self.dtype)}[kernel]()
+                      "binary_cross_entropy": lambda: (rng.random((n, c)) < 0.5).astype(self.dtype),
+                      "poisson": lambda: rng.poisson(2.0, (n, c)).astype(self.dtype)}[kernel]()
             self.inputs, self.outputs = (r(n, c, s=3.0), target), (np.empty((n, c), self.dtype),)
             self.nbytes = 2 * n * c * self.dtype.itemsize
         elif kernel in ("dropout_forward", "dropout_backward"):
             n, o = d["N"], d["O"]
             self.inputs, self.outputs = (r(n, o), 0.5, 7, 3, 1), ()
             self.nbytes = 2 * n * o * self.dtype.itemsize
+        elif kernel == "l2_penalty":  # (W, c) in, dW out: as a dense layer's backward leaves it
+            i, o = d["I"], d["O"]
+            self.inputs, self.outputs = (r(i, o), 1e-3), (np.zeros((i, o), self.dtype),)
+            self.nbytes = 3 * i * o * self.dtype.itemsize
         elif kernel in ("sgd_update", "adam_update"):
             p = d["P"]
             if kernel == "sgd_update":
@@ -259,6 +266,9 @@ class KernelCase:
         outputs = self.outputs if outputs is None else outputs
         if self.kernel.endswith("_update"):
             return fn(*inputs, **self.hyper)
+        if self.kernel == "l2_penalty":  # the kernel adds to dW: start it at 0 to compare with c W
+            outputs[0][...] = 0
+            return fn(inputs[0], outputs[0], inputs[1])
         return fn(*inputs, *outputs)  # dropout works in place: no outputs
 
     def run_numpy(self, inputs=None):
@@ -280,7 +290,7 @@ class KernelCase:
             expected, got = (expected,), (got,)
         if self.kernel == "dense_forward":
             got = got[:1]
-        if self.kernel in LOSS_KERNELS:
+        if self.kernel in LOSS_KERNELS or self.kernel == "l2_penalty":
             expected = (np.array(expected[0]), expected[1])
             got = (np.array(got[0]), got[1])
         for k, (g, e) in enumerate(zip(got, expected)):
@@ -305,6 +315,8 @@ def kernel_case_specs():
             specs += [(kernel, dict(N=n, C=10), "relu") for n in BATCHES]
         elif kernel.startswith("dropout"):
             specs += [(kernel, dict(N=n, O=o), "relu") for n in BATCHES for o in (256, 128)]
+        elif kernel == "l2_penalty":
+            specs += [(kernel, dict(I=i, O=o), "relu") for i, o in MNIST_LAYERS]
         else:
             specs += [(kernel, dict(P=p), "relu") for p in (MNIST_PARAMS, WIDE_PARAMS)]
     return specs

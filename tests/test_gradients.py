@@ -60,6 +60,42 @@ def test_binary_cross_entropy_gradient_matches_finite_differences(rng):
     np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-9)
 
 
+def test_poisson_gradient_matches_finite_differences(rng):
+    logits, target = rng.standard_normal((4, 3)), rng.poisson(2.0, (4, 3)).astype(float)
+    _, d = R.poisson(logits, target)
+    numeric = finite_difference(lambda l: R.poisson(l, target)[0], logits)
+    np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_l2_penalty_gradient_matches_finite_differences(rng):
+    W = rng.standard_normal((4, 3))
+    _, d = R.l2_penalty(W, 0.7)
+    numeric = finite_difference(lambda w: R.l2_penalty(w, 0.7)[0], W)
+    np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_model_gradient_with_an_l2_penalty_matches_finite_differences_and_the_reference(rng):
+    model = fastnn.Sequential(fastnn.Dense(3, 5, activation="tanh"), fastnn.Dense(5, 2), seed=1, dtype=np.float64)
+    X, y, w = rng.standard_normal((6, 3)), rng.integers(0, 2, 6), rng.random(6)
+    value, grads = model.loss_and_grad(X, y, sample_weight=w, l2=0.4)
+    params = model.parameters()
+    for p, g in zip(params, grads):
+        original = p.copy()
+
+        def f(v, p=p):
+            p[...] = v
+            return model.loss_and_grad(X, y, sample_weight=w, l2=0.4)[0]
+
+        numeric = finite_difference(f, original)
+        p[...] = original
+        np.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-7)
+    plain, plain_grads = model.loss_and_grad(X, y, sample_weight=w)
+    c = 0.4 / w.sum()  # scikit-learn's rule: the weights only, over the sum of the row weights
+    assert value == pytest.approx(plain + sum(R.l2_penalty(W, c)[0] for W in params[::2]), rel=1e-12)
+    for k, (g, h) in enumerate(zip(grads, plain_grads)):
+        np.testing.assert_allclose(g, h + (R.l2_penalty(params[k], c)[1] if k % 2 == 0 else 0), rtol=1e-12)
+
+
 def test_big_shapes_checked_along_a_random_direction(rng):
     x, W, b = rng.standard_normal((64, 300)), rng.standard_normal((300, 40)) * 0.05, rng.standard_normal(40)
     labels = rng.integers(0, 40, 64)
@@ -72,7 +108,7 @@ def test_big_shapes_checked_along_a_random_direction(rng):
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy", "poisson"])
 def test_model_loss_and_grad_matches_finite_differences(act, loss, rng):
     model = fastnn.Sequential(fastnn.Dense(3, 5, activation=act), fastnn.Dense(5, 4, activation=act),
                               fastnn.Dense(4, 2), seed=1, dtype=np.float64)

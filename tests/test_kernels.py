@@ -165,6 +165,60 @@ def test_binary_cross_entropy_weights_rows_and_refuses_bad_targets(dtype, rng):
             K.binary_cross_entropy(logits, t)
 
 
+@pytest.mark.parametrize("n,k", [(1, 1), (9, 1), (5, 3)])
+def test_poisson(n, k, dtype, rng):
+    logits = randn(rng, (n, k), dtype)
+    target = rng.poisson(2.0, (n, k)).astype(dtype)
+    target[0, 0] = 0.0  # t log t at t = 0
+    loss, d = K.poisson(logits, target)
+    rloss, rd = R.poisson(logits, target)
+    assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+    assert_close(d, rd)
+
+
+def test_poisson_is_zero_at_the_right_rate_weights_rows_and_refuses_negative_targets(dtype, rng):
+    target = rng.poisson(3.0, (6, 2)).astype(dtype) + 1
+    loss, d = K.poisson(np.log(target).astype(dtype), target)
+    assert loss == pytest.approx(0.0, abs=1e-5) and np.abs(d).max() < 1e-5
+    logits, w = randn(rng, (6, 2), dtype), rng.random(6).astype(dtype)
+    loss, d = K.poisson(logits, target, weights=w)
+    rows = [R.poisson(logits[i:i + 1], target[i:i + 1]) for i in range(6)]
+    assert loss == pytest.approx(sum(w[i] * rows[i][0] for i in range(6)) / w.sum(), rel=1e-5)
+    assert_close(d, np.concatenate([w[i] * rows[i][1] for i in range(6)]) / w.sum())
+    for bad in (-1.0, np.nan):
+        t = target.copy()
+        t[2, 1] = bad
+        with pytest.raises(ValueError, match="target must hold counts or rates >= 0"):
+            K.poisson(logits, t)
+
+
+@pytest.mark.parametrize("i,o", [(1, 1), (7, 3), (64, 33)])
+def test_l2_penalty(i, o, dtype, rng):
+    W = randn(rng, (i, o), dtype)
+    dW = randn(rng, (i, o), dtype)
+    before = dW.copy()
+    value, out = K.l2_penalty(W, dW, 0.3)
+    rvalue, rgrad = R.l2_penalty(W, 0.3)
+    assert out is dW
+    assert_close(np.array(value), np.array(rvalue), dtype=dtype)
+    assert_close(dW - before, rgrad)
+    with pytest.raises(ValueError, match="dW overlaps W"):
+        K.l2_penalty(W, W, 0.3)
+
+
+@pytest.mark.parametrize("step", [1, 2, 50])
+def test_adam_update_with_scikit_learns_epsilon(step, dtype, rng):
+    p, g = randn(rng, (40,), dtype), randn(rng, (40,), dtype) * 1e-7  # gradients near eps: where it shows
+    m, v = randn(rng, (40,), dtype) * 1e-7, np.abs(randn(rng, (40,), dtype)) * 1e-14
+    expected = R.adam_update(p, g, m, v, step, 1e-2, eps_after_correction=False)
+    other = R.adam_update(p, g, m, v, step, 1e-2)
+    assert not np.allclose(expected[0] - p, other[0] - p, rtol=1e-3)
+    got = [a.copy() for a in (p, m, v)]
+    K.adam_update(got[0], g, got[1], got[2], step, 1e-2, eps_after_correction=False)
+    for a, e in zip(got, expected):
+        assert_close(a, e)
+
+
 SGD_CASES = [dict(lr=0.1), dict(lr=0.1, weight_decay=0.01), dict(lr=0.05, momentum=0.9),
              dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)]
 

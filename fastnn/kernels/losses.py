@@ -4,6 +4,7 @@ Shapes: N = batch, C = classes / outputs.
     logits (N, C) float, labels (N,) int64 in [0, C), dlogits (N, C)
     pred (N, C) float, target (N, C) float, dpred (N, C)
     logits (N, K) float, target (N, K) float in [0, 1], dlogits (N, K)   binary cross-entropy
+    logits (N, K) float (log rates), target (N, K) float >= 0, dlogits (N, K)   poisson
     weights (N,) float: each row's weight (ones for a plain mean)
 Kernels take the targets as raw bytes, ``y`` (N, row bytes) uint8 (``_jit.raw_rows_of``), and
 read them back as their own dtype (``typed_rows``): then every loss has one signature and
@@ -17,6 +18,10 @@ accumulated in float64 whatever the array dtype.
 
 A kernel that indexes with its targets checks them first: an out-of-range label makes it
 return ``BAD_TARGET`` (no loss is negative) and write nothing.
+
+The L2 penalty of a weight matrix (scikit-learn's ``alpha``), added to a loss when a run asks
+for it: W (I, O) and dW (I, O) of one dtype; ``c`` float64 is alpha / (sum of the batch's row
+weights); it returns ``c/2 * sum(W^2)`` and adds ``c * W`` to dW (biases are not penalised).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from . import _checks
 from ._compose import raw_rows_of, run, typed_rows
 from ._jit import REDUCTION, array_type, kernel
 from .activations import exp_
+from .optimizers import like
 
 BAD_TARGET = -1.0
 
@@ -37,6 +43,25 @@ def signatures(dtype):
     """(loss, metric) Numba signatures, the same for every loss: what a driver calls."""
     m, v, raw = array_type(dtype, 2), array_type(dtype, 1), types.Array(types.uint8, 2, "C")
     return types.float64(m, raw, v, m), types.float64(m, raw, v)
+
+
+def penalty_signature(dtype):
+    """The L2 penalty's Numba signature: float64(W, dW, c)."""
+    m = array_type(dtype, 2)
+    return types.float64(m, m, types.float64)
+
+
+# penalty = c/2 sum W^2, d(penalty)/dW = c W. A sum of squares cannot cancel: reassociated.
+@kernel(python_entry=False, fastmath=REDUCTION)
+def _l2_penalty(W, dW, c):
+    total = 0.0
+    flat, grad = W.reshape(-1), dW.reshape(-1)
+    scale = like(c, W)
+    for i in range(flat.size):
+        w = flat[i]
+        grad[i] += scale * w
+        total += w * w
+    return 0.5 * c * total
 
 
 # loss_i = logsumexp(logits_i) - logits_i[label_i], with the max subtracted first so logits
@@ -139,6 +164,36 @@ def _binary_cross_entropy(logits, y, weights, dlogits):
             row += ((1.0 - t) * x if x > 0.0 else -t * x) + math.log1p(e)
             p = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
             dlogits[i, j] = (p - t) * scale
+        if w != 0.0:
+            total += w * row
+    return total * inv_w / k
+
+
+# Half the Poisson deviance with a log link (scikit-learn's MLPRegressor(loss="poisson")), the
+# network's output x being the log of the rate: loss_ij = t log(t) - t - t x + e^x (0 when e^x =
+# t; t log t = 0 at t = 0); d(loss)/d(x_ij) = w_i / sum(w) * (e^x - t) / K. A negative or NaN
+# target makes it return BAD_TARGET and write nothing.
+@kernel(python_entry=False)
+def _poisson(logits, y, weights, dlogits):
+    n, k = logits.shape
+    target = typed_rows(y, logits)
+    total_weight = 0.0
+    for i in range(n):
+        for j in range(k):
+            if not target[i, j] >= 0.0:
+                return BAD_TARGET
+        total_weight += weights[i]
+    inv_w = 1.0 / total_weight if total_weight != 0.0 else 0.0
+    total = 0.0
+    for i in range(n):
+        w = weights[i]
+        scale = w * inv_w / k
+        row = 0.0
+        for j in range(k):
+            x, t = logits[i, j], target[i, j]
+            rate = exp_(x)
+            row += (t * math.log(t) if t > 0.0 else 0.0) - t - t * x + rate
+            dlogits[i, j] = (rate - t) * scale
         if w != 0.0:
             total += w * row
     return total * inv_w / k
@@ -256,6 +311,32 @@ def binary_cross_entropy(logits, target, dlogits=None, weights=None):
     return _float_target_loss(_binary_cross_entropy, ("logits", logits), target, ("dlogits", dlogits), weights)
 
 
+def poisson(logits, target, dlogits=None, weights=None):
+    """Half the Poisson deviance of rates exp(logits) against counts or rates, and its gradient
+    (scikit-learn's ``MLPRegressor(loss="poisson")``; PyTorch's ``PoissonNLLLoss(log_input=True)``
+    up to a constant): the mean over all N x K elements of t log t - t - t x + e^x.
+
+    Parameters
+    ----------
+    logits : ndarray (N, K), float32 or float64, C-contiguous: log rates
+    target : ndarray (N, K) of logits' dtype, values >= 0
+    dlogits : ndarray (N, K), optional
+        Receives d(loss)/d(logits) (overwritten); allocated when omitted. It may be ``logits``
+        itself but may not overlap target.
+    weights : ndarray (N,) of logits' dtype, optional
+        Row weights >= 0: the loss is sum_i w_i mean_j(l_ij) / sum_i w_i.
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray (N, K)
+    """
+    _checks.float_array("target", target, ndim=2)
+    if not np.all(target >= 0):  # (NaN fails it)
+        raise ValueError("target must hold counts or rates >= 0")
+    return _float_target_loss(_poisson, ("logits", logits), target, ("dlogits", dlogits), weights)
+
+
 def _float_target_loss(kernel, named_input, target, named_grad, weights):
     """The checks and the call shared by the losses whose targets are floats shaped like the
     input (mse, binary cross-entropy): the gradient may be the input itself, not the target."""
@@ -269,3 +350,22 @@ def _float_target_loss(kernel, named_input, target, named_grad, weights):
     _checks.no_overlap(grad_name, grad, (name, a), allow_same=True)
     _checks.no_overlap(grad_name, grad, ("target", target), ("weights", weights))
     return float(run(kernel, signatures(a.dtype)[0], a, raw_rows_of(target), weights, grad)), grad
+
+
+def l2_penalty(W, dW, c):
+    """The L2 penalty ``c/2 * sum(W^2)`` of a weight matrix, returned, and its gradient ``c * W``
+    added to ``dW`` in place (``c``: alpha divided by the batch's sum of row weights, as
+    scikit-learn's MLPs). W and dW (I, O) of one float dtype, C-contiguous, not overlapping.
+
+    Returns
+    -------
+    penalty : float
+    dW : ndarray (I, O), the same array, with c * W added
+    """
+    _checks.float_array("W", W, ndim=2)
+    _checks.float_array("dW", dW, ndim=2, dtype=W.dtype)
+    _checks.shape("dW", dW, W.shape)
+    _checks.writable("dW", dW)
+    _checks.no_overlap("dW", dW, ("W", W))
+    c = _checks.positive("c", c, allow_zero=True)
+    return float(run(_l2_penalty, penalty_signature(W.dtype), W, dW, c)), dW

@@ -12,6 +12,8 @@ Adam / AdamW (torch.optim.Adam / AdamW), t = step number starting at 1:
     m <- m + (1 - b1)(g - m)                  (PyTorch's lerp)
     v <- b2*v + (1 - b2) g^2
     p <- p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+    (with ``eps_after_correction`` 0, scikit-learn's and Keras 2's placement:
+     p <- p - lr sqrt(1 - b2^t)/(1 - b1^t) * m / (sqrt(v) + eps), the same with eps/sqrt(1 - b2^t))
 
 Every update checks what it writes, in the same loop (``_finite``), so that a step can be
 applied whole or not at all: finite gradients can still overflow an update (a learning rate
@@ -109,7 +111,7 @@ def sgd_kernel(momentum: bool, nesterov: bool):
     return sgd_momentum_update
 
 
-ADAM_HYPER = ("beta1", "beta2", "eps", "weight_decay")
+ADAM_HYPER = ("beta1", "beta2", "eps", "weight_decay", "eps_after_correction")
 
 
 @specialize
@@ -119,7 +121,10 @@ def adam_kernel(decoupled: bool):
     def adam_update(p, g, state, hyper, lr, step):
         beta1, beta2, eps, weight_decay = hyper[0], hyper[1], hyper[2], hyper[3]
         step_size = like(lr / (1.0 - beta1 ** step), p)
-        inv_sqrt_bc2 = like(1.0 / math.sqrt(1.0 - beta2 ** step), p)
+        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
+        if hyper[4] == 0.0:  # eps added to sqrt(v) before the bias correction (scikit-learn, Keras 2)
+            eps = eps * inv_sqrt_bc2
+        inv_sqrt_bc2 = like(inv_sqrt_bc2, p)
         shrink = like(1.0 - lr * weight_decay, p)
         # 1 - beta in float64 first: rounded to float32 before the subtraction, 1 - 0.999 is off
         # by 1.3e-5 relative (found by the fuzz tests: Adam steps off by 7e-5)
@@ -198,7 +203,7 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
 
 
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                decoupled=False):
+                decoupled=False, eps_after_correction=True):
     """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) step in place.
 
     ``m`` and ``v`` are the first and second moment buffers (P,); ``step`` is the 1-based
@@ -218,7 +223,7 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     state[0], state[1] = m, v
     old = g.copy()
     if not run(adam_kernel(bool(decoupled)), signature(p.dtype), p, old, state,
-               np.array([beta1, beta2, eps, weight_decay]), lr, int(step)):
+               np.array([beta1, beta2, eps, weight_decay, float(bool(eps_after_correction))]), lr, int(step)):
         p[...] = old
         raise _refused("adam_update")
     m[...], v[...] = state

@@ -33,7 +33,9 @@ Net: one per model.
 Workspace: one per model and capacity.
     out, dout (C*S,)          layer k's output / d(loss)/d(output): the (N, O_k) block at N*act_at[k]
     z (C*Z,)                  pre-activations, the (N, O_k) block at N*z_at[k]
-Objective: loss, metric       addresses: the fused loss; a weighted count of correct rows (0: none)
+Objective: loss, metric, penalty, l2   addresses: the fused loss; a weighted count of correct
+    rows (0: none); the L2 penalty kernel (0: none); l2 float64, scikit-learn's alpha (0: off):
+    the loss gains l2/2 sum(W^2) / sum(w) over every weight matrix, its gradient l2 W / sum(w)
 Optimizer: update, hyper, state, steps   address; (H,) float64 constants; (S_opt, P) buffers;
     steps (1,) int64: the optimizer's step count, advanced here by each step as it is taken
     (in the compiled code, so an interruption between two calls cannot leave it behind)
@@ -95,6 +97,8 @@ class Workspace(NamedTuple):
 class Objective(NamedTuple):
     loss: int
     metric: int
+    penalty: int
+    l2: float
 
 
 class Optimizer(NamedTuple):
@@ -244,6 +248,14 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
             below = layer(net, ws, k - 1, n)
             x, dx = below.out, below.dout
         call(this.backward, (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx))  # dout becomes dz
+    if objective.l2 > 0.0:  # scikit-learn's L2 rule: weights only, over the batch's sum of row weights
+        total = 0.0
+        for i in range(w.shape[0]):
+            total += w[i]
+        if total > 0.0:
+            for k in range(last + 1):
+                this = layer(net, ws, k, n)
+                loss += call_value(objective.penalty, (this.W, this.dW, objective.l2 / total))
     restore_fp(mode)
     return loss
 
