@@ -47,7 +47,7 @@ def group_types(dtype):
     v, m = np.zeros(0, f), np.zeros((0, 0), f)
     return {"net": numba.typeof(train.Net(v, v, np.zeros((0, 0), np.int64), np.zeros(0), 0, 0, 0)),
             "ws": numba.typeof(train.Workspace(v, v, v)),
-            "objective": numba.typeof(train.Objective(0, 0, 0, 0.0)),
+            "objective": numba.typeof(train.Objective(0, 0, 0, 0.0, 0.0)),
             "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m, np.zeros(1, np.int64))),
             "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
             "epoch": numba.typeof(train.Epoch(*(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0, np.int64), False,
@@ -194,14 +194,15 @@ class Engine:
             lsig, msig = loss_kernels.signatures(self.dtype)
             metric_addr = (_jit.address(metric_kernel, msig) if metric and metric_kernel is not None
                            else train.NO_KERNEL)
-            self._built[key] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr, train.NO_KERNEL, 0.0)
+            self._built[key] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr, train.NO_KERNEL, 0.0, 0.0)
         return self._built[key]
 
-    def penalised(self, objective, l2):
-        """``objective`` with scikit-learn's L2 penalty of strength ``l2`` (alpha; 0: none)."""
-        if not l2:
-            return objective
-        return objective._replace(penalty=self.penalty_address(), l2=float(l2))
+    def penalised(self, objective, l2=0.0, cap=0.0):
+        """``objective`` with scikit-learn's L2 penalty of strength ``l2`` (alpha; 0: none) and its
+        cap on a row's cross-entropy (0: none)."""
+        if l2:
+            objective = objective._replace(penalty=self.penalty_address(), l2=float(l2))
+        return objective._replace(cap=float(cap)) if cap else objective
 
     def penalty_address(self):
         if "penalty" not in self._built:
@@ -325,5 +326,5 @@ class Engine:
 
     def loss(self, loss, out, y, w):
         """The mean loss of outputs ``out`` against ``y`` with row weights ``w``, from Python."""
-        return run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, raw_rows_of(y), w,
+        return run(LOSS_KERNELS[loss][0], loss_kernels.signatures(self.dtype)[0], out, raw_rows_of(y), w, 0.0,
                    np.empty_like(out))

@@ -375,14 +375,15 @@ class Sequential:
 
     # -- the step -------------------------------------------------------------------------
 
-    def loss_and_grad(self, X, y, loss=None, sample_weight=None, training=True, l2=0.0):
+    def loss_and_grad(self, X, y, loss=None, sample_weight=None, training=True, l2=0.0, loss_cap=0.0):
         """Mean loss on ``(X, y)`` and its gradient with respect to every parameter.
 
         ``loss`` defaults to the model's (see ``fit``); ``sample_weight`` weighs the rows.
         ``training``: with Dropout layers, True drops as the first training step does (the
         masks of step 0: a fixed function, which finite differences can check); False is the
-        evaluation-mode loss and gradient, with no dropout (what ``evaluate`` scores). ``l2``:
-        the L2 penalty on the weight matrices, as in ``fit``.
+        evaluation-mode loss and gradient, with no dropout (what ``evaluate`` scores). ``l2``
+        and ``loss_cap``: the L2 penalty on the weight matrices and the cap on a row's
+        cross-entropy, as in ``fit``.
 
         Returns
         -------
@@ -399,7 +400,8 @@ class Sequential:
         self._check_writable(params=False)  # (it writes gradients only)
         engine = self._engine
         gradients, objective, drivers = engine.gradients_fn(loss)
-        objective = engine.penalised(objective, positive("l2", l2, allow_zero=True))
+        objective = engine.penalised(objective, positive("l2", l2, allow_zero=True),
+                                     positive("loss_cap", loss_cap, allow_zero=True))
         net = engine.net if training else engine.net._replace(p_drop=np.zeros_like(engine.net.p_drop))
         self._train_alone()
         try:
@@ -467,7 +469,7 @@ class Sequential:
     def fit(self, X, y, loss=None, optimizer=None, epochs=1, batch_size=32,
             validation_data=None, shuffle=True, verbose=0, lr_schedule=None, checkpoint_dir=None, resume=False,
             validation_split=0.0, early_stopping=None, callbacks=(), sample_weight=None, class_weight=None,
-            l2=0.0):
+            l2=0.0, loss_cap=0.0):
         """Train for ``epochs`` passes over ``(X, y)`` in mini-batches.
 
         Parameters
@@ -519,6 +521,10 @@ class Sequential:
             An L2 penalty on the weight matrices (not the biases), scikit-learn's ``alpha``:
             each batch's loss gains ``l2/2 * sum(W^2) / sum(w)`` (w: the batch's row weights, so
             its rows for a plain mean), and the history's loss includes it. 0: none.
+        loss_cap : float >= 0
+            Each row's cross-entropy (each label's, for binary cross-entropy) counts at most this
+            much in the reported loss, as in scikit-learn (``-log(eps)``: it clips probabilities
+            at machine epsilon) and Keras (``-log(1e-7)``); the gradient is never capped. 0: none.
 
         Raises
         ------
@@ -545,7 +551,7 @@ class Sequential:
                                  lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=resume,
                                  validation_split=validation_split, early_stopping=early_stopping,
                                  callbacks=callbacks, sample_weight=sample_weight, class_weight=class_weight,
-                                 l2=l2)
+                                 l2=l2, loss_cap=loss_cap)
             return training.run(self, plan, training.CompiledEpochs(self, plan))
         finally:
             self._training.release()

@@ -48,7 +48,7 @@ def _dense_backward_cost(dout, x, W, out, z, dW, db, dx):
     return f"{i}x{o}", 2 * n * i * o * products, x.nbytes + dout.nbytes + dW.nbytes + W.nbytes + dx.nbytes
 
 
-def _loss_cost(pred, target, weights, dpred):
+def _loss_cost(pred, target, weights, cap, dpred):
     return f"{pred.shape[0]}x{pred.shape[1]}", 0, pred.nbytes + dpred.nbytes
 
 
@@ -83,7 +83,7 @@ def timed_step(model, loss, optimizer, records):
             dropout_backward=_timed(records, "dropout_backward", dropout._dropout_backward, dsig_b, _dropout_cost))
     objective = train.Objective(_timed(records, loss, _engine.LOSS_KERNELS[loss][0],
                                        loss_kernels.signatures(dtype)[0], _loss_cost), train.NO_KERNEL,
-                                train.NO_KERNEL, 0.0)
+                                train.NO_KERNEL, 0.0, 0.0)
     update = _timed(records, "optimizer_update", optimizer._kernel(), optimizers.signature(dtype), _optimizer_cost)
     guard = _timed(records, "finite_guard", train.gradients_finite, numba.float64(_jit.array_type(dtype, 1)),
                    _guard_cost)

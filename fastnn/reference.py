@@ -69,14 +69,16 @@ def dense_backward(dout, x, W, out, z, act, need_dx=True):
     return x.T @ dz, dz.sum(axis=0), (dz @ W.T if need_dx else None)
 
 
-def softmax_cross_entropy(logits, labels):
-    """``(mean loss, dlogits)`` of softmax cross-entropy; logits (N, C), labels (N,) int."""
+def softmax_cross_entropy(logits, labels, cap=0.0):
+    """``(mean loss, dlogits)`` of softmax cross-entropy; logits (N, C), labels (N,) int. ``cap``
+    > 0: each row's loss at most ``cap`` (the gradient uncapped)."""
     n = logits.shape[0]
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     s = e.sum(axis=1, keepdims=True)
     rows = np.arange(n)
-    loss = np.mean(np.log(s[:, 0]) - shifted[rows, labels], dtype=np.float64)
+    row = np.log(s[:, 0]) - shifted[rows, labels]
+    loss = np.mean(np.minimum(row, cap) if cap > 0 else row, dtype=np.float64)
     d = e / s
     d[rows, labels] -= 1
     return float(loss), d / n
@@ -103,13 +105,14 @@ def l2_penalty(W, c):
     return 0.5 * c * float(np.sum(W.astype(np.float64) ** 2)), (c * W).astype(W.dtype)
 
 
-def binary_cross_entropy(logits, target):
+def binary_cross_entropy(logits, target, cap=0.0):
     """``(mean loss, dlogits)`` of sigmoid + binary cross-entropy over all elements; logits and
     target (N, K), targets in [0, 1]: -mean(t log s + (1 - t) log(1 - s)), s = sigmoid(logits)."""
     # in float64 whatever the dtype, with -log s = log(1 + e^-x) and -log(1 - s) = log(1 + e^x)
     # from logaddexp: no rounded sigmoid near 0 or 1 to take the log of
     x, t = logits.astype(np.float64), target.astype(np.float64)
-    loss = np.mean(t * np.logaddexp(0.0, -x) + (1 - t) * np.logaddexp(0.0, x))
+    each = t * np.logaddexp(0.0, -x) + (1 - t) * np.logaddexp(0.0, x)
+    loss = np.mean(np.minimum(each, cap) if cap > 0 else each)
     return float(loss), ((_sigmoid(x) - t) / t.size).astype(logits.dtype)
 
 

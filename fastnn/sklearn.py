@@ -167,6 +167,13 @@ class _BaseMLP(BaseEstimator):
                                        eps_after_correction=False)
         return self.optimizer_
 
+    def _loss_cap(self):
+        """scikit-learn's log loss clips probabilities to [eps, 1 - eps] of the data's dtype: a
+        row's loss is at most -log(eps), which its stopping rules see (0: a regression's none)."""
+        if self._loss in ("softmax_cross_entropy", "binary_cross_entropy"):
+            return float(-np.log(np.finfo(self.model_.dtype).eps))
+        return 0.0
+
     def _lr_factor(self):
         """SGD on a loss ``_loss_scale`` times scikit-learn's takes steps that much smaller to take
         scikit-learn's steps (Adam does not see a gradient's scale)."""
@@ -242,7 +249,8 @@ class _BaseMLP(BaseEstimator):
             return False
 
         self.model_.fit(X, y, optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=self.shuffle,
-                        sample_weight=sample_weight, callbacks=[end_of_epoch], l2=self.alpha * self._loss_scale)
+                        sample_weight=sample_weight, callbacks=[end_of_epoch], l2=self.alpha * self._loss_scale,
+                        loss_cap=self._loss_cap())
         if not incremental and not stopped[0] and self.n_iter_ >= self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           f"optimization hasn't converged yet.", ConvergenceWarning)
@@ -258,12 +266,12 @@ class _BaseMLP(BaseEstimator):
         model = self.model_
         params = model.parameters()
         sizes = np.cumsum([p.size for p in params])[:-1]
-        scale, l2 = self._loss_scale, self.alpha * self._loss_scale
+        scale, l2, cap = self._loss_scale, self.alpha * self._loss_scale, self._loss_cap()
 
         def loss_and_grad(theta):
             for p, part in zip(params, np.split(theta, sizes)):
                 p[...] = part.reshape(p.shape)
-            value, grads = model.loss_and_grad(X, y, sample_weight=sample_weight, l2=l2)
+            value, grads = model.loss_and_grad(X, y, sample_weight=sample_weight, l2=l2, loss_cap=cap)
             return value / scale, np.concatenate([g.ravel() for g in grads]).astype(np.float64) / scale
 
         result = scipy.optimize.minimize(

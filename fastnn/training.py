@@ -62,6 +62,7 @@ class Plan:
     run_rng: dict | None = None  # the shuffling generator's state as the run began (it drew the split)
     interrupts: object = None  # the run's Ctrl-C handling (``Interrupts``), while it runs
     l2: float = 0.0  # scikit-learn's L2 penalty on the weight matrices (the estimators')
+    loss_cap: float = 0.0  # the cap on a row's cross-entropy (scikit-learn's clipping; 0: none)
 
     def run_state(self):
         """What a checkpoint keeps of the run besides the model and optimizer, by name."""
@@ -100,11 +101,11 @@ class Plan:
 
 def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=None, shuffle=True, verbose=0,
          lr_schedule=None, checkpoint_dir=None, resume=False, validation_split=0.0, early_stopping=None,
-         callbacks=(), settings=None, sample_weight=None, class_weight=None, l2=0.0):
+         callbacks=(), settings=None, sample_weight=None, class_weight=None, l2=0.0, loss_cap=0.0):
     """Check every argument of ``fit`` and prepare the run; raises before anything is trained,
     and a refused call changes nothing. The model keeps the loss (if it had none) and the
     optimizer. ``l2``: scikit-learn's L2 penalty (alpha) on the weight matrices, added to the
-    training loss (what the estimators train; ``Sequential.fit`` has none)."""
+    training loss; ``loss_cap``: the cap on a row's cross-entropy (see ``Sequential.fit``)."""
     loss = model._task(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
@@ -122,6 +123,7 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         if not callable(cb):
             raise TypeError(f"callbacks must be callables (epoch, history) -> bool, got {cb!r}")
     l2 = positive("l2", l2, allow_zero=True)
+    loss_cap = positive("loss_cap", loss_cap, allow_zero=True)
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"early_stopping must be a fastnn.EarlyStopping, got {type(early_stopping).__name__}")
     if lr_schedule is None:
@@ -137,8 +139,9 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
             check_columns(column_names(validation_data[0]), names, "validation_data's X")
         p = _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, shuffle, verbose,
                   lr_schedule, checkpoint_dir, resume, validation_split, early_stopping, callbacks,
-                  {**(settings or {}), **({"l2": l2} if l2 else {})}, sample_weight, class_weight)
-        p.l2 = l2
+                  {**(settings or {}), **({"l2": l2} if l2 else {}), **({"loss_cap": loss_cap} if loss_cap else {})},
+                  sample_weight, class_weight)
+        p.l2, p.loss_cap = l2, loss_cap
         if names is not None and model.feature_names_in_ is None:
             model.feature_names_in_ = names
         return p
@@ -353,7 +356,7 @@ class CompiledEpochs:
         if bar is not None:
             announce = lambda: bar.set_description(f"epoch {epoch + 1}/{self.p.epochs} (compiling)")  # noqa: E731
         self.fn, objective, self.drivers = engine.epoch_fn(self.p.loss, self.p.optimizer, announce=announce)
-        self.objective = engine.penalised(objective, self.p.l2)
+        self.objective = engine.penalised(objective, self.p.l2, self.p.loss_cap)
         if bar is not None and engine.last_build["compiled"]:
             bar.set_description(f"epoch {epoch + 1}/{self.p.epochs}")
             bar.reset(total=self.p.X.shape[0])  # the rate should not count the compilation

@@ -165,6 +165,18 @@ def test_binary_cross_entropy_weights_rows_and_refuses_bad_targets(dtype, rng):
             K.binary_cross_entropy(logits, t)
 
 
+def test_softmax_and_binary_cross_entropy_with_a_cap_on_each_loss(dtype, rng):
+    logits = randn(rng, (8, 3), dtype) * 30  # confident and wrong rows: losses far above the cap
+    labels, target = rng.integers(0, 3, 8), (rng.random((8, 3)) < 0.5).astype(dtype)
+    for cap in (0.0, 5.0, -np.log(np.finfo(dtype).eps)):
+        for kernel, y in ((K.softmax_cross_entropy, labels), (K.binary_cross_entropy, target)):
+            loss, d = kernel(logits, y, cap=cap)
+            rloss, rd = getattr(R, kernel.__name__)(logits, y, cap=cap)
+            assert_close(np.array(loss), np.array(rloss), dtype=dtype)
+            assert_close(d, getattr(R, kernel.__name__)(logits, y)[1])  # the gradient is never capped
+    assert K.softmax_cross_entropy(logits, labels, cap=5.0)[0] < K.softmax_cross_entropy(logits, labels)[0]
+
+
 @pytest.mark.parametrize("n,k", [(1, 1), (9, 1), (5, 3)])
 def test_poisson(n, k, dtype, rng):
     logits = randn(rng, (n, k), dtype)

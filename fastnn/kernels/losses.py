@@ -40,9 +40,13 @@ BAD_TARGET = -1.0
 
 
 def signatures(dtype):
-    """(loss, metric) Numba signatures, the same for every loss: what a driver calls."""
+    """(loss, metric) Numba signatures, the same for every loss: what a driver calls. A loss
+    takes (input, y, weights, cap, d(input)): ``cap`` float64 > 0 caps each row's (or element's)
+    loss of the cross-entropies at that value, as scikit-learn's log loss does by clipping
+    probabilities to [eps, 1 - eps] (so its stopping rules see its numbers); 0: no cap. The
+    gradient is never capped."""
     m, v, raw = array_type(dtype, 2), array_type(dtype, 1), types.Array(types.uint8, 2, "C")
-    return types.float64(m, raw, v, m), types.float64(m, raw, v)
+    return types.float64(m, raw, v, types.float64, m), types.float64(m, raw, v)
 
 
 def penalty_signature(dtype):
@@ -67,7 +71,7 @@ def _l2_penalty(W, dW, c):
 # loss_i = logsumexp(logits_i) - logits_i[label_i], with the max subtracted first so logits
 # of +-1e4 neither overflow nor give NaN. d(loss)/d(logits_i) = w_i / sum(w) (softmax_i - onehot_i).
 @kernel(python_entry=False)
-def _softmax_cross_entropy(logits, y, weights, dlogits):
+def _softmax_cross_entropy(logits, y, weights, cap, dlogits):
     n, c = logits.shape
     labels = typed_rows(y, np.int64)[:, 0]
     total_weight = 0.0
@@ -89,7 +93,8 @@ def _softmax_cross_entropy(logits, y, weights, dlogits):
             s += e
         w = weights[i]
         if w != 0.0:  # a row of weight 0 adds nothing, even if its loss is inf
-            total += w * (math.log(s) - (logits[i, labels[i]] - m))  # not m + log(s) - logit: log(s) vanishes next to 1e30
+            row = math.log(s) - (logits[i, labels[i]] - m)  # not m + log(s) - logit: log(s) vanishes next to 1e30
+            total += w * (cap if cap > 0.0 and row > cap else row)
         scale = w * inv_w / s
         for j in range(c):
             dlogits[i, j] *= scale
@@ -115,7 +120,7 @@ def _count_correct(logits, y, weights):
 # loss_i = mean_j (pred_ij - target_ij)^2; d(loss)/d(pred_ij) = w_i / sum(w) * 2 (pred_ij - target_ij) / C.
 # Its sums are of terms >= 0, which no order can cancel: reassociated, the loop over C vectorises.
 @kernel(python_entry=False, fastmath=REDUCTION)
-def _mse(pred, y, weights, dpred):
+def _mse(pred, y, weights, cap, dpred):
     n, c = pred.shape
     target = typed_rows(y, pred)
     total_weight = 0.0
@@ -142,7 +147,7 @@ def _mse(pred, y, weights, dpred):
 # logits of any size. d(loss)/d(x_ij) = w_i / sum(w) * (sigmoid(x_ij) - t_ij) / K.
 # A target outside [0, 1] (or NaN) makes it return BAD_TARGET and write nothing.
 @kernel(python_entry=False)
-def _binary_cross_entropy(logits, y, weights, dlogits):
+def _binary_cross_entropy(logits, y, weights, cap, dlogits):
     n, k = logits.shape
     target = typed_rows(y, logits)
     total_weight = 0.0
@@ -161,7 +166,8 @@ def _binary_cross_entropy(logits, y, weights, dlogits):
             x, t = logits[i, j], target[i, j]
             e = exp_(-abs(x))
             # max(x, 0) - t x, as (1 - t) x or -t x: no cancellation between two large terms
-            row += ((1.0 - t) * x if x > 0.0 else -t * x) + math.log1p(e)
+            loss = ((1.0 - t) * x if x > 0.0 else -t * x) + math.log1p(e)
+            row += cap if cap > 0.0 and loss > cap else loss
             p = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
             dlogits[i, j] = (p - t) * scale
         if w != 0.0:
@@ -174,7 +180,7 @@ def _binary_cross_entropy(logits, y, weights, dlogits):
 # t; t log t = 0 at t = 0); d(loss)/d(x_ij) = w_i / sum(w) * (e^x - t) / K. A negative or NaN
 # target makes it return BAD_TARGET and write nothing.
 @kernel(python_entry=False)
-def _poisson(logits, y, weights, dlogits):
+def _poisson(logits, y, weights, cap, dlogits):
     n, k = logits.shape
     target = typed_rows(y, logits)
     total_weight = 0.0
@@ -234,7 +240,7 @@ def _weights(weights, n, dtype):
     return weights
 
 
-def softmax_cross_entropy(logits, labels, dlogits=None, weights=None):
+def softmax_cross_entropy(logits, labels, dlogits=None, weights=None, cap=0.0):
     """Mean softmax cross-entropy over rows, and its gradient.
 
     Parameters
@@ -247,6 +253,9 @@ def softmax_cross_entropy(logits, labels, dlogits=None, weights=None):
     weights : ndarray (N,) of logits' dtype, optional
         Row weights >= 0; the loss is then sum(w_i l_i) / sum(w_i) (PyTorch's ``weight=``
         convention; Keras divides by N instead).
+    cap : float >= 0
+        Each row's loss is at most ``cap`` (0: uncapped), as scikit-learn's log loss clips
+        probabilities at eps (``-log(eps)``); the gradient is not capped.
 
     Returns
     -------
@@ -259,7 +268,8 @@ def softmax_cross_entropy(logits, labels, dlogits=None, weights=None):
     dlogits = _grad_output("dlogits", dlogits, logits)
     weights = _weights(weights, logits.shape[0], logits.dtype)
     _checks.no_overlap("dlogits", dlogits, ("logits", logits), ("labels", labels), ("weights", weights))
-    return float(run(_softmax_cross_entropy, signatures(logits.dtype)[0], logits, raw_rows_of(labels), weights,
+    cap = _checks.positive("cap", cap, allow_zero=True)
+    return float(run(_softmax_cross_entropy, signatures(logits.dtype)[0], logits, raw_rows_of(labels), weights, cap,
                      dlogits)), dlogits
 
 
@@ -283,7 +293,7 @@ def mse(pred, target, dpred=None, weights=None):
     return _float_target_loss(_mse, ("pred", pred), target, ("dpred", dpred), weights)
 
 
-def binary_cross_entropy(logits, target, dlogits=None, weights=None):
+def binary_cross_entropy(logits, target, dlogits=None, weights=None, cap=0.0):
     """Mean binary cross-entropy of sigmoid(logits) against targets in [0, 1], and its gradient.
 
     Fused and stable for logits of any size (PyTorch's ``BCEWithLogitsLoss``; Keras'
@@ -299,6 +309,9 @@ def binary_cross_entropy(logits, target, dlogits=None, weights=None):
         itself but may not overlap target.
     weights : ndarray (N,) of logits' dtype, optional
         Row weights >= 0: the loss is sum_i w_i mean_j(l_ij) / sum_i w_i.
+    cap : float >= 0
+        Each element's loss is at most ``cap`` (0: uncapped), as scikit-learn's log loss clips
+        probabilities at eps; the gradient is not capped.
 
     Returns
     -------
@@ -308,7 +321,8 @@ def binary_cross_entropy(logits, target, dlogits=None, weights=None):
     _checks.float_array("target", target, ndim=2)
     if not (np.all(target >= 0) and np.all(target <= 1)):  # (NaN fails both)
         raise ValueError("target must hold values in [0, 1] (0/1 labels or probabilities)")
-    return _float_target_loss(_binary_cross_entropy, ("logits", logits), target, ("dlogits", dlogits), weights)
+    return _float_target_loss(_binary_cross_entropy, ("logits", logits), target, ("dlogits", dlogits), weights,
+                              _checks.positive("cap", cap, allow_zero=True))
 
 
 def poisson(logits, target, dlogits=None, weights=None):
@@ -337,7 +351,7 @@ def poisson(logits, target, dlogits=None, weights=None):
     return _float_target_loss(_poisson, ("logits", logits), target, ("dlogits", dlogits), weights)
 
 
-def _float_target_loss(kernel, named_input, target, named_grad, weights):
+def _float_target_loss(kernel, named_input, target, named_grad, weights, cap=0.0):
     """The checks and the call shared by the losses whose targets are floats shaped like the
     input (mse, binary cross-entropy): the gradient may be the input itself, not the target."""
     (name, a), (grad_name, grad) = named_input, named_grad
@@ -349,7 +363,7 @@ def _float_target_loss(kernel, named_input, target, named_grad, weights):
     weights = _weights(weights, a.shape[0], a.dtype)
     _checks.no_overlap(grad_name, grad, (name, a), allow_same=True)
     _checks.no_overlap(grad_name, grad, ("target", target), ("weights", weights))
-    return float(run(kernel, signatures(a.dtype)[0], a, raw_rows_of(target), weights, grad)), grad
+    return float(run(kernel, signatures(a.dtype)[0], a, raw_rows_of(target), weights, cap, grad)), grad
 
 
 def l2_penalty(W, dW, c):

@@ -35,7 +35,8 @@ Workspace: one per model and capacity.
     z (C*Z,)                  pre-activations, the (N, O_k) block at N*z_at[k]
 Objective: loss, metric, penalty, l2   addresses: the fused loss; a weighted count of correct
     rows (0: none); the L2 penalty kernel (0: none); l2 float64, scikit-learn's alpha (0: off):
-    the loss gains l2/2 sum(W^2) / sum(w) over every weight matrix, its gradient l2 W / sum(w)
+    the loss gains l2/2 sum(W^2) / sum(w) over every weight matrix, its gradient l2 W / sum(w);
+    cap float64: each row's cross-entropy at most this (0: none; ``kernels.losses.signatures``)
 Optimizer: update, hyper, state, steps   address; (H,) float64 constants; (S_opt, P) buffers;
     steps (1,) int64: the optimizer's step count, advanced here by each step as it is taken
     (in the compiled code, so an interruption between two calls cannot leave it behind)
@@ -99,6 +100,7 @@ class Objective(NamedTuple):
     metric: int
     penalty: int
     l2: float
+    cap: float
 
 
 class Optimizer(NamedTuple):
@@ -234,7 +236,7 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
     last = len(net.layers) - 1
     call(drivers.forward, (net, ws, X, True, step))
     top = layer(net, ws, last, n)
-    loss = call_value(objective.loss, (top.out, y, w, top.dout))
+    loss = call_value(objective.loss, (top.out, y, w, objective.cap, top.dout))
     if loss == BAD_TARGET:
         restore_fp(mode)
         return loss
