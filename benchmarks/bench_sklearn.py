@@ -165,7 +165,7 @@ def lbfgs_scores(seeds=range(5)):
                 scores, times = [], []
                 for s in seeds:
                     start = time.perf_counter()
-                    scores.append(cross_val_score(cls((100,), solver="lbfgs", max_iter=200, random_state=s), X,
+                    scores.append(cross_val_score(cls(hidden_layer_sizes=(100,), solver="lbfgs", max_iter=200, random_state=s), X,
                                                   y).mean())
                     times.append(time.perf_counter() - start)
                 row[impl] = (float(np.mean(scores)), float(np.median(times)))

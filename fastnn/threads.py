@@ -49,9 +49,16 @@ def get_num_threads() -> dict:
 # products on one thread. Steps whose largest product is under SERIAL_PRODUCT multiply-adds
 # are left alone: BLAS runs those on one thread by itself, and switching would cost more than
 # it could save. (Thread count changes a product's rounding, so the rule is fixed, never timed.)
+# A busy machine: a product split over two threads waits for the slower, and with other
+# processes on the cores that is a scheduler delay (milliseconds) per product. 64-256-128-10 at
+# batch 64 (largest product 2.1M multiply-adds) fit in 0.16 s on a quiet machine and in 0.76 s
+# (4.8x) beside two spinning processes with two threads, 0.20 s with one. So a product also goes
+# to two threads only when it carries at least PARALLEL_PRODUCT multiply-adds (about 0.1 ms on
+# one core) to share: what a delay costs is then a fraction of the work, not a multiple of it.
 SERIAL_ROWS = 64
 SERIAL_PARAM_BYTES = 4 << 20
 SERIAL_PRODUCT = 2_000_000
+PARALLEL_PRODUCT = 8_000_000
 
 _blas_libraries = None
 
@@ -59,9 +66,9 @@ _blas_libraries = None
 def serial_rows(largest_product: int, param_bytes: int) -> range:
     """The batch sizes at which a model's steps run their products on one BLAS thread;
     ``largest_product`` is the most multiply-adds per row of any layer (I * O)."""
-    if param_bytes > SERIAL_PARAM_BYTES:
-        return range(0)
-    return range(-(-SERIAL_PRODUCT // largest_product), SERIAL_ROWS)
+    small = -(-PARALLEL_PRODUCT // largest_product)  # fewer rows than this: too little work to share
+    return range(-(-SERIAL_PRODUCT // largest_product),
+                 max(small, SERIAL_ROWS if param_bytes <= SERIAL_PARAM_BYTES else 0))
 
 
 class one_blas_thread:

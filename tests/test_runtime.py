@@ -278,8 +278,14 @@ def test_steps_too_small_for_a_second_thread_run_on_one():
     assert 32 in rows and SERIAL_ROWS - 1 in rows and SERIAL_ROWS not in rows and 128 not in rows
     assert -(-SERIAL_PRODUCT // (784 * 256)) in rows and -(-SERIAL_PRODUCT // (784 * 256)) - 1 not in rows
     tiny = fastnn.Sequential(fastnn.Dense(1, 64, activation="tanh"), fastnn.Dense(64, 1), seed=0)
-    assert len(tiny._engine.serial_rows) == 0  # its products never reach BLAS's own threading
+    assert min(tiny._engine.serial_rows) > 4096  # its products never reach BLAS's own threading
     assert len(serial_rows(784 * 2048, SERIAL_PARAM_BYTES + 1)) == 0  # parameters beyond the cache
+    # too little work to share whatever the batch: a scheduler delay would cost more than a thread saves
+    from fastnn.threads import PARALLEL_PRODUCT
+    small = fastnn.Sequential(fastnn.Dense(64, 256, activation="relu"), fastnn.Dense(256, 128, activation="relu"),
+                              fastnn.Dense(128, 10), seed=0)._engine.serial_rows
+    assert 64 in small and 128 in small and -(-PARALLEL_PRODUCT // (256 * 128)) not in small
+    assert 128 not in rows  # (784-256: 25.7M multiply-adds at batch 128, enough for two threads)
 
 
 def test_one_blas_thread_inside_and_every_count_given_back(monkeypatch):
