@@ -228,3 +228,26 @@ def test_the_same_settings_train_the_same_network_as_scikit_learn(task, settings
     if settings["solver"] != "lbfgs":
         np.testing.assert_allclose(b.loss_curve_, a.loss_curve_, rtol=close["rtol"])
     np.testing.assert_allclose(b.predict(X), a.predict(X), **close)
+
+
+def test_a_fit_from_a_worker_thread_runs_blas_on_one_thread():
+    import threading
+
+    from fastnn.threads import get_num_threads
+    seen = {}
+
+    class Watched(MLPClassifier):
+        def _fit_stochastic(self, *args, **kwargs):
+            seen[threading.current_thread() is threading.main_thread()] = get_num_threads()["blas"]
+            return super()._fit_stochastic(*args, **kwargs)
+
+    X, y = blobs()
+    before = get_num_threads()["blas"]
+    Watched(**{**FAST, "max_iter": 2}).fit(X, y)
+    worker = threading.Thread(target=lambda: Watched(**{**FAST, "max_iter": 2}).fit(X, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        worker.start()
+        worker.join()
+    assert seen[True] == before and set(seen[False]) == {1}
+    assert get_num_threads()["blas"] == before  # given back
