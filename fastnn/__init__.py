@@ -7,12 +7,16 @@ them and ``Sequential`` a stack of layers, trained by hand-written Numba kernels
 __version__ = "0.1.0"
 
 from .callbacks import EarlyStopping
+from .kernels.activations import REGISTRY as _ACTIVATION_REGISTRY
 from .layers import Dense, Dropout
 from .model import DivergenceError, Sequential, load
 from .optim import SGD, Adam, AdamW, Optimizer
 from .schedules import Constant, Cosine, StepDecay
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["Dense", "Dropout", "Sequential", "load", "DivergenceError", "SGD", "Adam", "AdamW", "Optimizer", "Constant", "StepDecay", "Cosine",
+ACTIVATIONS = tuple(_ACTIVATION_REGISTRY)  # the activations' names, in code order
+del _ACTIVATION_REGISTRY
+
+__all__ = ["ACTIVATIONS", "Dense", "Dropout", "Sequential", "load", "DivergenceError", "SGD", "Adam", "AdamW", "Optimizer", "Constant", "StepDecay", "Cosine",
            "EarlyStopping",
            "set_num_threads", "get_num_threads", "__version__"]

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from .kernels._checks import positive, positive_int
+from .kernels.activations import REGISTRY as ACTIVATIONS
 from .training import LossExplosionWarning
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -488,7 +489,8 @@ def _neurons(spec, count, default=64):
     return chosen
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser: every subcommand and option."""
     parser = argparse.ArgumentParser(prog="fastnn", description="Fast multi-layer perceptrons on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -500,8 +502,7 @@ def main(argv=None) -> int:
     train.add_argument("--task", choices=["classify", "regress"],
                        help="default: classify text labels and up to 50 distinct whole numbers, regress the rest")
     train.add_argument("--hidden", type=_hidden, help="hidden sizes (default 256,128 for digits, 64,64 for your data)")
-    train.add_argument("--activation", default="relu",
-                       choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity"])
+    train.add_argument("--activation", default="relu", choices=list(ACTIVATIONS))
     train.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
     train.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-3 on MNIST, 1e-3 bundled)")
     train.add_argument("--epochs", type=_positive(int), help="default 8 on MNIST, 10 on the bundled digits")
@@ -575,7 +576,7 @@ def main(argv=None) -> int:
     prof = sub.add_parser("profile", help="time each kernel of a training step")
     prof.add_argument("--sizes", type=_sizes("--sizes", "784,256,128,10"), default=[784, 256, 128, 10],
                       help="layer sizes (default 784,256,128,10)")
-    prof.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "identity"])
+    prof.add_argument("--activation", default="relu", choices=list(ACTIVATIONS))
     prof.add_argument("--batch-size", type=_positive(int), default=128)
     prof.add_argument("--steps", type=_positive(int), default=200)
     prof.add_argument("--loss", default="softmax_cross_entropy", choices=["softmax_cross_entropy", "mse"])
@@ -583,8 +584,11 @@ def main(argv=None) -> int:
     prof.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     prof.add_argument("--threads", type=_positive(int))
     prof.set_defaults(run=lambda a: __import__("fastnn.profile", fromlist=["main"]).main(a))
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
         return args.run(args)
     except (ValueError, OSError, ImportError) as e:  # bad input, files, a missing extra: a message, no traceback

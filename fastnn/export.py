@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from ._install import install_hint
-from .kernels.activations import GELU_A, GELU_C, LEAKY_SLOPE
+from .kernels.activations import REGISTRY
 
 DEFAULT_OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: ONNX Runtime 1.10 and later read the file
@@ -51,30 +51,11 @@ class _Builder:
         return outputs[0]
 
 
-def _activation(b, x, name):
-    if name == "identity":
-        return x
-    if name == "relu":
-        return b.node("Relu", [x])
-    if name == "sigmoid":
-        return b.node("Sigmoid", [x])
-    if name == "tanh":
-        return b.node("Tanh", [x])
-    if name == "leaky_relu":  # max(x, slope x) for slope < 1: LeakyRelu without its float-only kernel
-        return b.node("Max", [x, b.node("Mul", [x, b.const("slope", LEAKY_SLOPE)])], "leaky_relu")
-    if name == "gelu":  # z sigmoid(2u), u = c (z + a z^3): fastnn's form, which does not cancel for z << 0
-        cube = b.node("Mul", [b.node("Mul", [x, x]), x])
-        u2 = b.node("Mul", [b.node("Add", [x, b.node("Mul", [cube, b.const("gelu_a", GELU_A)])]),
-                            b.const("gelu_2c", 2 * GELU_C)])
-        return b.node("Mul", [x, b.node("Sigmoid", [u2])], "gelu")
-    raise ValueError(f"no ONNX form for activation {name!r}")
-
-
 def _network(b, x, model):
     """The Dense layers from input ``x`` to the last layer's outputs (logits for a classifier)."""
     for k, layer in enumerate(model._dense):
         z = b.node("Add", [b.node("MatMul", [x, b.const(f"W{k}", layer.W)]), b.const(f"b{k}", layer.b)], f"z{k}")
-        x = _activation(b, z, layer.activation)
+        x = REGISTRY[layer.activation].onnx(b, z)
     return x
 
 

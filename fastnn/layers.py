@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels._checks import positive_int
-from .kernels.activations import NAMES, RELU, LEAKY_RELU, GELU, code_of
-
-_RELU_LIKE = frozenset({RELU, LEAKY_RELU, GELU})
+from .kernels.activations import BY_CODE, NAMES, code_of
 
 
 class Dense:
@@ -18,8 +16,9 @@ class Dense:
     in_features, out_features : int
         Sizes of each input and output row. ``W`` is (in_features, out_features).
     activation : str or None
-        None or "identity" (a linear layer, e.g. for logits), "relu", "leaky_relu"
-        (slope 0.01), "sigmoid", "tanh" or "gelu" (tanh form).
+        None or "identity" (a linear layer, e.g. for logits), or another name in
+        ``fastnn.ACTIVATIONS`` ("relu", "tanh", "gelu", ...: PyTorch's definitions, each
+        defined once in ``fastnn/kernels/activations.py``).
 
     ``W`` and ``b`` are views into the owning ``Sequential``'s parameter buffer; they are
     None until the layer is placed in a model. Assigning them (``layer.W = array``) copies the
@@ -72,13 +71,15 @@ class Dense:
         view[...] = value
 
     def init_params(self, rng: np.random.Generator):
-        """Fill W: He normal for relu-like activations, Glorot uniform otherwise; b = 0.
+        """Fill W as the activation's ``init`` says: He normal (relu-like activations), LeCun
+        normal (selu) or Glorot uniform; b = 0.
 
         Drawn in float64 and then rounded, so float32 and float64 models of one seed agree.
         """
         fan_in, fan_out = self.in_features, self.out_features
-        if self.code in _RELU_LIKE:
-            w = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+        init = BY_CODE[self.code].init
+        if init in ("he", "lecun"):
+            w = rng.standard_normal((fan_in, fan_out)) * np.sqrt((2.0 if init == "he" else 1.0) / fan_in)
         else:
             limit = np.sqrt(6.0 / (fan_in + fan_out))
             w = rng.uniform(-limit, limit, (fan_in, fan_out))

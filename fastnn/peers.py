@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels.activations import REGISTRY
+
 LR, MOMENTUM = 1e-3, 0.9
 
 
@@ -188,6 +190,11 @@ class NumpyStep:
         return [q.copy() for q in self.p]
 
 
+def activation_of(name, library, scope):
+    """The peer's function for a fastnn activation, from the expression in its definition."""
+    return eval(f"lambda z: {getattr(REGISTRY[name], library)}", scope)  # (our own registry's text)
+
+
 class TorchStep:
     """PyTorch eager: nn.Linear layers, F.cross_entropy / F.mse_loss, torch.optim.SGD."""
 
@@ -196,8 +203,11 @@ class TorchStep:
         from torch import nn
 
         self.torch = torch
-        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-                "leaky_relu": lambda: nn.LeakyReLU(0.01), "gelu": lambda: nn.GELU(approximate="tanh")}
+        act = activation_of(case.activation, "torch", {"F": nn.functional, "torch": torch})
+
+        class Activation(nn.Module):
+            def forward(self, z):
+                return act(z)
         modules = []
         for k in range(len(params) // 2):
             W, b = params[2 * k], params[2 * k + 1]
@@ -207,7 +217,7 @@ class TorchStep:
                 lin.bias.copy_(torch.from_numpy(b))
             modules.append(lin)
             if k < len(params) // 2 - 1:
-                modules.append(acts[case.activation]())
+                modules.append(Activation())
         self.net = nn.Sequential(*modules)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
         self.X = torch.from_numpy(X)
@@ -242,9 +252,7 @@ class JaxStep:
         import jax
         import jax.numpy as jnp
 
-        acts = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
-                "leaky_relu": lambda z: jax.nn.leaky_relu(z, 0.01), "gelu": lambda z: jax.nn.gelu(z, approximate=True)}
-        act, mse = acts[case.activation], case.loss == "mse"
+        act, mse = activation_of(case.activation, "jax", {"jax": jax}), case.loss == "mse"
 
         def loss_fn(p, X, y):
             a = X

@@ -10,27 +10,12 @@ import math
 
 import numpy as np
 
-from .kernels.activations import GELU_A, GELU_C, LEAKY_SLOPE, NAMES, code_of
-
-
-def _name(act):
-    return NAMES[code_of(act)]
+from .kernels.activations import BY_CODE, code_of
 
 
 def activation_forward(z, act):
-    """``act(z)`` element-wise; z (N, O)."""
-    name = _name(act)
-    if name == "relu":
-        return np.where(z < 0, 0, z)
-    if name == "leaky_relu":
-        return np.where(z < 0, z * LEAKY_SLOPE, z)
-    if name == "sigmoid":
-        return _sigmoid(z)
-    if name == "tanh":
-        return np.tanh(z)
-    if name == "gelu":  # 0.5 z (1 + tanh u) written as z sigmoid(2u), which does not cancel for z << 0
-        return z * _sigmoid(2 * GELU_C * (z + GELU_A * z**3))
-    return z.copy()
+    """``act(z)`` element-wise; z (N, O). (The NumPy form in the activation's definition.)"""
+    return BY_CODE[code_of(act)].array(z)
 
 
 def _sigmoid(u):
@@ -39,23 +24,9 @@ def _sigmoid(u):
 
 
 def activation_backward(dy, y, z, act):
-    """``dy * act'(z)``, from the output ``y`` (and the pre-activation ``z`` for gelu)."""
-    name = _name(act)
-    if name == "relu":
-        d = np.where(y > 0, 1, 0).astype(dy.dtype)
-    elif name == "leaky_relu":
-        d = np.where(y > 0, 1, LEAKY_SLOPE).astype(dy.dtype)
-    elif name == "sigmoid":
-        d = y * (1 - y)
-    elif name == "tanh":
-        d = 1 - y * y
-    elif name == "gelu":
-        u2 = 2 * GELU_C * (z + GELU_A * z**3)
-        s, s_neg = _sigmoid(u2), _sigmoid(-u2)
-        d = s + z * s * s_neg * 2 * GELU_C * (1 + 3 * GELU_A * z * z)
-    else:
-        d = np.ones_like(dy)
-    return dy * d
+    """``dy * act'(z)``, from the output ``y`` (and the pre-activation ``z`` where the activation
+    needs it)."""
+    return dy * BY_CODE[code_of(act)].array_derivative(y, z)
 
 
 def dense_forward(x, W, b, act):

@@ -49,11 +49,12 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from .layers import Dense
 from .kernels._checks import positive, positive_int
+from .kernels.activations import REGISTRY as ACTIVATIONS
 from .model import Sequential, sigmoid, softmax
 from .optim import SGD, Adam
 
-_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
-                "leaky_relu": "leaky_relu", "gelu": "gelu"}
+# scikit-learn's names, and every activation fastnn has under its own name
+_ACTIVATIONS = {"logistic": "sigmoid", **{name: name for name in ACTIVATIONS}}
 _SCHEDULES = ("constant", "invscaling", "adaptive")
 
 
@@ -360,7 +361,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """A multi-layer perceptron classifier trained by fastnn.
 
     Parameters and fitted attributes as ``sklearn.neural_network.MLPClassifier`` (see the
-    module docstring for what differs); ``activation`` also takes "leaky_relu" and "gelu".
+    module docstring for what differs); ``activation`` also takes every name in ``fastnn.ACTIVATIONS`` ("gelu", "silu", ...).
     Two classes train one logistic output (binary cross-entropy), more a softmax output
     (softmax cross-entropy). ``classes_`` may hold any label values.
     """

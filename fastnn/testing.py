@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import reference as R
-from .kernels.activations import CODES
+from .kernels.activations import REGISTRY
 
 # Per-dtype tolerances for kernel vs reference. float32 products of length ~800 differ
 # from NumPy's BLAS by a few ulps times sqrt(length); float64 by ~1e-15 relative.
@@ -15,7 +15,7 @@ TOLERANCE = {
     np.dtype(np.float64): {"rtol": 1e-11, "atol": 1e-13},
 }
 
-ACTIVATIONS = tuple(CODES)  # identity, relu, leaky_relu, sigmoid, tanh, gelu
+ACTIVATIONS = tuple(REGISTRY)  # every activation's name, from its one definition
 LOSS_KERNELS = ("softmax_cross_entropy", "mse", "binary_cross_entropy", "poisson")  # the fused loss kernels
 
 # (N, I, O) for layer-level checks: N = 1, odd sizes, I or O = 1, and MNIST-like shapes.
@@ -301,8 +301,6 @@ def kernel_case_specs():
     """``(kernel, dims, act)`` for every kernel at the shapes of an MNIST training step and a
     wide layer; ``KernelCase(kernel, dims, act=act)`` builds one (lazily: the wide ones are big)."""
     from .kernels import KERNELS
-    from .kernels.activations import CODES
-
     layers = [dict(N=n, I=i, O=o) for n in BATCHES for i, o in MNIST_LAYERS] + [dict(zip("NIO", WIDE_LAYER))]
     specs = []
     for kernel in KERNELS:
@@ -310,7 +308,7 @@ def kernel_case_specs():
             specs += [(kernel, d, "relu") for d in layers]
         elif kernel.startswith("activation"):
             specs += [(kernel, dict(N=d["N"], O=d["O"]), "relu") for d in layers]
-            specs += [(kernel, dict(N=128, O=256), a) for a in CODES if a != "relu"]
+            specs += [(kernel, dict(N=128, O=256), a) for a in REGISTRY if a != "relu"]
         elif kernel in LOSS_KERNELS:
             specs += [(kernel, dict(N=n, C=10), "relu") for n in BATCHES]
         elif kernel.startswith("dropout"):

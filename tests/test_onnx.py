@@ -19,8 +19,10 @@ FASTNN = pathlib.Path(sys.executable).parent / "fastnn"
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 # standard operators ONNX Runtime runs in both dtypes at opset 17 (no Gelu: opset 20; no
 # LeakyRelu: float only)
-ALLOWED_OPS = {"MatMul", "Add", "Sub", "Mul", "Div", "Max", "Relu", "Sigmoid", "Tanh", "Softmax", "ArgMax",
-               "Identity", "Gather", "Greater", "Cast", "Squeeze", "Concat"}
+# operators ONNX Runtime (1.16 on) runs in float32 and float64 at opset 17: not its Softplus, Elu,
+# Selu (float32 only) or Mish (opset 18), which the activations compose from these
+ALLOWED_OPS = {"MatMul", "Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs", "Exp", "Log", "Where", "Relu",
+               "Sigmoid", "Tanh", "Softmax", "ArgMax", "Identity", "Gather", "Greater", "Cast", "Squeeze", "Concat"}
 
 
 def session(path_or_proto):

@@ -1,23 +1,40 @@
-"""Element-wise activations, forward and backward.
+"""Element-wise activations: each one defined once, in one class below.
 
 Shapes: N = batch, O = features. z (pre-activation) and y = act(z) are (N, O), float32 or
-float64, C-contiguous. An activation is named by a small integer code. Kernels are built per
-code (``specialize``): the code is a compile-time constant there, so ``activate`` and
-``derivative`` compile only that activation's few lines, and a model never compiles an
-activation it does not use (jitted functions passed as arguments would defeat caching,
-pynndescent#226).
+float64, C-contiguous.
 
-Derivatives come from the forward output y where the maths allows, so the fused dense
-kernel needs no extra buffer:
-    relu'       = [y > 0]            leaky_relu' = 1 if y > 0 else 0.01
-    sigmoid'    = y (1 - y)          tanh'       = 1 - y^2
-    identity'   = 1
-gelu is the exception: its derivative needs the pre-activation z, so layers with gelu keep
-a separate z buffer (``NEEDS_PREACTIVATION``).
+An activation's class holds every form of it, and everything else reads ``REGISTRY``: the
+kernel codes, the layers, the reference, ONNX export, the command line's choices, the
+estimators, the peers, the benchmarks and the tests (a test fails on a list kept by hand).
+- ``scalar(m)``: its forward ``f(z)`` and derivative ``d(y, z)`` as scalar code for the
+  maths ``m`` of one dtype (constants ``m(x)`` and functions ``m.exp``, ``m.tanh``,
+  ``m.sigmoid``, ``m.sigmoids``, ``m.log1p``, ``m.expm1``; ``m.inline`` for its own helpers). Numba compiles it into the
+  kernels (float32 with float32 constants and the vectorisable approximations below, float64
+  with the C library); plain Python runs it as the kernels' twin (NUMBA_DISABLE_JIT).
+- ``needs_z``: the derivative reads the pre-activation z. Derivatives come from the output y
+  where the maths allows, so the fused dense kernel needs no extra buffer; layers with one of
+  the others keep a z buffer (``NEEDS_PREACTIVATION``).
+- ``array(z)`` / ``array_derivative(y, z)``: NumPy forms, written apart from the scalar code:
+  the reference (``fastnn.reference``) the kernels are checked against.
+- ``onnx(b, x)``: its ONNX form, from operators ONNX Runtime runs in float32 and float64 at
+  opset 17 (1.16 and later), checked against the kernels by the ONNX tests.
+- ``init``: the weights' start ("he", "lecun" or "glorot", see ``Dense.init_params``);
+  ``torch`` and ``jax``: the peers' expressions (``z``; ``F`` = torch.nn.functional), from
+  which ``tests/fixtures/make_activation_values.py`` wrote PyTorch's values once.
+- ``library_float64``: which float64 scalar forms call the C library per element (LLVM 14
+  leaves such loops scalar); ``long_float32``: the dense kernel forms whose float32 loops
+  stay scalar because LLVM's inliner leaves a long activation as a call there (measured:
+  softplus, elu). Both for the vectorisation tests, which hold every other loop to its count.
+
+Kernels are built per code (``specialize``): the code is a compile-time constant there, so
+``activate`` and ``derivative`` compile only that activation's few lines, and a model never
+compiles an activation it does not use (jitted functions passed as arguments would defeat
+caching, pynndescent#226). Adding an activation is one class here; its code is its place in
+``REGISTRY`` (append new ones: codes are cache keys).
 
 Speed: math.exp/math.tanh are scalar library calls that LLVM cannot vectorise (no SVML
-here). In float32, ``exp_`` and ``tanh_`` are branch-free approximations that vectorise:
-128x256 tanh takes 7.4 us instead of 495 us. float64 keeps the library calls.
+here). In float32, ``exp32`` and ``tanh32`` are branch-free approximations that vectorise:
+128x256 tanh takes 7.4 us instead of 495 us; ``log1p32`` and ``expm1_32`` are built on them.
 """
 from __future__ import annotations
 
@@ -32,15 +49,6 @@ from . import _checks
 from ._compose import run
 from ._jit import array_type, inline_scalar, kernel, specialize, typed_helper
 
-IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU = range(6)
-CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
-         "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
-NAMES = {code: name for name, code in CODES.items()}
-NEEDS_PREACTIVATION = frozenset({GELU})
-LEAKY_SLOPE = 0.01
-GELU_C = math.sqrt(2.0 / math.pi)  # tanh form, as PyTorch's gelu(approximate="tanh")
-GELU_A = 0.044715
-
 # float32 tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (beyond, float32 tanh rounds to +-1).
 # Fitted for this project by Lawson-reweighted least squares on relative error; evaluated in
 # float32 it is within 5.4 ulps (3.2e-7 relative) of tanh over [-12, 12] (2M points).
@@ -54,15 +62,6 @@ EXP_LO, EXP_HI = -87.33654, 88.72283
 LN2_HI, LN2_LO = 0.693145751953125, 1.4286068203094172e-06  # ln 2 split so k*LN2_HI is exact
 
 
-def code_of(activation) -> int:
-    """Map an activation name (or None for identity) to its kernel code."""
-    if activation is None:
-        return IDENTITY
-    if isinstance(activation, str) and activation in CODES:
-        return CODES[activation]
-    raise ValueError(f"unknown activation {activation!r}; expected None or one of {sorted(CODES)}")
-
-
 @intrinsic
 def _float32_from_bits(typingctx, bits):
     """Reinterpret an int32 as the float32 with the same bits (no conversion)."""
@@ -73,14 +72,15 @@ def _float32_from_bits(typingctx, bits):
 
 # float32 constants of the approximations below (module globals: Numba compiles them in)
 _f = np.float32
-_LO, _HI, _LOG2E, _HALF, _ONE, _ZERO, _INF = _f(EXP_LO), _f(EXP_HI), _f(1 / math.log(2)), _f(0.5), _f(1.0), _f(0.0), \
-    _f(np.inf)
+_LO, _HI, _LOG2E, _HALF, _ONE, _TWO, _ZERO, _INF = _f(EXP_LO), _f(EXP_HI), _f(1 / math.log(2)), _f(0.5), _f(1.0), \
+    _f(2.0), _f(0.0), _f(np.inf)
 _LN2_HI, _LN2_LO, _F127 = _f(LN2_HI), _f(LN2_LO), _f(127.0)
 _C2, _C3, _C4, _C5, _C6, _C7 = (_f(1 / math.factorial(k)) for k in range(2, 8))
 _I127, _I23 = np.int32(127), np.int32(23)
 _CLAMP = _f(TANH_CLAMP)
 _P0, _P1, _P2, _P3, _P4 = (_f(c) for c in TANH_P)
 _Q1, _Q2, _Q3, _Q4 = (_f(c) for c in TANH_Q[1:])
+_ODD = tuple(_f(1 / k) for k in range(3, 17, 2))  # 1/3, 1/5, ..., 1/15: the atanh series
 
 
 # Scalar float32 approximations, inlined into their caller (``inline_scalar``).
@@ -110,6 +110,24 @@ def tanh32(x):
     return x if x != x else y  # min/max would turn NaN into a bound
 
 
+@inline_scalar
+def log1p32(u):
+    """log(1 + u) for float32 u in [0, 1], vectorisable: 2 atanh(s), s = u / (2 + u) <= 1/3, by
+    its series to s^15 (truncation below 2e-8 relative)."""
+    s = u / (_TWO + u)
+    t = s * s
+    a3, a5, a7, a9, a11, a13, a15 = _ODD
+    return _TWO * s * (((((((a15 * t + a13) * t + a11) * t + a9) * t + a7) * t + a5) * t + a3) * t + _ONE)
+
+
+@inline_scalar
+def expm1_32(x):
+    """exp(x) - 1 for float32 x <= 0, vectorisable and without the cancellation of exp(x) - 1
+    near 0: 2 tanh(x/2) / (1 - tanh(x/2))."""
+    t = tanh32(_HALF * x)
+    return _TWO * t / (_ONE - t)
+
+
 def exp_(x):
     """exp for kernels: vectorisable in float32, the library call in float64."""
     return math.exp(x)
@@ -134,23 +152,448 @@ def _tanh_impl(x):
     return lambda x: tanh32(x)
 
 
+class Maths:
+    """The scalar maths of one dtype that definitions build on: ``m(x)`` is the constant x in
+    this dtype (a float64 constant would promote float32 code to float64)."""
+
+    def __init__(self, const, exp, tanh, log1p, expm1, inline):
+        self.const, self.exp, self.tanh, self.log1p, self.expm1 = const, exp, tanh, log1p, expm1
+        self.inline = inline  # for a definition's own helpers
+        one, zero = const(1.0), const(0.0)
+
+        def sigmoid(u):
+            e = exp(-abs(u))  # never overflows
+            r = one / (one + e)
+            return r if u >= zero else e * r
+
+        def sigmoids(u):
+            """(sigmoid(u), sigmoid(-u)), each without the cancellation of 1 - sigmoid(u)."""
+            e = exp(-abs(u))
+            r = one / (one + e)
+            return (r, e * r) if u >= zero else (e * r, r)
+
+        self.sigmoid, self.sigmoids = inline(sigmoid), inline(sigmoids)
+
+    def __call__(self, x):
+        return self.const(x)
+
+
+FLOAT32 = Maths(np.float32, exp32, tanh32, log1p32, expm1_32, inline_scalar)
+FLOAT64 = Maths(np.float64, math.exp, math.tanh, math.log1p, math.expm1, inline_scalar)
+PYTHON = Maths(float, math.exp, math.tanh, math.log1p, math.expm1, lambda f: f)  # the kernels' twin
+
+
+def _np_sigmoid(u):
+    e = np.exp(-np.abs(u))
+    return np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+
+
+class Activation:
+    """One activation: see the module docstring for what each member is."""
+
+    name: str
+    code: int  # its place in REGISTRY
+    needs_z = False
+    init = "glorot"
+    torch = jax = "z"
+    library_float64 = frozenset()  # of "forward", "derivative"
+    long_float32 = frozenset()  # of "forward", "small_forward", "backward", "small_backward"
+
+    @staticmethod
+    def scalar(m):
+        """(forward(z), derivative(y, z)) for the maths ``m``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def array(z):
+        raise NotImplementedError
+
+    @staticmethod
+    def array_derivative(y, z):
+        raise NotImplementedError
+
+    @staticmethod
+    def onnx(b, x):
+        raise NotImplementedError
+
+
+REGISTRY: dict = {}  # name -> its Activation subclass, in code order
+
+
+def register(cls):
+    """Class decorator: add an activation to ``REGISTRY`` under the next code."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"activation {cls.name!r} is defined twice")
+    cls.code = len(REGISTRY)
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+# -- the activations (append new ones at the end) ----------------------------------------
+
+@register
+class Identity(Activation):
+    """y = z: a linear layer (logits, regression outputs)."""
+    name = "identity"
+
+    @staticmethod
+    def scalar(m):
+        one = m(1.0)
+        return (lambda z: z), (lambda y, z: one)
+
+    @staticmethod
+    def array(z):
+        return z.copy()
+
+    @staticmethod
+    def array_derivative(y, z):
+        return np.ones_like(y)
+
+    @staticmethod
+    def onnx(b, x):
+        return x
+
+
+@register
+class Relu(Activation):
+    name, init, torch, jax = "relu", "he", "F.relu(z)", "jax.nn.relu(z)"
+
+    @staticmethod
+    def scalar(m):
+        zero, one = m(0.0), m(1.0)
+        return (lambda z: zero if z < zero else z), (lambda y, z: one if y > zero else zero)
+
+    @staticmethod
+    def array(z):
+        return np.where(z < 0, 0, z).astype(z.dtype)
+
+    @staticmethod
+    def array_derivative(y, z):
+        return (y > 0).astype(y.dtype)
+
+    @staticmethod
+    def onnx(b, x):
+        return b.node("Relu", [x])
+
+
+LEAKY_SLOPE = 0.01
+
+
+@register
+class LeakyRelu(Activation):
+    """Slope 0.01 below 0, as PyTorch's default."""
+    name, init = "leaky_relu", "he"
+    torch, jax = f"F.leaky_relu(z, {LEAKY_SLOPE})", f"jax.nn.leaky_relu(z, {LEAKY_SLOPE})"
+
+    @staticmethod
+    def scalar(m):
+        zero, one, slope = m(0.0), m(1.0), m(LEAKY_SLOPE)
+        return (lambda z: z * slope if z < zero else z), (lambda y, z: one if y > zero else slope)
+
+    @staticmethod
+    def array(z):
+        return np.where(z < 0, z * z.dtype.type(LEAKY_SLOPE), z)
+
+    @staticmethod
+    def array_derivative(y, z):
+        return np.where(y > 0, 1, LEAKY_SLOPE).astype(y.dtype)
+
+    @staticmethod
+    def onnx(b, x):  # max(x, slope x) for slope < 1: LeakyRelu without its float-only kernel
+        return b.node("Max", [x, b.node("Mul", [x, b.const("slope", LEAKY_SLOPE)])], "leaky_relu")
+
+
+@register
+class Sigmoid(Activation):
+    name, torch, jax = "sigmoid", "torch.sigmoid(z)", "jax.nn.sigmoid(z)"
+
+    @staticmethod
+    def scalar(m):
+        one, sigmoid = m(1.0), m.sigmoid
+        return (lambda z: sigmoid(z)), (lambda y, z: y * (one - y))
+
+    @staticmethod
+    def array(z):
+        return _np_sigmoid(z)
+
+    @staticmethod
+    def array_derivative(y, z):
+        return y * (1 - y)
+
+    @staticmethod
+    def onnx(b, x):
+        return b.node("Sigmoid", [x])
+
+
+@register
+class Tanh(Activation):
+    name, torch, jax = "tanh", "torch.tanh(z)", "jax.numpy.tanh(z)"
+    library_float64 = frozenset({"forward"})
+
+    @staticmethod
+    def scalar(m):
+        one, tanh = m(1.0), m.tanh
+        return (lambda z: tanh(z)), (lambda y, z: one - y * y)
+
+    @staticmethod
+    def array(z):
+        return np.tanh(z)
+
+    @staticmethod
+    def array_derivative(y, z):
+        return 1 - y * y
+
+    @staticmethod
+    def onnx(b, x):
+        return b.node("Tanh", [x])
+
+
+GELU_C = math.sqrt(2.0 / math.pi)  # tanh form, as PyTorch's gelu(approximate="tanh")
+GELU_A = 0.044715
+
+
+@register
+class Gelu(Activation):
+    """The tanh form, as PyTorch's gelu(approximate="tanh"): 0.5 z (1 + tanh u),
+    u = sqrt(2/pi) (z + 0.044715 z^3), computed as z sigmoid(2u) (no cancellation for z << 0)."""
+    name, needs_z, init = "gelu", True, "he"
+    torch, jax = "F.gelu(z, approximate='tanh')", "jax.nn.gelu(z, approximate=True)"
+
+    @staticmethod
+    def scalar(m):
+        one, three, two_c, a = m(1.0), m(3.0), m(2 * GELU_C), m(GELU_A)
+        sigmoid, sigmoids = m.sigmoid, m.sigmoids
+
+        def forward(z):
+            return z * sigmoid(two_c * (z + a * z * z * z))
+
+        def derivative(y, z):
+            # d/dz z s(2u) = s + z s (1 - s) 2u', s = sigmoid(2u), 1 - s = sigmoid(-2u), both exact
+            s, s_neg = sigmoids(two_c * (z + a * z * z * z))
+            return s + z * s * s_neg * two_c * (one + three * a * z * z)
+        return forward, derivative
+
+    @staticmethod
+    def array(z):
+        return z * _np_sigmoid(2 * GELU_C * (z + GELU_A * z**3))
+
+    @staticmethod
+    def array_derivative(y, z):
+        u2 = 2 * GELU_C * (z + GELU_A * z**3)
+        return _np_sigmoid(u2) + z * _np_sigmoid(u2) * _np_sigmoid(-u2) * 2 * GELU_C * (1 + 3 * GELU_A * z * z)
+
+    @staticmethod
+    def onnx(b, x):
+        cube = b.node("Mul", [b.node("Mul", [x, x]), x])
+        u2 = b.node("Mul", [b.node("Add", [x, b.node("Mul", [cube, b.const("gelu_a", GELU_A)])]),
+                            b.const("gelu_2c", 2 * GELU_C)])
+        return b.node("Mul", [x, b.node("Sigmoid", [u2])], "gelu")
+
+
+@register
+class Silu(Activation):
+    """z sigmoid(z), PyTorch's silu (swish)."""
+    name, needs_z, init, torch, jax = "silu", True, "he", "F.silu(z)", "jax.nn.silu(z)"
+
+    @staticmethod
+    def scalar(m):
+        sigmoid, sigmoids = m.sigmoid, m.sigmoids
+
+        def derivative(y, z):
+            s, s_neg = sigmoids(z)  # s + z s (1 - s)
+            return s + z * s * s_neg
+        return (lambda z: z * sigmoid(z)), derivative
+
+    @staticmethod
+    def array(z):
+        return z * _np_sigmoid(z)
+
+    @staticmethod
+    def array_derivative(y, z):
+        s = _np_sigmoid(z)
+        return s * (1 + z * _np_sigmoid(-z))
+
+    @staticmethod
+    def onnx(b, x):
+        return b.node("Mul", [x, b.node("Sigmoid", [x])], "silu")
+
+
+def _elu_scalar(m, alpha, scale):
+    """scale z for z > 0, scale alpha (e^z - 1) below; the derivative from y: scale, or y + scale alpha."""
+    zero, alpha, scale, slope = m(0.0), m(alpha), m(scale), m(scale * alpha)
+    expm1 = m.expm1
+
+    def forward(z):
+        below = slope * expm1(zero if z > zero else z)  # (NaN stays NaN; e^z - 1 for z <= 0 only)
+        return scale * z if z > zero else below
+    return forward, (lambda y, z: scale if y > zero else y + slope)
+
+
+def _elu_array(z, alpha, scale):
+    return np.where(z > 0, scale * z, (scale * alpha) * np.expm1(np.minimum(z, 0))).astype(z.dtype)
+
+
+def _elu_onnx(b, x, alpha, scale, hint):  # (ONNX Runtime's Elu and Selu kernels take float32 only)
+    below = b.node("Mul", [b.node("Sub", [b.node("Exp", [b.node("Min", [x, b.const("zero", 0.0)])]),
+                                          b.const("one", 1.0)]), b.const(f"{hint}_slope", scale * alpha)])
+    above = b.node("Mul", [x, b.const(f"{hint}_scale", scale)]) if scale != 1.0 else x
+    return b.node("Where", [b.node("Greater", [x, b.const("zero", 0.0)]), above, below], hint)
+
+
+ELU_ALPHA = 1.0
+
+
+@register
+class Elu(Activation):
+    """z for z > 0, alpha (e^z - 1) below, alpha = 1: PyTorch's elu."""
+    name, init, torch, jax = "elu", "he", f"F.elu(z, alpha={ELU_ALPHA})", f"jax.nn.elu(z, alpha={ELU_ALPHA})"
+    library_float64, long_float32 = frozenset({"forward"}), frozenset({"small_forward"})
+
+    @staticmethod
+    def scalar(m):
+        return _elu_scalar(m, ELU_ALPHA, 1.0)
+
+    @staticmethod
+    def array(z):
+        return _elu_array(z, ELU_ALPHA, 1.0)
+
+    @staticmethod
+    def array_derivative(y, z):
+        return np.where(y > 0, 1, y + ELU_ALPHA).astype(y.dtype)
+
+    @staticmethod
+    def onnx(b, x):
+        return _elu_onnx(b, x, ELU_ALPHA, 1.0, "elu")
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717  # PyTorch's (Klambauer et al. 2017)
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+@register
+class Selu(Activation):
+    """scale elu(z, alpha) with PyTorch's constants; weights start as LeCun normal."""
+    name, init, torch, jax = "selu", "lecun", "F.selu(z)", "jax.nn.selu(z)"
+    library_float64 = frozenset({"forward"})
+
+    @staticmethod
+    def scalar(m):
+        return _elu_scalar(m, SELU_ALPHA, SELU_SCALE)
+
+    @staticmethod
+    def array(z):
+        return _elu_array(z, SELU_ALPHA, SELU_SCALE)
+
+    @staticmethod
+    def array_derivative(y, z):
+        return np.where(y > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA).astype(y.dtype)
+
+    @staticmethod
+    def onnx(b, x):
+        return _elu_onnx(b, x, SELU_ALPHA, SELU_SCALE, "selu")
+
+
+SOFTPLUS_THRESHOLD = 20.0  # PyTorch's: z itself above it
+SOFTPLUS_TOP = SOFTPLUS_THRESHOLD + math.log1p(math.exp(-SOFTPLUS_THRESHOLD))  # softplus(20): y above it has z > 20
+
+
+@register
+class Softplus(Activation):
+    """log(1 + e^z), z itself above 20: PyTorch's softplus (beta 1). Its derivative sigmoid(z)
+    is 1 - e^-y, from y."""
+    name, init, torch, jax = "softplus", "he", "F.softplus(z)", "jax.nn.softplus(z)"
+    library_float64 = frozenset({"forward", "derivative"})
+    long_float32 = frozenset({"forward", "small_forward"})
+
+    @staticmethod
+    def scalar(m):
+        zero, one, top, top_y = m(0.0), m(1.0), m(SOFTPLUS_THRESHOLD), m(SOFTPLUS_TOP)
+        exp, log1p, expm1 = m.exp, m.log1p, m.expm1
+
+        def forward(z):
+            soft = (z if z > zero else zero) + log1p(exp(-abs(z)))
+            return z if z > top else soft
+        return forward, (lambda y, z: one if y > top_y else -expm1(-y))
+
+    @staticmethod
+    def array(z):
+        return np.where(z > SOFTPLUS_THRESHOLD, z, np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z))))
+
+    @staticmethod
+    def array_derivative(y, z):
+        return np.where(y > y.dtype.type(SOFTPLUS_TOP), 1, -np.expm1(-y)).astype(y.dtype)
+
+    @staticmethod
+    def onnx(b, x):  # (ONNX Runtime's Softplus kernel takes float32 only)
+        soft = b.node("Add", [b.node("Max", [x, b.const("zero", 0.0)]),
+                              b.node("Log", [b.node("Add", [b.const("one", 1.0),
+                                                            b.node("Exp", [b.node("Neg", [b.node("Abs", [x])])])])])])
+        return b.node("Where", [b.node("Greater", [x, b.const("softplus_top", SOFTPLUS_THRESHOLD)]), x, soft],
+                      "softplus")
+
+
+@register
+class Mish(Activation):
+    """z tanh(softplus(z)): PyTorch's mish. With n = e^z, tanh(log(1 + n)) = n (n + 2) / (n (n + 2) + 2)
+    (exact for z << 0, and 1 from z = 20 on in both dtypes)."""
+    name, needs_z, init, torch, jax = "mish", True, "he", "F.mish(z)", "z * jax.numpy.tanh(jax.nn.softplus(z))"
+
+    @staticmethod
+    def scalar(m):
+        one, two, top = m(1.0), m(2.0), m(SOFTPLUS_THRESHOLD)
+        exp = m.exp
+
+        @m.inline
+        def parts(z):  # (tanh(softplus z), 1 - that squared, sigmoid z)
+            n = exp(top if z > top else z)
+            q = n * (n + two)
+            t = q / (q + two)
+            return t, (one + t) * two / (q + two), n / (one + n)
+
+        def derivative(y, z):
+            t, one_minus_t2, s = parts(z)
+            return one if z > top else t + z * one_minus_t2 * s  # (1 - t^2 is 0 there: 1 at z = inf)
+        return (lambda z: z * parts(z)[0]), derivative
+
+    @staticmethod
+    def array(z):
+        return z * np.tanh(Softplus.array(z))
+
+    @staticmethod
+    def array_derivative(y, z):
+        t = np.tanh(Softplus.array(z))
+        return np.where(z > SOFTPLUS_THRESHOLD, 1, t + z * _np_sigmoid(z) * (1 - t * t)).astype(z.dtype)
+
+    @staticmethod
+    def onnx(b, x):  # (Mish needs opset 18)
+        return b.node("Mul", [x, b.node("Tanh", [Softplus.onnx(b, x)])], "mish")
+
+
+# -- what the rest of fastnn reads -------------------------------------------------------
+
+CODES = {name: a.code for name, a in REGISTRY.items()}
+NAMES = {a.code: name for name, a in REGISTRY.items()}
+BY_CODE = tuple(REGISTRY.values())
+NEEDS_PREACTIVATION = frozenset(a.code for a in BY_CODE if a.needs_z)
+IDENTITY = Identity.code
+
+
+def code_of(activation) -> int:
+    """Map an activation name (or None for identity) to its kernel code."""
+    if activation is None:
+        return IDENTITY
+    if isinstance(activation, str) and activation in CODES:
+        return CODES[activation]
+    raise ValueError(f"unknown activation {activation!r}; expected None or one of {list(CODES)}")
+
+
+_TWIN = tuple(a.scalar(PYTHON) for a in BY_CODE)
+
+
 def activate(z, act):
     """act(z) for one element; ``act`` is a constant code in kernels. NaN propagates as in the
     reference. Plain Python (NUMBA_DISABLE_JIT=1) runs this float64 version."""
-    if act == RELU:
-        return 0.0 if z < 0 else z
-    if act == LEAKY_RELU:
-        return z * LEAKY_SLOPE if z < 0 else z
-    if act == SIGMOID:
-        e = math.exp(-abs(z)) if z == z else z
-        return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-    if act == TANH:
-        return math.tanh(z)
-    if act == GELU:
-        u2 = 2 * GELU_C * (z + GELU_A * z * z * z)
-        e = math.exp(-abs(u2)) if u2 == u2 else u2
-        return z * (1.0 / (1.0 + e) if u2 >= 0 else e / (1.0 + e))
-    return z
+    return _TWIN[act][0](z)
 
 
 def _literal_code(act):
@@ -158,56 +601,24 @@ def _literal_code(act):
     return act.literal_value if isinstance(act, types.IntegerLiteral) else None
 
 
+def _maths(t):
+    return FLOAT32 if t == types.float32 else FLOAT64
+
+
 @typed_helper(activate)
 def _activate_impl(z, act):
     code = _literal_code(act)
     if code is None:
         return None
-    single = z == types.float32
-    f = np.float32 if single else np.float64
-    zero, one, slope = f(0.0), f(1.0), f(LEAKY_SLOPE)
-    two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
-    exp = exp32 if single else math.exp  # called directly: a nested overload would compile on its own
-    if code == RELU:
-        return lambda z, act: zero if z < zero else z
-    if code == LEAKY_RELU:
-        return lambda z, act: z * slope if z < zero else z
-    if code == SIGMOID:
-        def sigmoid(z, act):
-            e = exp(-abs(z))  # never overflows
-            r = one / (one + e)
-            return r if z >= zero else e * r
-        return sigmoid
-    if code == TANH:
-        return (lambda z, act: tanh32(z)) if single else (lambda z, act: math.tanh(z))
-    if code == GELU:
-        def gelu(z, act):
-            # 0.5 z (1 + tanh u) = z sigmoid(2u): no 1 + tanh cancellation for z << 0
-            u2 = two_c * (z + gelu_a * z * z * z)
-            e = exp(-abs(u2))
-            r = one / (one + e)
-            return z * (r if u2 >= zero else e * r)
-        return gelu
-    return lambda z, act: z
+    forward = inline_scalar(BY_CODE[code].scalar(_maths(z))[0])
+    return lambda z, act: forward(z)
 
 
-# Differentiates `activate`: the derivative of y = act(z), from y (and z for gelu).
+# Differentiates `activate`: the derivative of y = act(z), from y (and z where ``needs_z``).
 def derivative(y, z, act):
-    """act'(z) for one element, from y = act(z) (and z for gelu); float64 in plain Python."""
-    if act == RELU:
-        return 1.0 if y > 0 else 0.0
-    if act == LEAKY_RELU:
-        return 1.0 if y > 0 else LEAKY_SLOPE
-    if act == SIGMOID:
-        return y * (1.0 - y)
-    if act == TANH:
-        return 1.0 - y * y
-    if act == GELU:
-        u2 = 2 * GELU_C * (z + GELU_A * z * z * z)
-        e = math.exp(-abs(u2)) if u2 == u2 else u2
-        s_pos, s_neg = (1 / (1 + e), e / (1 + e)) if u2 >= 0 else (e / (1 + e), 1 / (1 + e))
-        return s_pos + z * s_pos * s_neg * 2 * GELU_C * (1 + 3 * GELU_A * z * z)
-    return 1.0
+    """act'(z) for one element, from y = act(z) (and z where the activation needs it); float64
+    in plain Python."""
+    return _TWIN[act][1](y, z)
 
 
 @typed_helper(derivative)
@@ -215,28 +626,8 @@ def _derivative_impl(y, z, act):
     code = _literal_code(act)
     if code is None:
         return None
-    f = np.float32 if y == types.float32 else np.float64
-    zero, one, three, slope = f(0.0), f(1.0), f(3.0), f(LEAKY_SLOPE)
-    two_c, gelu_a = f(2 * GELU_C), f(GELU_A)
-    exp = exp32 if y == types.float32 else math.exp
-    if code == RELU:
-        return lambda y, z, act: one if y > zero else zero
-    if code == LEAKY_RELU:
-        return lambda y, z, act: one if y > zero else slope
-    if code == SIGMOID:
-        return lambda y, z, act: y * (one - y)
-    if code == TANH:
-        return lambda y, z, act: one - y * y
-    if code == GELU:
-        def gelu(y, z, act):
-            # d/dz z s(2u) = s + z s (1 - s) 2u', s = sigmoid(2u), 1 - s = sigmoid(-2u), both exact
-            u2 = two_c * (z + gelu_a * z * z * z)
-            e = exp(-abs(u2))
-            r = one / (one + e)
-            s_pos, s_neg = (r, e * r) if u2 >= zero else (e * r, r)
-            return s_pos + z * s_pos * s_neg * two_c * (one + three * gelu_a * z * z)
-        return gelu
-    return lambda y, z, act: one
+    d = inline_scalar(BY_CODE[code].scalar(_maths(y))[1])
+    return lambda y, z, act: d(y, z)
 
 
 def signatures(dtype):
@@ -278,7 +669,7 @@ def activation_forward(z, act, y=None):
     ----------
     z : ndarray (N, O), float32 or float64, C-contiguous
     act : str or None
-        One of ``None``/"identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu".
+        None (identity) or a name in ``REGISTRY``.
     y : ndarray (N, O) of z's dtype, optional
         Output; allocated when omitted. May be ``z`` itself, but no other overlap.
     """
@@ -297,8 +688,8 @@ def activation_forward(z, act, y=None):
 def activation_backward(dy, y, z, act, dz=None):
     """Write ``dL/dz = dy * act'(z)`` into ``dz`` (overwritten) and return it.
 
-    ``y`` is the forward output; ``z`` the pre-activation, read only for gelu (pass ``y``
-    again for the other activations). ``dz`` may be ``dy``, which is then overwritten; it
+    ``y`` is the forward output; ``z`` the pre-activation, read only where the activation
+    ``needs_z`` (pass ``y`` again for the others). ``dz`` may be ``dy``, which is then overwritten; it
     may not overlap ``y`` or ``z``.
     """
     code = code_of(act)
