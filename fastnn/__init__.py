@@ -10,13 +10,14 @@ from .callbacks import EarlyStopping
 from .kernels.activations import REGISTRY as _ACTIVATION_REGISTRY
 from .layers import Dense, Dropout
 from .model import DivergenceError, Sequential, load
-from .optim import SGD, Adam, AdamW, Optimizer
+from .optim import CLASSES as _OPTIMIZER_CLASSES, Optimizer
 from .schedules import Constant, Cosine, StepDecay
 from .threads import get_num_threads, set_num_threads
 
 ACTIVATIONS = tuple(_ACTIVATION_REGISTRY)  # the activations' names, in code order
 del _ACTIVATION_REGISTRY
+globals().update(_OPTIMIZER_CLASSES)  # SGD, Adam, AdamW, RMSprop: each made from its definition
 
-__all__ = ["ACTIVATIONS", "Dense", "Dropout", "Sequential", "load", "DivergenceError", "SGD", "Adam", "AdamW", "Optimizer", "Constant", "StepDecay", "Cosine",
+__all__ = ["ACTIVATIONS", "Dense", "Dropout", "Sequential", "load", "DivergenceError", *_OPTIMIZER_CLASSES, "Optimizer", "Constant", "StepDecay", "Cosine",
            "EarlyStopping",
            "set_num_threads", "get_num_threads", "__version__"]

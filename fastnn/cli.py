@@ -12,9 +12,11 @@ import numpy as np
 
 from .kernels._checks import positive, positive_int
 from .kernels.activations import REGISTRY as ACTIVATIONS
+from .kernels.optimizers import RULES
+from .optim import from_name
 from .training import LossExplosionWarning
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = tuple(RULES)  # every optimizer's name, from its definition
 
 
 def _sizes(option: str, example: str):
@@ -100,8 +102,8 @@ def _setup(args, kind, inputs=784, outputs=10, loss="softmax_cross_entropy"):
     layers = [fastnn.Dense(a, b, activation=args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
     model = fastnn.Sequential(*layers, fastnn.Dense(sizes[-2], outputs), seed=args.seed, loss=loss)
     lr = recipe["lr"]
-    optimizer = {"adam": lambda: fastnn.Adam(lr=lr), "adamw": lambda: fastnn.AdamW(lr=lr),
-                 "sgd": lambda: fastnn.SGD(lr=lr, momentum=0.9)}[recipe["optimizer"]]()
+    name = recipe["optimizer"]
+    optimizer = from_name(name, lr=lr, **({"momentum": 0.9} if name == "sgd" else {}))  # (the recipe's SGD)
     schedule = fastnn.Cosine() if recipe["schedule"] == "cosine" else fastnn.Constant()
     return model, optimizer, schedule, recipe, sizes
 

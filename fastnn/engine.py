@@ -209,9 +209,8 @@ class Engine:
             self._built["penalty"] = _jit.address(loss_kernels._l2_penalty, loss_kernels.penalty_signature(self.dtype))
         return self._built["penalty"]
 
-    def update_address(self, optimizer):
-        """The address of ``optimizer``'s update kernel for this dtype."""
-        kernel = optimizer._kernel()
+    def update_address(self, kernel):
+        """The address of an optimizer's update ``kernel`` for this dtype."""
         if kernel not in self._built:
             self._built[kernel] = _jit.address(kernel, optimizers.signature(self.dtype))
         return self._built[kernel]
@@ -239,7 +238,7 @@ class Engine:
             if metric and metric_kernel is not None:
                 pieces.append((metric_kernel, msig))
         if optimizer is not None:
-            pieces.append((optimizer._kernel(), optimizers.signature(self.dtype)))
+            pieces.append((optimizer.kernel(), optimizers.signature(self.dtype)))
         return pieces + [(getattr(train, name), driver_signature(name, self.dtype.name)) for name in drivers]
 
     def _build(self, key, what, build, pieces, announce=None, quiet=False):
@@ -268,20 +267,20 @@ class Engine:
     def step_fn(self, loss, optimizer, announce=None, quiet=False):
         """``(step entry, objective, drivers)`` for ``train_step``."""
         def build():
-            self.net, self.update_address(optimizer)
+            self.net, self.update_address(optimizer.kernel())
             return self._entry("step"), self.objective(loss), self.drivers()
         what = "training step: " + self._describe(loss, type(optimizer).__name__)
-        return self._build(("step", loss, optimizer._kernel()), what, build,
+        return self._build(("step", loss, optimizer.kernel()), what, build,
                            lambda: self._pieces(loss, optimizer=optimizer), announce, quiet)
 
     def epoch_fn(self, loss, optimizer, announce=None, quiet=False):
         """``(train_epoch entry, objective, drivers)`` for ``fit``."""
         def build():
-            self.net, self.update_address(optimizer)
+            self.net, self.update_address(optimizer.kernel())
             return self._entry("train_epoch"), self.objective(loss, metric=True), self.drivers()
         what = "training epoch: " + self._describe(loss, type(optimizer).__name__)
         pieces = lambda: self._pieces(loss, metric=True, optimizer=optimizer, drivers=DRIVERS + ("train_epoch",))  # noqa: E731
-        return self._build(("epoch", loss, optimizer._kernel()), what, build, pieces, announce, quiet)
+        return self._build(("epoch", loss, optimizer.kernel()), what, build, pieces, announce, quiet)
 
     def gradients_fn(self, loss):
         """``(gradients entry, objective, drivers)`` for ``loss_and_grad`` and the distributed path."""
@@ -292,9 +291,9 @@ class Engine:
     def update_fn(self, optimizer):
         """The ``update`` entry (the distributed path, after its allreduce)."""
         def build():
-            self.update_address(optimizer)
+            self.update_address(optimizer.kernel())
             return self._entry("update")
-        return self._build(("update", optimizer._kernel()), f"{type(optimizer).__name__} update", build,
+        return self._build(("update", optimizer.kernel()), f"{type(optimizer).__name__} update", build,
                            lambda: self._pieces(optimizer=optimizer))
 
     def forward_fn(self):

@@ -487,7 +487,7 @@ class Sequential:
         optimizer : SGD, Adam or AdamW, or "adam", "adamw", "sgd", optional
             Default: the model's optimizer from an earlier call, else ``Adam(lr=1e-3)``
             (PyTorch's, Keras' and scikit-learn's default), kept on the model. A name gets the
-            defaults of ``fastnn.optim.NAMED`` (Adam and AdamW lr 1e-3; SGD lr 0.01 as Keras).
+            defaults of ``fastnn.optim.from_name`` (PyTorch's; SGD lr 0.01 as Keras).
         epochs, batch_size : int > 0
             The last partial batch is trained on, not dropped.
         validation_data : (X_val, y_val), optional

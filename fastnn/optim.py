@@ -1,4 +1,5 @@
-"""Optimizers with PyTorch's names, defaults and formulas (see ``fastnn.kernels.optimizers``).
+"""Optimizers with PyTorch's names, defaults and formulas, each made from its one definition in
+``fastnn.kernels.optimizers`` (``RULES``): hyper-parameters, state rows and formula by name.
 
 An optimizer's state is created on its first step and belongs to the parameters it was
 first given; ``lr`` and the other hyper-parameters are plain attributes that may be changed
@@ -8,19 +9,23 @@ small array that the compiled step advances as it applies each update.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .kernels import _checks
 from .kernels._compose import run
 from .kernels import optimizers as _kernels
+from .kernels.optimizers import REQUIRED, RULES, check_value
 from .kernels.train import Optimizer as _Compiled
 
 
 class Optimizer:
-    """Base class: state buffers shaped like the parameters, and a step counter."""
+    """Base class: state buffers shaped like the parameters, and a step counter. Each subclass
+    is made from a definition (``rule``, see ``fastnn.kernels.optimizers``)."""
 
+    rule = None  # its definition
     _hyper: tuple = ()  # constructor arguments, for repr and state_dict
-    _kernel_hyper: tuple = ()  # the kernel's constants, in its order
 
     def __init__(self):
         self._steps = np.zeros(1, np.int64)  # the step count, advanced by the compiled step itself
@@ -37,10 +42,22 @@ class Optimizer:
 
     def _checked(self, name, value):
         """``value`` for the hyper-parameter ``name``, checked (every assignment, not only the
-        constructor's): subclasses check their own names and defer ``lr`` to this."""
-        if name == "lr":
-            return _checks.positive("lr", value)
+        constructor's), alone and then with the others already set."""
+        value = check_value(self.rule.hyper[self._hyper.index(name)], value)
+        values = {n: self.__dict__[n] for n in self._hyper if n in self.__dict__}
+        self.rule.check({**values, name: value}, name)
         return value
+
+    def __getattr__(self, name):
+        # (only for names not set): the kernel's constants by name, e.g. Adam's beta1 and beta2
+        rule = type(self).rule
+        if rule is not None and name in rule.constants and name not in self._hyper:
+            return float(self._hyper_array()[rule.constants.index(name)])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def settings(self) -> dict:
+        """The hyper-parameters, by name."""
+        return {name: getattr(self, name) for name in self._hyper}
 
     @property
     def step_count(self) -> int:
@@ -68,8 +85,9 @@ class Optimizer:
 
     @property
     def _buffers(self) -> tuple:
-        """Names of the state buffers (rows of each state array)."""
-        return ()
+        """Names of the state buffers (rows of each state array), as the definition keeps them
+        for the present switches."""
+        return self.rule.rows_for(self.settings())
 
     @property
     def state(self):
@@ -78,12 +96,12 @@ class Optimizer:
             return None
         return {name: [s[k] for s in self._state] for k, name in enumerate(self._buffers)}
 
-    def _kernel(self):
+    def kernel(self):
         """The compiled update kernel for this optimizer's settings (``fastnn.kernels.optimizers``)."""
-        raise NotImplementedError
+        return self.rule.kernel(self.settings())
 
     def _hyper_array(self):
-        return np.array([float(getattr(self, name)) for name in self._kernel_hyper], dtype=np.float64)
+        return self.rule.constant_values(self.settings())
 
     def _prepare(self, params):
         """Create the state on the first step; check it fits ``params`` afterwards."""
@@ -102,7 +120,8 @@ class Optimizer:
         t = self._tuple
         if t is None or self._owner is not engine.params:
             self._prepare((engine.params,))
-            t = self._tuple = _Compiled(engine.update_address(self), self._hyper_array(), self._state[0], self._steps)
+            t = self._tuple = _Compiled(engine.update_address(self.kernel()), self._hyper_array(), self._state[0],
+                                        self._steps)
             self._owner = engine.params
         return t
 
@@ -121,7 +140,7 @@ class Optimizer:
             _checks.writable(f"params[{i}]", p)
             _checks.no_overlap(f"params[{i}]", p, (f"grads[{i}]", g))
         self._prepare(params)
-        kernel = self._kernel()
+        kernel = self.kernel()
         hyper = self._hyper_array()
         saved = [s.copy() for s in self._state]
         olds = []  # each kernel leaves the old parameters in its copy of the gradient
@@ -159,10 +178,12 @@ class Optimizer:
             raise
 
     def _load_state_dict(self, d):
-        for name in self._hyper:  # all in place first, then each checked with the others (Nesterov, momentum)
-            object.__setattr__(self, name, d[name] if name in d or name != "eps_after_correction" else True)
-        for name in self._hyper:
-            object.__setattr__(self, name, self._checked(name, getattr(self, name)))
+        # all in place first, then checked together (Nesterov, momentum); a name saved before it
+        # existed (eps_after_correction) takes its default
+        defaults = {h.name: h.default for h in self.rule.hyper if h.default is not REQUIRED}
+        values = _kernels.settings(self.rule, {name: d[name] if name in d else defaults[name] for name in self._hyper})
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
         self.step_count = int(d["step_count"])
         found = {}
         for key in d:
@@ -181,108 +202,42 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay.
+def _optimizer_class(rule) -> type:
+    """The public class of one definition: its constructor takes the definition's
+    hyper-parameters, in order, with their defaults."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(h.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 **({} if h.default is REQUIRED else {"default": h.default})) for h in rule.hyper]
+    signature = inspect.Signature(params)
 
-    ``g <- g + weight_decay*p; v <- momentum*v + g; p <- p - lr*v`` (Nesterov:
-    ``p <- p - lr*(g + momentum*v)``), as ``torch.optim.SGD`` with dampening 0.
-    """
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{rule.title}{str(signature).replace('self, ', '')}: {e}") from None
+        bound.apply_defaults()
+        Optimizer.__init__(self)
+        for name, value in list(bound.arguments.items())[1:]:  # in order: a switch after what it needs
+            setattr(self, name, value)
 
-    _hyper = ("lr", "momentum", "weight_decay", "nesterov")
-    _kernel_hyper = _kernels.SGD_HYPER
-
-    def __init__(self, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-        super().__init__()
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.nesterov = nesterov
-
-    def _checked(self, name, value):
-        if name in ("momentum", "weight_decay"):
-            value = _checks.positive(name, value, allow_zero=True)
-            if name == "momentum" and value == 0 and getattr(self, "nesterov", False):
-                raise ValueError("momentum 0 with nesterov=True: Nesterov momentum needs momentum > 0 (set "
-                                 "nesterov = False first)")
-            return value
-        if name == "nesterov":
-            if value and not getattr(self, "momentum", 0):
-                raise ValueError("nesterov=True needs momentum > 0")
-            return bool(value)
-        return super()._checked(name, value)
-
-    @property
-    def _buffers(self):
-        return ("momentum_buffer",) if self.momentum else ()
-
-    def _kernel(self):
-        return _kernels.sgd_kernel(self.momentum != 0.0, self.nesterov)
+    __init__.__signature__ = signature
+    namespace = {"rule": rule, "_hyper": tuple(h.name for h in rule.hyper), "__init__": __init__,
+                 "__doc__": rule.__doc__, "__module__": __name__, "__qualname__": rule.title}
+    if hasattr(rule, "decoupled"):
+        namespace["decoupled"] = rule.decoupled
+    return type(rule.title, (Optimizer,), namespace)
 
 
-class Adam(Optimizer):
-    """Adam (``torch.optim.Adam``): bias-corrected moments, eps added after the square root;
-    ``weight_decay`` is added to the gradient (L2), unlike ``AdamW``. ``eps_after_correction``:
-    True adds eps to the bias-corrected sqrt(v) (PyTorch); False to sqrt(v) before the
-    correction (scikit-learn's MLPs, Keras 2), which its estimators use."""
-
-    _hyper = ("lr", "betas", "eps", "weight_decay", "eps_after_correction")
-    _kernel_hyper = _kernels.ADAM_HYPER
-    _buffers = ("exp_avg", "exp_avg_sq")
-    decoupled = False
-
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, eps_after_correction=True):
-        super().__init__()
-        self.lr = lr
-        self.betas = betas
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.eps_after_correction = eps_after_correction
-
-    def _checked(self, name, value):
-        if name == "betas":
-            b1, b2 = (float(b) for b in value)
-            for which, b in (("betas[0]", b1), ("betas[1]", b2)):
-                if not 0.0 <= b < 1.0:
-                    raise ValueError(f"{which} must lie in [0, 1), got {b!r}")
-            return (b1, b2)
-        if name in ("eps", "weight_decay"):
-            return _checks.positive(name, value, allow_zero=True)
-        if name == "eps_after_correction":
-            return bool(value)
-        return super()._checked(name, value)
-
-    def _kernel(self):
-        return _kernels.adam_kernel(self.decoupled)
-
-    @property
-    def beta1(self):
-        return self.betas[0]
-
-    @property
-    def beta2(self):
-        return self.betas[1]
+CLASSES = {rule.title: _optimizer_class(rule) for rule in RULES.values()}  # "SGD": fastnn.SGD, ...
+globals().update(CLASSES)
 
 
-
-class AdamW(Adam):
-    """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay ``p <- p*(1 - lr*wd)``."""
-
-    decoupled = True
-
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(lr, betas, eps, weight_decay)
-
-
-# Names a model's fit and train_step accept in place of an optimizer, with the defaults each gets:
-# Adam and AdamW as in PyTorch and Keras (lr 1e-3; AdamW weight decay 1e-2 as PyTorch's), SGD
-# at Keras' lr 0.01 (PyTorch's SGD has no default lr).
-NAMED = {"adam": lambda: Adam(), "adamw": lambda: AdamW(), "sgd": lambda: SGD(lr=0.01)}
-
-
-def from_name(name: str) -> Optimizer:
-    """A new optimizer for one of ``NAMED``'s names (any case)."""
-    make = NAMED.get(name.lower()) if isinstance(name, str) else None
-    if make is None:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(NAMED)}, or an optimizer such as "
+def from_name(name: str, **settings) -> Optimizer:
+    """A new optimizer for one of ``RULES``'s names (any case), with the defaults a model's
+    ``fit(optimizer=name)`` gives it (SGD: lr 0.01, as Keras; PyTorch's SGD has none) and
+    ``settings`` on top."""
+    rule = RULES.get(name.lower()) if isinstance(name, str) else None
+    if rule is None:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {list(RULES)}, or an optimizer such as "
                          f"fastnn.SGD(lr=0.05, momentum=0.9)")
-    return make()
+    return CLASSES[rule.title](**{**rule.by_name, **settings})

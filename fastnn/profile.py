@@ -19,6 +19,7 @@ from . import engine as _engine
 from .kernels import _jit, dense, dropout, optimizers, train
 from .kernels._compose import checked, raw_rows_of
 from .kernels import losses as loss_kernels
+from .optim import from_name
 
 
 def _timed(records, name, kernel, signature, cost):
@@ -84,7 +85,7 @@ def timed_step(model, loss, optimizer, records):
     objective = train.Objective(_timed(records, loss, _engine.LOSS_KERNELS[loss][0],
                                        loss_kernels.signatures(dtype)[0], _loss_cost), train.NO_KERNEL,
                                 train.NO_KERNEL, 0.0, 0.0)
-    update = _timed(records, "optimizer_update", optimizer._kernel(), optimizers.signature(dtype), _optimizer_cost)
+    update = _timed(records, "optimizer_update", optimizer.kernel(), optimizers.signature(dtype), _optimizer_cost)
     guard = _timed(records, "finite_guard", train.gradients_finite, numba.float64(_jit.array_type(dtype, 1)),
                    _guard_cost)
     drivers = train.Drivers(_jit.as_python(train.forward_pass), _jit.as_python(train.gradients),
@@ -181,8 +182,7 @@ def main(args) -> int:
         y = rng.standard_normal((args.batch_size, sizes[-1])).astype(dtype)
     else:
         y = rng.integers(0, sizes[-1], args.batch_size)
-    optimizer = {"sgd": lambda: fastnn.SGD(lr=1e-3, momentum=0.9), "adam": lambda: fastnn.Adam(lr=1e-3),
-                 "adamw": lambda: fastnn.AdamW(lr=1e-3)}[args.optimizer]()
+    optimizer = from_name(args.optimizer, lr=1e-3, **({"momentum": 0.9} if args.optimizer == "sgd" else {}))
     result = profile_step(model, X, y, args.loss, optimizer, steps=args.steps)
     threads = fastnn.get_num_threads()["numba"]
     title = (f"fastnn profile: {'-'.join(map(str, sizes))} {args.activation}, batch {args.batch_size}, "

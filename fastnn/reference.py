@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from .kernels.activations import BY_CODE, code_of
+from .kernels.optimizers import RULES
 
 
 def activation_forward(z, act):
@@ -87,30 +88,27 @@ def binary_cross_entropy(logits, target, cap=0.0):
     return float(loss), ((_sigmoid(x) - t) / t.size).astype(logits.dtype)
 
 
+def optimizer_update(name, p, g, state, step, lr, **hyper):
+    """One step of optimizer ``name`` (PyTorch's formula, from its definition); ``state`` is
+    ``{row name: array}``. Returns ``(new p, new state)``."""
+    return RULES[name].reference(p, g, state, step, lr, **hyper)
+
+
 def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
-    """One SGD step (PyTorch's formula); returns ``(new p, new v)``."""
-    g = g + weight_decay * p
-    if momentum == 0:
-        return p - lr * g, v.copy()
-    v = momentum * v + g
-    return p - lr * (g + momentum * v if nesterov else v), v
+    """One SGD step; returns ``(new p, new v)``."""
+    p, state = optimizer_update("sgd", p, g, {"momentum_buffer": v}, 1, lr, momentum=momentum,
+                                weight_decay=weight_decay, nesterov=nesterov)
+    return p, state.get("momentum_buffer", v.copy())
 
 
 def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                 decoupled=False, eps_after_correction=True):
-    """One Adam or AdamW step (PyTorch's formula; with ``eps_after_correction=False``
-    scikit-learn's, eps added to sqrt(v) before the bias correction); returns ``(new p, new m,
-    new v)``."""
-    if decoupled:
-        p = p * (1 - lr * weight_decay)
-    else:
-        g = g + weight_decay * p
-    m = m + (1 - beta1) * (g - m)
-    v = beta2 * v + (1 - beta2) * g * g
-    if eps_after_correction:
-        return p - (lr / (1 - beta1**step)) * m / (np.sqrt(v) / math.sqrt(1 - beta2**step) + eps), m, v
-    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-    return p - step_size * m / (np.sqrt(v) + eps), m, v
+    """One Adam or AdamW step (with ``eps_after_correction=False`` scikit-learn's placement, eps
+    added to sqrt(v) before the bias correction); returns ``(new p, new m, new v)``."""
+    p, state = optimizer_update("adamw" if decoupled else "adam", p, g, {"exp_avg": m, "exp_avg_sq": v}, step, lr,
+                                betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
+                                eps_after_correction=eps_after_correction)
+    return p, state["exp_avg"], state["exp_avg_sq"]
 
 
 def _uniform(seed, step, layer, shape):

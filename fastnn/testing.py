@@ -7,6 +7,7 @@ import numpy as np
 
 from . import reference as R
 from .kernels.activations import REGISTRY
+from .kernels.optimizers import RULES
 
 # Per-dtype tolerances for kernel vs reference. float32 products of length ~800 differ
 # from NumPy's BLAS by a few ulps times sqrt(length); float64 by ~1e-15 relative.
@@ -133,12 +134,12 @@ def reference_loss_and_grad(params, activations, X, y, loss):
 def reference_train(params, activations, batches, loss, optimizer, hyper, steps):
     """Run ``steps`` updates on ``batches`` with the reference; returns (losses, params).
 
-    ``optimizer`` is "sgd", "adam" or "adamw" and ``hyper`` its keyword arguments, in
-    the reference's names (lr, momentum, weight_decay, nesterov / beta1, beta2, eps, ...).
+    ``optimizer`` is an optimizer's name (``fastnn.kernels.optimizers.RULES``) and ``hyper``
+    its settings by name, lr included (what ``Optimizer.settings()`` returns).
     """
     flat = np.concatenate([p.ravel() for p in params])
     shapes = [p.shape for p in params]
-    state = [np.zeros_like(flat), np.zeros_like(flat)]
+    state = {row: np.zeros_like(flat) for row in RULES[optimizer].rows}  # (rows a setting leaves out: unread)
     losses = []
     for t in range(1, steps + 1):
         X, y = batches[(t - 1) % len(batches)]
@@ -146,11 +147,8 @@ def reference_train(params, activations, batches, loss, optimizer, hyper, steps)
         value, grads = reference_loss_and_grad(views, activations, X, y, loss)
         losses.append(value)
         g = np.concatenate([g.ravel() for g in grads])
-        if optimizer == "sgd":
-            flat, state[0] = R.sgd_update(flat, g, state[0], **hyper)
-        else:
-            flat, state[0], state[1] = R.adam_update(flat, g, state[0], state[1], t, decoupled=optimizer == "adamw",
-                                                     **hyper)
+        flat, new = R.optimizer_update(optimizer, flat, g, state, t, **hyper)
+        state.update(new)
     return losses, _unflatten(flat, shapes)
 
 

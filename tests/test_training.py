@@ -8,20 +8,20 @@ import fastnn
 from fastnn.testing import finite_difference, reference_train, targets
 
 OPTIMIZERS = {
-    "sgd": (lambda: fastnn.SGD(lr=0.1), dict(lr=0.1)),
-    "sgd-momentum-wd": (lambda: fastnn.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
-                        dict(lr=0.05, momentum=0.9, weight_decay=1e-3)),
-    "sgd-nesterov": (lambda: fastnn.SGD(lr=0.05, momentum=0.9, nesterov=True),
-                     dict(lr=0.05, momentum=0.9, nesterov=True)),
-    "adam": (lambda: fastnn.Adam(lr=1e-2, weight_decay=1e-2), dict(lr=1e-2, weight_decay=1e-2)),
-    "adamw": (lambda: fastnn.AdamW(lr=1e-2), dict(lr=1e-2, weight_decay=1e-2)),
+    "sgd": lambda: fastnn.SGD(lr=0.1),
+    "sgd-momentum-wd": lambda: fastnn.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "sgd-nesterov": lambda: fastnn.SGD(lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: fastnn.Adam(lr=1e-2, weight_decay=1e-2),
+    "adamw": lambda: fastnn.AdamW(lr=1e-2),
+    "rmsprop": lambda: fastnn.RMSprop(lr=1e-2),
+    "rmsprop-every-switch": lambda: fastnn.RMSprop(lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-2),
 }
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse", "binary_cross_entropy"])
 def test_five_training_steps_match_the_reference(name, loss, dtype, rng):
-    make_opt, hyper = OPTIMIZERS[name]
+    make_opt = OPTIMIZERS[name]
     acts = ["relu", "gelu", "tanh"]
     model = fastnn.Sequential(fastnn.Dense(12, 16, activation="relu"), fastnn.Dense(16, 8, activation="gelu"),
                               fastnn.Dense(8, 3, activation="tanh"), seed=3, dtype=dtype)
@@ -33,7 +33,7 @@ def test_five_training_steps_match_the_reference(name, loss, dtype, rng):
     start = [p.copy() for p in model.parameters()]
     opt = make_opt()
     losses = [model.train_step(*batches[t % 3], loss=loss, optimizer=opt) for t in range(5)]
-    ref_losses, ref_params = reference_train(start, acts, batches, loss, name.split("-")[0], hyper, 5)
+    ref_losses, ref_params = reference_train(start, acts, batches, loss, opt.rule.name, opt.settings(), 5)
     loose = {"rtol": 1e-4, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-9, "atol": 1e-11}
     np.testing.assert_allclose(losses, ref_losses, **loose)
     for p, r in zip(model.parameters(), ref_params):
