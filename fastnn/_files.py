@@ -3,6 +3,7 @@ archive so that nothing is read or allocated before it is checked (models, check
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -204,3 +205,12 @@ class Archive:
         if fortran:
             return np.ascontiguousarray(array.reshape(got, order="F"))
         return array.reshape(got)
+
+
+def parse_json(text, path, what):
+    """``text`` as JSON, every failure (nesting too deep included) a ValueError naming ``path``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not a valid {what}: its description is not readable JSON "
+                         f"({type(e).__name__}: {str(e)[:100]})") from None

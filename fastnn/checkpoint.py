@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from ._files import atomic_write, remove_stale
+from ._files import atomic_write, parse_json, remove_stale
 
 FILENAME = "checkpoint.npz"
 VERSION = 2
@@ -69,7 +69,6 @@ MAX_META_BYTES = 64 << 20  # the JSON description: the history grows by a few nu
 
 
 def _meta(archive, path):
-    from .model import parse_json
 
     names = set(archive.members)
     if "meta" not in names or "params" not in names:

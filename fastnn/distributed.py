@@ -27,7 +27,8 @@ import numpy as np
 
 from ._install import install_hint
 from .engine import raw_rows_of
-from .model import DivergenceError, _right
+from .model import _right
+from .training import DivergenceError
 
 
 def _mpi():

@@ -211,23 +211,23 @@ def estimator_to_onnx(estimator, path=None, *, opset=DEFAULT_OPSET):
 _REGISTERED = False
 
 
-def register_skl2onnx():
+def register_skl2onnx(*estimators):
     """Teach skl2onnx the fastnn estimators, so that ``skl2onnx.to_onnx`` exports a Pipeline that
     holds one (the classifier's outputs: ``label`` and ``probabilities``, no ZipMap)."""
     global _REGISTERED
     if _REGISTERED:
         return
+    from sklearn.base import is_classifier
     from skl2onnx import update_registered_converter
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType, StringTensorType
 
-    from .sklearn import MLPClassifier, MLPRegressor
 
     def parser(scope, model, inputs, custom_parsers=None):
         alias = "Fastnn" + type(model).__name__
         op = scope.declare_local_operator(alias, model)
         op.inputs = inputs
         tensor = FloatTensorType if isinstance(inputs[0].type, FloatTensorType) else DoubleTensorType
-        if isinstance(model, MLPClassifier):
+        if is_classifier(model):
             label_type = StringTensorType if model.classes_.dtype.kind in "USO" else Int64TensorType
             label = scope.declare_local_variable("label", label_type([None]))
             proba = scope.declare_local_variable("probabilities", tensor([None, len(model.classes_)]))
@@ -275,7 +275,7 @@ def register_skl2onnx():
         else:
             b.node("Cast", [produced[0]], outputs=[names[0]], to=in_type)
 
-    for cls in (MLPClassifier, MLPRegressor):
+    for cls in estimators:
         update_registered_converter(cls, "Fastnn" + cls.__name__, shapes, converter, parser=parser)
     _REGISTERED = True
 

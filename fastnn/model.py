@@ -15,43 +15,21 @@ import zipfile
 
 import numpy as np
 
-from ._files import Archive, atomic_write
+from ._files import Archive, atomic_write, parse_json
 from .engine import Engine, raw_rows_of
 from .fingerprint import Fingerprint
 from .kernels._checks import all_finite, positive, positive_int
 from .layers import Dense, Dropout
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
+from .tabular import check_columns, column_names
 from .threads import one_blas_thread
+from . import training
+from .training import DivergenceError
 
 FORMAT_VERSION = 3  # 2 added the loss, the training rows' fingerprint, the command line's preparation; 3 the
 # column names (feature_names_in_). Versions 1 and 2 load.
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
-
-
-class DivergenceError(FloatingPointError):
-    """Training produced a NaN or infinite loss or gradient; the parameters were not updated.
-
-    ``epoch`` and ``step`` (1-based, the step within the epoch) say where; ``epoch`` is None
-    for ``train_step``, whose ``step`` is then the optimizer's step number.
-    """
-
-    def __init__(self, message, epoch, step):
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-
-    @classmethod
-    def at(cls, step, epoch=None, steps=None, lr=None, dtype=None):
-        """The error for a refused step: optimizer step ``step``, or step ``step`` of ``steps`` in
-        ``epoch`` of ``fit``; ``lr`` (the step's learning rate) is named when ``dtype`` cannot
-        hold it."""
-        where = (f"in epoch {epoch} at step {step} of {steps}; the model keeps the parameters of the last finite "
-                 f"step" if epoch is not None else f"at optimizer step {step}; the parameters were not updated")
-        why = "Lower the learning rate or check the data."
-        if lr is not None and dtype is not None and not float(lr) <= float(np.finfo(dtype).max):
-            why = f"The learning rate {lr:g} is beyond {np.dtype(dtype).name}'s range: lower it."
-        return cls(f"the loss, its gradients or the parameters' update became NaN or inf {where}. {why}",
-                   epoch=epoch, step=step)
 
 
 class Sequential:
@@ -541,7 +519,6 @@ class Sequential:
             the finished epochs when training stops early (Ctrl-C raises KeyboardInterrupt
             after the last finished step, as Keras does).
         """
-        from . import training
 
         self._refuse_prepared("fit")
         self._train_alone()
@@ -702,15 +679,6 @@ MAX_LAYERS = 10_000  # layers a model file may declare (the JSON is read before 
 MAX_JSON_BYTES = 1 << 20
 
 
-def parse_json(text, path, what):
-    """``text`` as JSON, every failure (nesting too deep included) a ValueError naming ``path``."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"{path} is not a valid {what}: its description is not readable JSON "
-                         f"({type(e).__name__}: {str(e)[:100]})") from None
-
-
 def _layers_of(arch, path):
     """The layers a model file's architecture declares, every field checked before any is built."""
     def bad(why):
@@ -849,42 +817,6 @@ def _check_seed(seed):
     except (TypeError, ValueError) as e:
         raise ValueError(f"seed must be None or an integer >= 0 (or a sequence of them), got {seed!r}: {e}") from None
     return int(seed) if isinstance(seed, np.integer) else seed
-
-
-def column_names(X):
-    """The column names of a table (a pandas DataFrame, or anything with string ``columns``), as
-    an array of str; None for an array, or columns that are not named by text (as
-    scikit-learn)."""
-    columns = getattr(X, "columns", None)
-    if columns is None or isinstance(X, np.ndarray):
-        return None
-    names = list(columns)
-    text = [isinstance(c, str) for c in names]
-    if not any(text):
-        return None
-    if not all(text):
-        raise TypeError(f"the columns of X are named by text and by other values ({names[:6]}...): name every "
-                        f"column by text (X.columns = X.columns.astype(str)) or none")
-    twice = sorted({c for c in names if names.count(c) > 1})
-    if twice:
-        raise ValueError(f"X names the column(s) {twice[:5]} more than once: columns are matched by name, so each "
-                         f"name must be given once")
-    return np.array(names, dtype=object)
-
-
-def check_columns(names, expected, what="X"):
-    """Refuse columns ``names`` that are not ``expected`` in the same order, saying what differs."""
-    names, expected = list(names), list(expected)
-    if names == expected:
-        return
-    missing = [c for c in expected if c not in names]
-    extra = [c for c in names if c not in expected]
-    if missing or extra:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"not seen in training {extra}"] if extra else [])
-        raise ValueError(f"{what} has other columns than the model was trained on: {'; '.join(parts)}. The model "
-                         f"takes {expected}")
-    raise ValueError(f"{what} has the model's columns in another order: trained on {expected}, got {names}; "
-                     f"reorder them (X[model.feature_names_in_])")
 
 
 def _check_optimizer(optimizer):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import engine as _engine
 from .kernels import _jit, dense, dropout, optimizers, train
-from .kernels._compose import checked, raw_rows_of
+from .kernels._compose import checked, raw_rows_of, run_by_types
 from .kernels import losses as loss_kernels
 from .optim import from_name
 
@@ -88,10 +88,12 @@ def timed_step(model, loss, optimizer, records):
     update = _timed(records, "optimizer_update", optimizer.kernel(), optimizers.signature(dtype), _optimizer_cost)
     guard = _timed(records, "finite_guard", train.gradients_finite, numba.float64(_jit.array_type(dtype, 1)),
                    _guard_cost)
-    drivers = train.Drivers(_jit.as_python(train.forward_pass), _jit.as_python(train.gradients),
-                            _jit.as_python(train.update, {"gradients_finite": guard}), _jit.as_python(train.step))
+    def python(driver, overrides=None):
+        return _jit.as_python(driver, overrides, call_compiled=run_by_types)
+    drivers = train.Drivers(python(train.forward_pass), python(train.gradients),
+                            python(train.update, {"gradients_finite": guard}), python(train.step))
     opt = optimizer._compiled(engine)._replace(update=update)
-    return _jit.as_python(train.step), (net, objective, opt, drivers)
+    return python(train.step), (net, objective, opt, drivers)
 
 
 def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):

@@ -535,4 +535,4 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
 if importlib.util.find_spec("skl2onnx") is not None:  # so that skl2onnx.to_onnx(pipeline) knows these estimators
     from .export import register_skl2onnx
-    register_skl2onnx()
+    register_skl2onnx(MLPClassifier, MLPRegressor)

@@ -393,3 +393,41 @@ class Preparation:
 
     def outputs(self, out):
         return out * self.target_scale + self.target_mean
+
+
+def column_names(X):
+    """The column names of a table (a pandas DataFrame, or anything with string ``columns``), as
+    an array of str; None for an array, or columns that are not named by text (as
+    scikit-learn)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or isinstance(X, np.ndarray):
+        return None
+    names = list(columns)
+    text = [isinstance(c, str) for c in names]
+    if not any(text):
+        return None
+    if not all(text):
+        raise TypeError(f"the columns of X are named by text and by other values ({names[:6]}...): name every "
+                        f"column by text (X.columns = X.columns.astype(str)) or none")
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        raise ValueError(f"X names the column(s) {twice[:5]} more than once: columns are matched by name, so each "
+                         f"name must be given once")
+    return np.array(names, dtype=object)
+
+
+
+
+def check_columns(names, expected, what="X"):
+    """Refuse columns ``names`` that are not ``expected`` in the same order, saying what differs."""
+    names, expected = list(names), list(expected)
+    if names == expected:
+        return
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"not seen in training {extra}"] if extra else [])
+        raise ValueError(f"{what} has other columns than the model was trained on: {'; '.join(parts)}. The model "
+                         f"takes {expected}")
+    raise ValueError(f"{what} has the model's columns in another order: trained on {expected}, got {names}; "
+                     f"reorder them (X[model.feature_names_in_])")

@@ -25,9 +25,35 @@ from .engine import raw_rows_of
 from .kernels._checks import positive, positive_int
 from .kernels.train import OK, Epoch
 from .losses import CLASSIFIERS, class_weights, row_weights
-from .model import check_columns, column_names
+from .tabular import check_columns, column_names
 from .schedules import Constant, Schedule
 from .threads import one_blas_thread
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient; the parameters were not updated.
+
+    ``epoch`` and ``step`` (1-based, the step within the epoch) say where; ``epoch`` is None
+    for ``train_step``, whose ``step`` is then the optimizer's step number.
+    """
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+    @classmethod
+    def at(cls, step, epoch=None, steps=None, lr=None, dtype=None):
+        """The error for a refused step: optimizer step ``step``, or step ``step`` of ``steps`` in
+        ``epoch`` of ``fit``; ``lr`` (the step's learning rate) is named when ``dtype`` cannot
+        hold it."""
+        where = (f"in epoch {epoch} at step {step} of {steps}; the model keeps the parameters of the last finite "
+                 f"step" if epoch is not None else f"at optimizer step {step}; the parameters were not updated")
+        why = "Lower the learning rate or check the data."
+        if lr is not None and dtype is not None and not float(lr) <= float(np.finfo(dtype).max):
+            why = f"The learning rate {lr:g} is beyond {np.dtype(dtype).name}'s range: lower it."
+        return cls(f"the loss, its gradients or the parameters' update became NaN or inf {where}. {why}",
+                   epoch=epoch, step=step)
+
 
 CHUNK_SECONDS = 0.1  # the compiled epoch returns to Python this often (progress bar, Ctrl-C)
 EXPLOSION = 100.0  # warn when an epoch's mean loss exceeds this many times the run's first loss
@@ -382,7 +408,6 @@ class CompiledEpochs:
                 weighed = args.losses[first:first + done][args.losses[first:first + done] > 0]
                 p.first_loss = float(weighed[0]) if weighed.size else None
             if status != OK:
-                from .model import DivergenceError
                 raise DivergenceError.at(first + done + 1, epoch + 1, batches, lr=args.lr[first + done],
                                          dtype=model.dtype)
             if bar is not None:

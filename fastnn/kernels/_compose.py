@@ -212,7 +212,8 @@ def _invoke_none(fn, args):
     invoke(fn, args)
 
 
-def _run_by_types(dispatcher, *args):
+def run_by_types(dispatcher, *args):
+    """Call a kernel without a Python entry from Python, compiled for its arguments' types."""
     argtypes = tuple(numba.typeof(a) for a in args)
     dispatcher.compile(argtypes)
     return run(dispatcher, dispatcher.overloads[argtypes].signature, *args)

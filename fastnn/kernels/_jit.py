@@ -103,11 +103,11 @@ if _KernelCacheLocator not in caching.CacheImpl._locator_classes:
 _TWINS = {}  # id(intrinsic) -> (intrinsic, the Python function that stands in for it)
 
 
-def as_python(fn, overrides=None):
+def as_python(fn, overrides=None, call_compiled=None):
     """``fn``'s source as plain Python: every intrinsic it names replaced by its Python twin,
-    every kernel without a Python entry called through ``run``, and any name in ``overrides``
-    replaced as given. This is how kernels run under NUMBA_DISABLE_JIT and how ``fastnn
-    profile`` runs a driver."""
+    every kernel without a Python entry called through ``call_compiled(kernel, *args)`` (when
+    given: ``_compose.run_by_types``), and any name in ``overrides`` replaced as given. This is
+    how kernels run under NUMBA_DISABLE_JIT and how ``fastnn profile`` runs a driver."""
     fn = getattr(fn, "py_func", fn)
     names = fn.__code__.co_names
     scope = dict(fn.__globals__)
@@ -119,10 +119,9 @@ def as_python(fn, overrides=None):
             scope[name] = overrides[name]
         elif twin is not None:
             scope[name] = twin[1]
-        elif JIT and isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get(
+        elif call_compiled and isinstance(value, numba.core.registry.CPUDispatcher) and value.targetoptions.get(
                 "no_cpython_wrapper"):
-            from ._compose import _run_by_types
-            scope[name] = functools.partial(_run_by_types, value)
+            scope[name] = functools.partial(call_compiled, value)
         else:
             continue
         changed = True

@@ -1,0 +1,80 @@
+"""The package's seams: no import circles (lazy imports included), and the API loads no
+adapter (scikit-learn, ONNX, MPI) or tool (the command line, benchmarks, profile) until used."""
+import ast
+import pathlib
+import subprocess
+import sys
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fastnn"
+
+
+def module_name(path):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path, name):
+    """Every fastnn module that ``path`` imports, at any depth of its code (lazy ones too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[:len(base) - (node.level - 1)] if node.level else []
+            target = ".".join(base + [node.module]) if node.module else ".".join(base)
+            if not target.startswith("fastnn"):
+                continue
+            for alias in node.names:  # ``from . import training`` imports a module
+                sub = f"{target}.{alias.name}"
+                found.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+                          or (PACKAGE.parent / sub.replace(".", "/")).is_dir() else target)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("fastnn")}
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__" and node.args \
+                and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("fastnn"):
+            found.add(node.args[0].value)
+    return found - {name}
+
+
+def import_graph():
+    return {module_name(p): imports(p, module_name(p)) for p in PACKAGE.rglob("*.py")}
+
+
+def circles(graph):
+    """Every import circle, as the list of modules around it (found by depth-first search)."""
+    found, done = [], set()
+
+    def visit(node, path):
+        if node in path:
+            found.append(path[path.index(node):] + [node])
+            return
+        if node in done or node not in graph:
+            return
+        for target in sorted(graph[node]):
+            visit(target, path + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    return found
+
+
+def test_no_import_circles_lazy_imports_included():
+    graph = import_graph()
+    assert "fastnn.training" in graph["fastnn.model"]  # (the graph sees imports)
+    assert not circles(graph), "\n".join(" -> ".join(c) for c in circles(graph))
+
+
+def test_the_check_finds_a_circle_made_by_a_lazy_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c", "a"]]
+
+
+def test_importing_the_api_loads_no_adapter_or_tool():
+    code = ("import sys, fastnn; fastnn.Sequential(fastnn.Dense(2, 2)); "
+            "print(sorted(m for m in sys.modules if m.startswith(('fastnn.', 'sklearn', 'onnx', 'mpi4py', 'torch', "
+            "'jax'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for later in ("fastnn.sklearn", "fastnn.export", "fastnn.distributed", "fastnn.cli", "fastnn.bench",
+                  "fastnn.peers", "fastnn.profile", "fastnn.story", "'sklearn", "'onnx", "'mpi4py"):
+        assert later not in loaded, f"{later} loaded by the API: {loaded}"
