@@ -31,17 +31,17 @@ class EarlyStopping:
             raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, float(min_delta), restore_best
         self._sign = -1.0 if monitor.endswith("accuracy") else 1.0  # compare as "smaller is better"
-        self.best_epoch, self.best, self.stopped_epoch, self._best_params, self._wait = None, math.inf, None, None, 0
+        self.best_epoch, self.best, self.stopped_epoch, self.best_params, self._wait = None, math.inf, None, None, 0
 
     def start(self):
-        self.best_epoch, self.best, self.stopped_epoch, self._best_params, self._wait = None, math.inf, None, None, 0
+        self.best_epoch, self.best, self.stopped_epoch, self.best_params, self._wait = None, math.inf, None, None, 0
 
     def state_dict(self) -> dict:
         """Where a run stands, by name (what a checkpoint keeps): the best value (as "smaller is
         better"), its epoch, the epochs waited since, the epoch it stopped (or None), and the
         best epoch's parameters (an array, or None)."""
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self._wait,
-                "stopped_epoch": self.stopped_epoch, "best_params": self._best_params}
+                "stopped_epoch": self.stopped_epoch, "best_params": self.best_params}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from what ``state_dict`` returned."""
@@ -50,7 +50,7 @@ class EarlyStopping:
             raise ValueError("an early-stopping state with a NaN best value")
         self.best, self.best_epoch, self._wait = best, state["best_epoch"], int(state["wait"])
         self.stopped_epoch = state["stopped_epoch"]
-        self._best_params = None if state["best_params"] is None else np.array(state["best_params"])
+        self.best_params = None if state["best_params"] is None else np.array(state["best_params"])
 
     def __call__(self, epoch, history, params=None):
         if self.monitor not in history:
@@ -60,7 +60,7 @@ class EarlyStopping:
         if value < self.best - self.min_delta:
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best and params is not None:
-                self._best_params = params.copy()
+                self.best_params = params.copy()
             return False
         self._wait += 1
         if self._wait > self.patience:

@@ -57,12 +57,12 @@ def save(directory, model, optimizer, rng, epoch, history, settings, run=None):
         if best is not None:
             arrays["early_stopping.best_params"] = best
     meta = {"format": "fastnn.checkpoint", "version": VERSION, "epoch": epoch, "history": history,
-            "architecture": model._architecture(), "settings": settings,
+            "architecture": model.architecture(), "settings": settings,
             "optimizer": {"type": type(optimizer).__name__,
                           "scalars": {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}},
             "rng": rng.bit_generator.state, "run": run, "early_stopping": stopper}
     with atomic_write(directory / FILENAME) as f:
-        np.savez(f, meta=np.array(json.dumps(_json_safe(meta))), params=model._flat_params, **arrays)
+        np.savez(f, meta=np.array(json.dumps(_json_safe(meta))), params=model.engine.params, **arrays)
 
 
 MAX_META_BYTES = 64 << 20  # the JSON description: the history grows by a few numbers an epoch
@@ -116,7 +116,7 @@ def load(directory, model, optimizer, rng, settings, extendable=False, early_sto
     try:
         with _archive(path) as archive:
             meta = _meta(archive, path)
-            expected = model._flat_params
+            expected = model.engine.params
             shape = (None,) * expected.ndim
             allowed = {"meta", "params", "early_stopping.best_params"}
             unknown = [k for k in archive.members if k not in allowed and not k.startswith("optimizer.")]
@@ -135,7 +135,7 @@ def load(directory, model, optimizer, rng, settings, extendable=False, early_sto
 def _restore(path, meta, files, model, optimizer, rng, settings, extendable, early_stopping):
     if meta["version"] == 1:  # (written before a run's settings named its early-stopping rule)
         settings = {k: v for k, v in settings.items() if k != "early_stopping"}
-    if meta["architecture"] != model._architecture():
+    if meta["architecture"] != model.architecture():
         raise CheckpointError(f"{path} belongs to another model: {meta['architecture']['layers']}")
     saved = meta["settings"]
     if saved != settings and {**saved, "epochs": None} == {**settings, "epochs": None}:
@@ -156,7 +156,7 @@ def _restore(path, meta, files, model, optimizer, rng, settings, extendable, ear
     epoch = meta["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= settings["epochs"]:
         raise CheckpointError(f"{path}: its epoch count {epoch!r} is not one of this run's")
-    expected = model._flat_params
+    expected = model.engine.params
     params = files.pop("params")
     if params.shape != expected.shape or params.dtype != expected.dtype:
         raise CheckpointError(f"{path}: parameters are {params.dtype}{params.shape}, expected "
@@ -190,5 +190,5 @@ def _restore(path, meta, files, model, optimizer, rng, settings, extendable, ear
         optimizer.load_state_dict(before[0])
         rng.bit_generator.state = before[1]
         raise CheckpointError(f"{path} is not a valid fastnn checkpoint: {e}") from None
-    model._flat_params[...] = params
+    model.engine.params[...] = params
     return epoch, history, dict(meta.get("run") or {})

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._install import install_hint
 from .engine import raw_rows_of
-from .model import _right
+from .model import count_right
 from .training import DivergenceError
 
 
@@ -95,14 +95,14 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
     if isinstance(batch_size, int) and not isinstance(batch_size, bool) and 0 < batch_size < size:
         raise ValueError(f"batch_size={batch_size} is smaller than the {size} ranks: every rank needs rows; "
                          f"use a global batch of at least {size}")
-    model._refuse_prepared("distributed.fit")
-    _agree(comm, "the model", model._architecture())
-    model._train_alone()
+    model.refuse_prepared("distributed.fit")
+    _agree(comm, "the model", model.architecture())
+    model.train_alone()
     try:
         return _fit(model, X, y, comm, MPI, size, loss, optimizer, epochs, batch_size, shuffle, verbose, lr_schedule,
                     checkpoint_dir, resume, timings, sample_weight, class_weight)
     finally:
-        model._training.release()
+        model.training_lock.release()
 
 
 def _fit(model, X, y, comm, MPI, size, loss, optimizer, epochs, batch_size, shuffle, verbose, lr_schedule,
@@ -113,7 +113,7 @@ def _fit(model, X, y, comm, MPI, size, loss, optimizer, epochs, batch_size, shuf
                          shuffle=shuffle, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=False,
                          settings={"ranks": size}, sample_weight=sample_weight, class_weight=class_weight)
     _agree(comm, "the training settings", {**plan.settings, "optimizer": repr(plan.optimizer)})
-    comm.Bcast(model._flat_params, root=0)  # one starting point for every replica
+    comm.Bcast(model.engine.params, root=0)  # one starting point for every replica
     rank = comm.Get_rank()
     if resume and checkpoint_dir is not None:
         _resume(model, plan, comm, rank, checkpoint_dir)
@@ -134,12 +134,12 @@ def _resume(model, plan, comm, rank, checkpoint_dir):
     found, error = None, None
     if rank == 0:
         try:
-            restored = checkpoint.load(checkpoint_dir, model, plan.optimizer, model._rng, plan.settings,
+            restored = checkpoint.load(checkpoint_dir, model, plan.optimizer, model.rng, plan.settings,
                                        extendable=plan.lr_schedule.extendable)
             if restored is not None:
                 epoch, history, state = restored
-                found = {"epoch": epoch, "history": history, "state": state, "rng": model._rng.bit_generator.state,
-                         "optimizer": plan.optimizer.state_dict(), "params": model._flat_params}
+                found = {"epoch": epoch, "history": history, "state": state, "rng": model.rng.bit_generator.state,
+                         "optimizer": plan.optimizer.state_dict(), "params": model.engine.params}
         except Exception as e:  # (sent to every rank, which all raise it)
             error = f"{type(e).__name__}: {e}"
     error, found = comm.bcast((error, found), root=0)
@@ -148,9 +148,9 @@ def _resume(model, plan, comm, rank, checkpoint_dir):
     if found is None:
         return
     if rank != 0:
-        model._flat_params[...] = found["params"]
+        model.engine.params[...] = found["params"]
         plan.optimizer.load_state_dict(found["optimizer"])
-        model._rng.bit_generator.state = found["rng"]
+        model.rng.bit_generator.state = found["rng"]
     plan.first_epoch, plan.history = found["epoch"], found["history"]
     plan.history.setdefault("lr", [])
     plan.resume_state(found["state"])
@@ -166,7 +166,7 @@ class _Epochs:
         self.model, self.plan, self.comm, self.MPI = model, plan, comm, MPI
         self.timings, self.verbose = timings, verbose
         size = comm.Get_size()
-        engine = model._engine
+        engine = model.engine
         self.local = -(-plan.batch_size // size)
         self.ws = engine.workspace(self.local)
         self.grads_fn, self.objective, self.drivers = engine.gradients_fn(plan.loss)
@@ -182,12 +182,12 @@ class _Epochs:
         p, model, comm, MPI = self.plan, self.model, self.comm, self.MPI
         rank, size = comm.Get_rank(), comm.Get_size()
         comm.Barrier()  # the previous epoch's checkpoint is complete before anyone runs ahead
-        engine, optimizer = model._engine, p.optimizer
+        engine, optimizer = model.engine, p.optimizer
         n, batches = p.X.shape[0], p.batches
-        order = model._rng.permutation(n) if p.shuffle else np.arange(n)
+        order = model.rng.permutation(n) if p.shuffle else np.arange(n)
         comm.Bcast(order, root=0)
-        grads, stats, total = model._flat_grads, self.stats, np.zeros(3)
-        opt = optimizer._compiled(engine)
+        grads, stats, total = model.engine.grads, self.stats, np.zeros(3)
+        opt = optimizer.compiled(engine)
         learning_rates = p.learning_rates(epoch)
         for b in range(batches):
             start, stop = b * p.batch_size, min((b + 1) * p.batch_size, n)
@@ -207,7 +207,7 @@ class _Epochs:
                 grads *= shard_weight / batch_weight if batch_weight > 0 else 0.0
                 stats[0], stats[2] = value * shard_weight, shard_weight
                 if p.classify:
-                    stats[1] = float(np.dot(wb, _right(p.loss, engine.output(self.ws, m), p.y[rows])))
+                    stats[1] = float(np.dot(wb, count_right(p.loss, engine.output(self.ws, m), p.y[rows])))
             else:
                 grads[...] = 0.0
             t = time.perf_counter()

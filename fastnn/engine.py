@@ -31,12 +31,7 @@ from .kernels.activations import NAMES, NEEDS_PREACTIVATION
 from .threads import serial_rows
 
 # Every loss the kernels have: (loss kernel, metric kernel or None, takes integer labels)
-LOSS_KERNELS = {
-    "softmax_cross_entropy": (loss_kernels._softmax_cross_entropy, loss_kernels._count_correct, True),
-    "mse": (loss_kernels._mse, None, False),
-    "binary_cross_entropy": (loss_kernels._binary_cross_entropy, loss_kernels._count_binary_correct, False),
-    "poisson": (loss_kernels._poisson, None, False),
-}
+LOSS_KERNELS = loss_kernels.BARE
 DRIVERS = tuple(train.DRIVER_FUNCTIONS[field] for field in train.Drivers._fields)  # in field order
 
 
@@ -145,8 +140,8 @@ class Engine:
         pairs = self.kernels()
         if (self.p_drop > 0).any():
             dsig_f, dsig_b = dropout.signatures(self.dtype)
-            drop_f = _jit.address(dropout._dropout_forward, dsig_f)
-            drop_b = _jit.address(dropout._dropout_backward, dsig_b)
+            drop_f = _jit.address(dropout.BARE[0], dsig_f)
+            drop_b = _jit.address(dropout.BARE[1], dsig_b)
         else:
             drop_f = drop_b = train.NO_KERNEL
         columns = dict(fan_in=self.fan_in, fan_out=self.fan_out, param_at=self.param_at, act_at=self.act_at,
@@ -206,7 +201,7 @@ class Engine:
 
     def penalty_address(self):
         if "penalty" not in self._built:
-            self._built["penalty"] = _jit.address(loss_kernels._l2_penalty, loss_kernels.penalty_signature(self.dtype))
+            self._built["penalty"] = _jit.address(loss_kernels.BARE_PENALTY, loss_kernels.penalty_signature(self.dtype))
         return self._built["penalty"]
 
     def update_address(self, kernel):
@@ -230,7 +225,7 @@ class Engine:
         fsig, bsig = dense.signatures(self.dtype)
         pieces = [(k, sig) for pair in self.kernels() for k, sig in zip(pair, (fsig, bsig))]
         if (self.p_drop > 0).any():
-            pieces += list(zip((dropout._dropout_forward, dropout._dropout_backward), dropout.signatures(self.dtype)))
+            pieces += list(zip(dropout.BARE, dropout.signatures(self.dtype)))
         if loss is not None:
             loss_kernel, metric_kernel, _ = LOSS_KERNELS[loss]
             lsig, msig = loss_kernels.signatures(self.dtype)

@@ -53,7 +53,7 @@ class _Builder:
 
 def _network(b, x, model):
     """The Dense layers from input ``x`` to the last layer's outputs (logits for a classifier)."""
-    for k, layer in enumerate(model._dense):
+    for k, layer in enumerate(model.dense_layers):
         z = b.node("Add", [b.node("MatMul", [x, b.const(f"W{k}", layer.W)]), b.const(f"b{k}", layer.b)], f"z{k}")
         x = REGISTRY[layer.activation].onnx(b, z)
     return x

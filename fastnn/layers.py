@@ -34,7 +34,7 @@ class Dense:
         self._W = None
         self._b = None
 
-    def _attach(self, W, b):
+    def attach(self, W, b):
         """Make ``W`` and ``b`` the model's views (called by the model that owns the layer)."""
         self._W, self._b = W, b
 

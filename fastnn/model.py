@@ -71,6 +71,14 @@ class Sequential:
         must have exactly these columns in this order (a ValueError names the difference);
         plain arrays are taken in this order.
 
+    The seam to fastnn's own parts (the training loop, checkpoints, MPI, export, profile); a
+    user does not need it, and no part uses the model's underscore names:
+    ``engine`` (the compiled path; ``engine.params``/``engine.grads`` are the flat buffers),
+    ``rng`` (shuffles and splits; checkpoints save its state), ``dense_layers``,
+    ``architecture()``, ``resolve_loss``, ``checked_data``, ``check_writable``,
+    ``resolve_optimizer`` and ``optimizer_name``, ``record_rows``, ``evaluate_rows``,
+    ``refuse_prepared``, ``train_alone``/``training_lock`` and ``divergence``.
+
     Examples
     --------
     >>> model = Sequential(Dense(784, 128, activation="relu"), Dense(128, 10), seed=0)
@@ -103,7 +111,7 @@ class Sequential:
         if np.dtype(dtype) not in _DTYPES.values():
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.layers = tuple(layers)
-        self._dense = tuple(dense)  # the layers with numbers; dropout rides on them (self._drops)
+        self.dense_layers = tuple(dense)  # the layers with numbers; dropout rides on them (self._drops)
         self._drops = np.array(drops, dtype=np.float64)
         self.dtype = np.dtype(dtype)
         self.seed = _check_seed(seed)
@@ -122,35 +130,38 @@ class Sequential:
         self._fingerprint = Fingerprint()  # of the rows fit trained on (see evaluate)
         if loss is not None:
             self.loss = self._check_head(check_loss(loss))
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
         for layer in dense:
-            layer.init_params(self._rng)
+            layer.init_params(self.rng)
 
     def _bind(self):
         """Make ``Dense.W``/``b``, ``parameters()`` and the engine views of the flat buffers."""
         self._params = self._views(self._flat_params)
         self._grads = self._views(self._flat_grads)
-        for layer, W, b in zip(self._dense, self._params[::2], self._params[1::2]):
-            layer._attach(W, b)
-        self._engine = Engine(self._dense, self._drops, self._flat_params, self._flat_grads, self._mask_seed)
-        self._training = threading.Lock()  # held by fit, train_step and loss_and_grad (``_train_alone``)
+        for layer, W, b in zip(self.dense_layers, self._params[::2], self._params[1::2]):
+            layer.attach(W, b)
+        self.engine = Engine(self.dense_layers, self._drops, self._flat_params, self._flat_grads, self._mask_seed)
+        self.training_lock = threading.Lock()  # held by fit, train_step and loss_and_grad (``_train_alone``)
 
     def __getstate__(self):
         # views do not survive a copy or a pickle: keep the flat buffers, rebuild the views
         state = self.__dict__.copy()
-        for key in ("_params", "_grads", "_engine", "_step", "_fingerprinted", "_training"):
+        for key in ("_params", "_grads", "engine", "_step", "_fingerprinted", "training_lock"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state):
         if "preparation" in state:  # (pickled before it became a property)
             state["_preparation"] = state.pop("preparation")
+        for old, new in (("_rng", "rng"), ("_dense", "dense_layers"), ("_optimizer_name", "optimizer_name")):
+            if old in state:  # (pickled before these became the documented interface)
+                state[new] = state.pop(old)
         self.__dict__.update(state)
         self._bind()
 
     def _views(self, flat):
         views, start = [], 0
-        for layer in self._dense:
+        for layer in self.dense_layers:
             i, o = layer.in_features, layer.out_features
             views.append(flat[start:start + i * o].reshape(i, o))
             views.append(flat[start + i * o:start + i * o + o])
@@ -172,11 +183,11 @@ class Sequential:
 
     @property
     def in_features(self):
-        return self._dense[0].in_features
+        return self.dense_layers[0].in_features
 
     @property
     def out_features(self):
-        return self._dense[-1].out_features
+        return self.dense_layers[-1].out_features
 
     def parameters(self):
         """``[W0, b0, W1, b1, ...]``: writable views; ``p[...] = v`` changes the model."""
@@ -185,13 +196,13 @@ class Sequential:
     # -- the task: loss and optimizer ----------------------------------------------------
 
     def _check_head(self, loss):
-        if loss == "binary_cross_entropy" and self._dense[-1].activation == "sigmoid":
+        if loss == "binary_cross_entropy" and self.dense_layers[-1].activation == "sigmoid":
             raise ValueError("binary_cross_entropy takes logits and applies the sigmoid itself (as PyTorch's "
                              "BCEWithLogitsLoss and Keras' from_logits=True), so a last layer with "
                              "activation='sigmoid' would apply it twice: drop the last layer's activation")
         return loss
 
-    def _task(self, loss, store=False):
+    def resolve_loss(self, loss, store=False):
         """The canonical loss for a call: ``loss`` if given (it must agree with the model's),
         else the model's, else softmax cross-entropy. ``store`` makes it the model's loss."""
         if loss is None:
@@ -207,26 +218,26 @@ class Sequential:
             self.loss = loss
         return loss
 
-    def _resolve_optimizer(self, optimizer):
+    def resolve_optimizer(self, optimizer):
         """The optimizer for a call, kept on the model: the one given; a new one for a name
         ("adam", "adamw", "sgd"), unless the model's is one it made for the same name; with
         none, the model's, or a new Adam(lr=1e-3) (PyTorch's, Keras' and scikit-learn's default)."""
         if optimizer is None:
             if self.optimizer is None:
-                self.optimizer, self._optimizer_name = Adam(), "adam"
+                self.optimizer, self.optimizer_name = Adam(), "adam"
             return self.optimizer
         if isinstance(optimizer, str):
             name = optimizer.lower()
-            if self.optimizer is None or getattr(self, "_optimizer_name", None) != name:
-                self.optimizer, self._optimizer_name = from_name(name), name
+            if self.optimizer is None or getattr(self, "optimizer_name", None) != name:
+                self.optimizer, self.optimizer_name = from_name(name), name
             return self.optimizer
         _check_optimizer(optimizer)
-        self.optimizer, self._optimizer_name = optimizer, None
+        self.optimizer, self.optimizer_name = optimizer, None
         return optimizer
 
     _fingerprinted = None  # a weak reference to the last array whose rows were fingerprinted
 
-    def _record_rows(self, X):
+    def record_rows(self, X):
         """Add the rows ``fit`` trains on to the fingerprint (once per array: scikit-learn's
         estimators call fit once per epoch with the same one)."""
         if self._fingerprinted is None or self._fingerprinted() is not X:
@@ -304,7 +315,7 @@ class Sequential:
             check_columns(names, self.feature_names_in_, name)
         return X if isinstance(X, np.ndarray) else np.asarray(X)
 
-    def _data(self, X, y, loss, check_finite=True):
+    def checked_data(self, X, y, loss, check_finite=True):
         X = self._inputs(X, check_finite=check_finite)
         prep = self._preparation
         if prep is not None and prep.classes is not None:
@@ -315,16 +326,16 @@ class Sequential:
 
     def _weights(self, loss, y, n, sample_weight, class_weight=None):
         if sample_weight is None and class_weight is None:
-            return self._engine.ones[:n] if n <= self._engine.ones.shape[0] else np.ones(n, self.dtype)
+            return self.engine.ones[:n] if n <= self.engine.ones.shape[0] else np.ones(n, self.dtype)
         return row_weights(loss, y, n, self.dtype, sample_weight, class_weight)
 
-    def _check_writable(self, params=True):
+    def check_writable(self, params=True):
         """Training writes the flat parameter and gradient buffers in place: refuse read-only ones."""
         if not ((self._flat_params.flags.writeable or not params) and self._flat_grads.flags.writeable):
             raise ValueError("this model's parameters are read-only (their buffer's flags.writeable is False); "
                              "training writes them in place: train a copy (copy.deepcopy(model)) instead")
 
-    def _refuse_prepared(self, call):
+    def refuse_prepared(self, call):
         if self._preparation is not None:
             raise ValueError(f"this model keeps the preparation the command line trained it with (its input scaling"
                              f"{', class labels' if self._preparation.classes is not None else ', target scaling'}), "
@@ -332,11 +343,11 @@ class Sequential:
                              f"inputs and is refused for such a model. Train a new model from Python, or set "
                              f"model.preparation = None and give it prepared rows (model.preparation.inputs(X))")
 
-    def _train_alone(self):
+    def train_alone(self):
         """Take the training lock, or refuse: training writes the parameters, gradients and
         workspace in place, so two trainings of one model at once would race. (Predicting
         needs no lock: see ``fastnn.engine``.) The caller releases it."""
-        if not self._training.acquire(False):
+        if not self.training_lock.acquire(False):
             raise self._busy()
 
     @staticmethod
@@ -345,7 +356,7 @@ class Sequential:
                             "thread, or called from a callback of its own fit): train one model from one thread at "
                             "a time, or train a copy (copy.deepcopy(model))")
 
-    def _refused(self, X, y, loss, optimizer):
+    def divergence(self, X, y, loss, optimizer):
         """The error for a step the kernels refused: bad inputs if they explain it, else divergence."""
         self._inputs(X)  # raises for NaN or inf in X
         prepare_targets(loss, y, X.shape[0], self.out_features, self.dtype)  # and for bad targets
@@ -369,25 +380,25 @@ class Sequential:
         grads : list of ndarray
             New arrays matching ``parameters()`` in order and shape.
         """
-        self._refuse_prepared("loss_and_grad")
+        self.refuse_prepared("loss_and_grad")
         if not isinstance(training, (bool, np.bool_)):
             raise TypeError(f"training must be True or False, got {training!r}")
-        loss = self._task(loss)
-        X, y = self._data(X, y, loss)
+        loss = self.resolve_loss(loss)
+        X, y = self.checked_data(X, y, loss)
         w = self._weights(loss, y, X.shape[0], sample_weight)
-        self._check_writable(params=False)  # (it writes gradients only)
-        engine = self._engine
+        self.check_writable(params=False)  # (it writes gradients only)
+        engine = self.engine
         gradients, objective, drivers = engine.gradients_fn(loss)
         objective = engine.penalised(objective, positive("l2", l2, allow_zero=True),
                                      positive("loss_cap", loss_cap, allow_zero=True))
         net = engine.net if training else engine.net._replace(p_drop=np.zeros_like(engine.net.p_drop))
-        self._train_alone()
+        self.train_alone()
         try:
             ws = engine.workspace(X.shape[0])
             value = gradients(net, ws, objective, drivers, X, raw_rows_of(y), w, 0)
             return float(value), [g.copy() for g in self._grads]
         finally:
-            self._training.release()
+            self.training_lock.release()
 
     def train_step(self, X, y, loss=None, optimizer=None, sample_weight=None):
         """One optimizer update on the batch ``(X, y)``; returns the batch loss before it.
@@ -408,18 +419,18 @@ class Sequential:
         loss, optimizer, fn, objective, drivers = step
         # types, shapes and layout here; content (labels in range, finite values) is checked by
         # the kernels, and a refused step is diagnosed below
-        X, y = self._data(X, y, loss, check_finite=False)
-        self._check_writable()
+        X, y = self.checked_data(X, y, loss, check_finite=False)
+        self.check_writable()
         n = X.shape[0]
-        engine = self._engine
-        lock = self._training
+        engine = self.engine
+        lock = self.training_lock
         if not lock.acquire(False):  # (_train_alone, inline: this is the per-step path)
             raise self._busy()
         try:
             ws = engine.workspace(n)
             w = engine.ones[:n] if sample_weight is None else row_weights(loss, y, n, self.dtype, sample_weight)
             # the compiled step counts itself in the optimizer (opt.steps): nothing to update after it
-            args = (engine.net, ws, objective, optimizer._compiled(engine), drivers, X, raw_rows_of(y), w, optimizer.lr)
+            args = (engine.net, ws, objective, optimizer.compiled(engine), drivers, X, raw_rows_of(y), w, optimizer.lr)
             if n in engine.serial_rows:
                 with one_blas_thread():
                     value = fn(*args)
@@ -428,16 +439,16 @@ class Sequential:
         finally:
             lock.release()
         if not value >= 0.0:  # NaN (refused) or BAD_TARGET
-            raise self._refused(X, y, loss, optimizer)
+            raise self.divergence(X, y, loss, optimizer)
         return value
 
     _step = None  # (loss, optimizer, compiled step, objective, drivers) of the last train_step
 
     def _build_step(self, loss, optimizer):
-        self._refuse_prepared("train_step")
-        loss = self._task(loss, store=True)
-        optimizer = self._resolve_optimizer(optimizer)
-        engine = self._engine
+        self.refuse_prepared("train_step")
+        loss = self.resolve_loss(loss, store=True)
+        optimizer = self.resolve_optimizer(optimizer)
+        engine = self.engine
         fn, objective, drivers = engine.step_fn(loss, optimizer)
         self._step = (loss, optimizer, fn, objective, drivers)
         return self._step
@@ -520,8 +531,8 @@ class Sequential:
             after the last finished step, as Keras does).
         """
 
-        self._refuse_prepared("fit")
-        self._train_alone()
+        self.refuse_prepared("fit")
+        self.train_alone()
         try:
             plan = training.plan(self, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                                  validation_data=validation_data, shuffle=shuffle, verbose=verbose,
@@ -531,7 +542,7 @@ class Sequential:
                                  l2=l2, loss_cap=loss_cap)
             return training.run(self, plan, training.CompiledEpochs(self, plan))
         finally:
-            self._training.release()
+            self.training_lock.release()
 
     # -- inference -----------------------------------------------------------------------
 
@@ -543,7 +554,7 @@ class Sequential:
 
     def _outputs(self, X, batch_size=1024):
         """The outputs for rows the network reads (``_inputs``), in the targets' raw units."""
-        out = self._engine.predict(X, batch_size)
+        out = self.engine.predict(X, batch_size)
         prep = self._preparation
         if prep is not None and prep.target_mean is not None:
             out = prep.outputs(out)  # float64: raw units may need more digits than the network's dtype
@@ -560,18 +571,18 @@ class Sequential:
         out = self.predict(X, batch_size)
         return softmax(out) if loss == "softmax_cross_entropy" else sigmoid(out)
 
-    def _evaluate(self, X, y, loss, w=None):
+    def evaluate_rows(self, X, y, loss, w=None):
         out = self._outputs(X)
         w = np.ones(X.shape[0], self.dtype) if w is None else w
         if not w.sum() > 0:
             raise ValueError("the sample weights sum to 0: there is nothing to evaluate")
         if out.dtype == self.dtype:
-            value = self._engine.loss(loss, out, y, w)
+            value = self.engine.loss(loss, out, y, w)
         else:  # a prepared regression, in raw units and float64: the weighted mean squared error
             value = np.average(np.mean((out - y) ** 2, axis=1), weights=w)
         scores = {"loss": float(value)}
         if loss in CLASSIFIERS:
-            scores["accuracy"] = float(np.average(_right(loss, out, y), weights=w))
+            scores["accuracy"] = float(np.average(count_right(loss, out, y), weights=w))
         return scores
 
     def _overlap(self, X, scores):
@@ -586,21 +597,21 @@ class Sequential:
         ``"seen_in_training"``: the estimated share of these rows it was trained on (see
         ``seen_in_training``); scores on training rows say little about new data. A model with a
         preparation takes raw rows and raw labels, and a regression's loss is in raw units."""
-        loss = self._task(loss)
-        X, y = self._data(X, y, loss)
-        scores = self._evaluate(X, y, loss, row_weights(loss, y, X.shape[0], self.dtype, sample_weight, class_weight))
+        loss = self.resolve_loss(loss)
+        X, y = self.checked_data(X, y, loss)
+        scores = self.evaluate_rows(X, y, loss, row_weights(loss, y, X.shape[0], self.dtype, sample_weight, class_weight))
         return self._overlap(X, scores)
 
     def score(self, X, y, sample_weight=None):
         """One number, higher is better, from the model's loss: accuracy for the cross-entropies
         (as ``evaluate``), the coefficient of determination R^2 for mse and poisson (of the
         rates, exp of the outputs; scikit-learn's ``score``, averaged uniformly over outputs)."""
-        loss = self._task(None)
-        X, y = self._data(X, y, loss)
+        loss = self.resolve_loss(None)
+        X, y = self.checked_data(X, y, loss)
         w = row_weights(loss, y, X.shape[0], self.dtype, sample_weight)
         out = self._outputs(X)
         if loss in CLASSIFIERS:
-            return float(np.average(_right(loss, out, y), weights=w))
+            return float(np.average(count_right(loss, out, y), weights=w))
         if loss == "poisson":  # the outputs are log rates; R^2 of the rates, as scikit-learn's score
             out = np.exp(out.astype(np.float64))
         mean = np.average(y, axis=0, weights=w)
@@ -619,7 +630,7 @@ class Sequential:
         give it under the current umask; a replaced file keeps its mode.
         """
         path = os.fspath(path)
-        arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self._architecture(),
+        arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self.architecture(),
                 "seed": self.seed if isinstance(self.seed, int) else None, "loss": self.loss,
                 "fingerprint_stride": self._fingerprint.stride}
         arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
@@ -642,7 +653,7 @@ class Sequential:
         from .export import model_to_onnx
         return model_to_onnx(self, path, opset=opset, probabilities=probabilities)
 
-    def _architecture(self):
+    def architecture(self):
         return {"dtype": self.dtype.name,
                 "layers": [{"in_features": l.in_features, "out_features": l.out_features,
                             "activation": l.activation} if isinstance(l, Dense) else {"p_drop": l.p_drop}
@@ -668,7 +679,7 @@ def sigmoid(logits):
     return logits
 
 
-def _right(loss, out, y):
+def count_right(loss, out, y):
     """Per row: 1 when the class is right (softmax), the share of labels right (binary)."""
     if loss == "softmax_cross_entropy":
         return out.argmax(axis=1) == y

@@ -113,7 +113,7 @@ class Optimizer:
             raise ValueError("this optimizer's state belongs to parameters of other sizes or dtypes (or its "
                              "momentum was switched on or off); use one optimizer per model")
 
-    def _compiled(self, engine):
+    def compiled(self, engine):
         """The tuple the compiled step reads for a model (its engine): the address of the update
         kernel, the constants, the state. Rebuilt when a constant or a switch changed (which
         may pick another kernel) or for another model's parameters; otherwise kept."""
@@ -153,7 +153,7 @@ class Optimizer:
                     q.reshape(-1)[...] = before
                 for s, before in zip(self._state, saved):
                     s[...] = before
-                raise _kernels._refused(f"{type(self).__name__}.step")
+                raise _kernels.refused(f"{type(self).__name__}.step")
         self._steps[0] += 1
 
     def state_dict(self) -> dict:

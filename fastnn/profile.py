@@ -70,7 +70,7 @@ def timed_step(model, loss, optimizer, records):
     """``(step, groups)``: ``step(net, ws, objective, opt, drivers, X, raw y, w, lr, t)`` is the model's
     training step run as Python with every kernel timed into ``records[(kernel, shape)] =
     [calls, seconds, flops, bytes]``; groups is ``(net, objective, opt, drivers)``."""
-    engine, dtype = model._engine, model.dtype
+    engine, dtype = model.engine, model.dtype
     fsig, bsig = dense.signatures(dtype)
     pairs = engine.kernels()
     forward = [_timed(records, "dense_forward", f, fsig, _dense_forward_cost) for f, _ in pairs]
@@ -80,8 +80,8 @@ def timed_step(model, loss, optimizer, records):
     if (engine.p_drop > 0).any():
         dsig_f, dsig_b = dropout.signatures(dtype)
         net = net._replace(
-            dropout_forward=_timed(records, "dropout_forward", dropout._dropout_forward, dsig_f, _dropout_cost),
-            dropout_backward=_timed(records, "dropout_backward", dropout._dropout_backward, dsig_b, _dropout_cost))
+            dropout_forward=_timed(records, "dropout_forward", dropout.BARE[0], dsig_f, _dropout_cost),
+            dropout_backward=_timed(records, "dropout_backward", dropout.BARE[1], dsig_b, _dropout_cost))
     objective = train.Objective(_timed(records, loss, _engine.LOSS_KERNELS[loss][0],
                                        loss_kernels.signatures(dtype)[0], _loss_cost), train.NO_KERNEL,
                                 train.NO_KERNEL, 0.0, 0.0)
@@ -92,7 +92,7 @@ def timed_step(model, loss, optimizer, records):
         return _jit.as_python(driver, overrides, call_compiled=run_by_types)
     drivers = train.Drivers(python(train.forward_pass), python(train.gradients),
                             python(train.update, {"gradients_finite": guard}), python(train.step))
-    opt = optimizer._compiled(engine)._replace(update=update)
+    opt = optimizer.compiled(engine)._replace(update=update)
     return python(train.step), (net, objective, opt, drivers)
 
 
@@ -112,15 +112,15 @@ def profile_step(model, X, y, loss, optimizer, steps=100, warmup=5):
         times.append(time.perf_counter() - t)
     records = defaultdict(lambda: [0, 0.0, 0, 0])
     step, (net, objective, opt, drivers) = timed_step(model, loss, optimizer, records)
-    X, y = model._data(X, y, loss)
-    engine = model._engine
+    X, y = model.checked_data(X, y, loss)
+    engine = model.engine
     ws = engine.workspace(X.shape[0])
     w = engine.ones[:X.shape[0]]
     def timed_steps(count):
         for _ in range(count):
             value = step(net, ws, objective, opt, drivers, X, raw_rows_of(y), w, float(optimizer.lr))
             if not value >= 0.0:  # (the step counts itself in the optimizer)
-                raise model._refused(X, y, loss, optimizer)
+                raise model.divergence(X, y, loss, optimizer)
     timed_steps(warmup)  # (the first calls from Python compile their way in, or load it from the cache)
     records.clear()
     t = time.perf_counter()

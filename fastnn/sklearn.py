@@ -255,8 +255,8 @@ class _BaseMLP(BaseEstimator):
         if not incremental and not stopped[0] and self.n_iter_ >= self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           f"optimization hasn't converged yet.", ConvergenceWarning)
-        if early and self._best_params is not None:
-            for p, best in zip(self.model_.parameters(), self._best_params):
+        if early and self.best_params is not None:
+            for p, best in zip(self.model_.parameters(), self.best_params):
                 p[...] = best
         return self
 
@@ -298,7 +298,7 @@ class _BaseMLP(BaseEstimator):
             improved = score >= self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = [p.copy() for p in self.model_.parameters()]
+                self.best_params = [p.copy() for p in self.model_.parameters()]
         else:
             loss = self.loss_curve_[-1]
             improved = loss <= self.best_loss_ - self.tol

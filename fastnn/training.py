@@ -132,13 +132,13 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
     and a refused call changes nothing. The model keeps the loss (if it had none) and the
     optimizer. ``l2``: scikit-learn's L2 penalty (alpha) on the weight matrices, added to the
     training loss; ``loss_cap``: the cap on a row's cross-entropy (see ``Sequential.fit``)."""
-    loss = model._task(loss)
+    loss = model.resolve_loss(loss)
     epochs = positive_int("epochs", epochs)
     batch_size = positive_int("batch_size", batch_size)
     names = column_names(X)  # (a DataFrame's: compared with the model's in _data, kept by a first fit)
-    X, y = model._data(X, y, loss)
+    X, y = model.checked_data(X, y, loss)
     w = row_weights(loss, y, X.shape[0], model.dtype, sample_weight)  # (class weights below, from training rows)
-    model._check_writable()
+    model.check_writable()
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be a number in [0, 1), got {validation_split!r}")
     if validation_split and validation_data is not None:
@@ -158,7 +158,7 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         raise TypeError(f"lr_schedule must be a fastnn.schedules schedule such as Cosine(), "
                         f"got {type(lr_schedule).__name__}")
     moves = resume or validation_split  # (what may move the generator before training starts)
-    rng_before = model._rng.bit_generator.state if moves else None
+    rng_before = model.rng.bit_generator.state if moves else None
     try:
         if names is not None and validation_data is not None and isinstance(validation_data, (tuple, list)) \
                 and validation_data and column_names(validation_data[0]) is not None:
@@ -173,7 +173,7 @@ def plan(model, X, y, *, loss, optimizer, epochs, batch_size, validation_data=No
         return p
     except BaseException:
         if moves:
-            model._rng.bit_generator.state = rng_before  # (a resumed run's split may have moved it)
+            model.rng.bit_generator.state = rng_before  # (a resumed run's split may have moved it)
         raise
 
 
@@ -183,14 +183,14 @@ def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, 
     if resume:  # the split is drawn from the generator as the run began, so a resumed run holds out the same rows
         start = checkpoint.run_start(checkpoint_dir)
         if start is not None:
-            model._rng.bit_generator.state = start
-    run_rng = model._rng.bit_generator.state if checkpoint_dir is not None else None  # (kept by checkpoints)
+            model.rng.bit_generator.state = start
+    run_rng = model.rng.bit_generator.state if checkpoint_dir is not None else None  # (kept by checkpoints)
     if validation_split:
         held = int(round(validation_split * X.shape[0]))
         if held < 1 or held >= X.shape[0]:
             raise ValueError(f"validation_split={validation_split} of {X.shape[0]} rows leaves an empty "
                              f"training or validation set")
-        rows = model._rng.permutation(X.shape[0])  # a random hold-out, not the last rows
+        rows = model.rng.permutation(X.shape[0])  # a random hold-out, not the last rows
         held_rows, kept_rows = np.sort(rows[:held]), np.sort(rows[held:])
         validation_data = (X[held_rows], y[held_rows], w[held_rows])
         X, y, w = np.ascontiguousarray(X[kept_rows]), np.ascontiguousarray(y[kept_rows]), w[kept_rows]
@@ -201,7 +201,7 @@ def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, 
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be a pair (X_val, y_val) or (X_val, y_val, sample_weight_val)")
-        Xv, yv = model._data(*validation_data[:2], loss)
+        Xv, yv = model.checked_data(*validation_data[:2], loss)
         wv = validation_data[2] if len(validation_data) == 3 else None
         validation = (Xv, yv, row_weights(loss, yv, Xv.shape[0], model.dtype, wv, class_weight))
     if validation is not None and not validation[2].sum() > 0:
@@ -215,8 +215,8 @@ def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, 
         run_settings["weights"] = hashlib.sha256(np.ascontiguousarray(w, np.float64).tobytes()).hexdigest()[:16]
     if early_stopping is not None:  # a resumed run must stop by the same rule
         run_settings["early_stopping"] = repr(early_stopping)
-    previous = model.optimizer, getattr(model, "_optimizer_name", None)
-    optimizer = model._resolve_optimizer(optimizer)
+    previous = model.optimizer, getattr(model, "optimizer_name", None)
+    optimizer = model.resolve_optimizer(optimizer)
     p = Plan(X, y, w, loss, optimizer, epochs, batch_size, bool(shuffle), verbose,
              lr_schedule, validation, checkpoint_dir, run_settings, early_stopping, tuple(callbacks))
     p.run_rng = run_rng
@@ -231,18 +231,18 @@ def _plan(model, X, y, w, loss, optimizer, epochs, batch_size, validation_data, 
         early_stopping.start()
     if resume:
         try:
-            restored = checkpoint.load(checkpoint_dir, model, optimizer, model._rng, run_settings,
+            restored = checkpoint.load(checkpoint_dir, model, optimizer, model.rng, run_settings,
                                        extendable=lr_schedule.extendable, early_stopping=early_stopping)
         except BaseException:
-            model.optimizer, model._optimizer_name = previous  # a refused fit keeps no optimizer of its own
+            model.optimizer, model.optimizer_name = previous  # a refused fit keeps no optimizer of its own
             raise
         if restored is not None:
             p.first_epoch, p.history, state = restored
             p.history.setdefault("lr", [])
             p.resume_state(state)
-    model._task(loss, store=True)
+    model.resolve_loss(loss, store=True)
     model.history = p.history
-    model._record_rows(X)
+    model.record_rows(X)
     return p
 
 
@@ -303,7 +303,7 @@ def run(model, p, runner):
     with Interrupts() as p.interrupts:
         if p.checkpoint_dir is not None and p.first_epoch == 0 and not p.history["loss"]:
             with p.interrupts.deferred():  # the start, so that a run stopped in its first epoch resumes exactly
-                checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, 0, p.history, p.settings,
+                checkpoint.save(p.checkpoint_dir, model, p.optimizer, model.rng, 0, p.history, p.settings,
                                 p.run_state())
             p.interrupts.check()
         for epoch in range(p.first_epoch, p.epochs):
@@ -321,8 +321,8 @@ def run(model, p, runner):
                 raise
             p.interrupts.check()
     stopper = p.early_stopping
-    if stopper is not None and stopper.restore_best and stopper._best_params is not None:
-        model._flat_params[...] = stopper._best_params
+    if stopper is not None and stopper.restore_best and stopper.best_params is not None:
+        model.engine.params[...] = stopper.best_params
     return p.history
 
 
@@ -341,19 +341,19 @@ def end_of_epoch(model, p, epoch, loss, accuracy, bar):
                       LossExplosionWarning, stacklevel=4)
     if p.validation is not None:
         Xv, yv, wv = p.validation
-        scores = model._evaluate(Xv, yv, p.loss, wv)
+        scores = model.evaluate_rows(Xv, yv, p.loss, wv)
         history["val_loss"].append(scores["loss"])
         if p.classify:
             history["val_accuracy"].append(scores["accuracy"])
     if bar is not None:
         bar.set_postfix({k: f"{v[-1]:.4f}" for k, v in history.items()})
         bar.close()
-    stop = p.early_stopping is not None and p.early_stopping(epoch + 1, history, model._flat_params)
+    stop = p.early_stopping is not None and p.early_stopping(epoch + 1, history, model.engine.params)
     for cb in p.callbacks:
         stop |= bool(cb(epoch + 1, history))
     p.stopped = bool(stop)
     if p.checkpoint_dir is not None:
-        checkpoint.save(p.checkpoint_dir, model, p.optimizer, model._rng, epoch + 1, history, p.settings,
+        checkpoint.save(p.checkpoint_dir, model, p.optimizer, model.rng, epoch + 1, history, p.settings,
                         p.run_state())
     return p.stopped
 
@@ -364,7 +364,7 @@ class CompiledEpochs:
     def __init__(self, model, p):
         self.model, self.p = model, p
         rows = min(p.batch_size, p.X.shape[0])
-        engine = model._engine
+        engine = model.engine
         self.ws = engine.workspace(rows)
         self.serial = rows in engine.serial_rows
         X, y = raw_rows_of(p.X), raw_rows_of(p.y)  # the compiled loop moves rows as bytes
@@ -377,7 +377,7 @@ class CompiledEpochs:
         """Compile (or load) the epoch loop, once."""
         if self.fn is not None:
             return
-        engine = self.model._engine
+        engine = self.model.engine
         announce = None
         if bar is not None:
             announce = lambda: bar.set_description(f"epoch {epoch + 1}/{self.p.epochs} (compiling)")  # noqa: E731
@@ -390,17 +390,17 @@ class CompiledEpochs:
     def epoch(self, epoch, bar):
         p, model = self.p, self.model
         self.build(bar, epoch)
-        engine, optimizer = model._engine, p.optimizer
+        engine, optimizer = model.engine, p.optimizer
         n, batches = p.X.shape[0], p.batches
         args = self.epoch_args
         p.learning_rates(epoch, out=args.lr)
         if p.shuffle:
-            args = args._replace(order=model._rng.permutation(n))
+            args = args._replace(order=model.rng.permutation(n))
         first, chunk = 0, 1
         while first < batches:
             stop = min(first + chunk, batches)
             start = time.perf_counter()
-            opt = optimizer._compiled(engine)
+            opt = optimizer.compiled(engine)
             with one_blas_thread() if self.serial else contextlib.nullcontext():
                 # (the compiled loop counts its steps in the optimizer itself)
                 done, status = self.fn(engine.net, self.ws, self.objective, opt, self.drivers, args, first, stop)

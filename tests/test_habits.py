@@ -125,7 +125,7 @@ def test_a_loss_given_to_the_constructor_is_the_models():
 def test_model_files_of_versions_1_and_2_still_load(tmp_path, version):
     model = net()
     path = tmp_path / f"v{version}.npz"
-    arch = {"format": "fastnn.Sequential", "version": version, **model._architecture(), "seed": 0}
+    arch = {"format": "fastnn.Sequential", "version": version, **model.architecture(), "seed": 0}
     extra = {}
     if version == 2:  # the loss, the training rows' fingerprint and a command line's preparation
         arch.update(loss="softmax_cross_entropy", fingerprint_stride=1)

@@ -78,3 +78,54 @@ def test_importing_the_api_loads_no_adapter_or_tool():
     for later in ("fastnn.sklearn", "fastnn.export", "fastnn.distributed", "fastnn.cli", "fastnn.bench",
                   "fastnn.peers", "fastnn.profile", "fastnn.story", "'sklearn", "'onnx", "'mpi4py"):
         assert later not in loaded, f"{later} loaded by the API: {loaded}"
+
+
+NUMBA_NAMES = {"_load_index"}  # Numba's own method names, which the kernel cache overrides
+
+
+def underscore_names_defined(tree):
+    """The underscore names a module defines: functions, classes, module names, attributes."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith("_"):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr.startswith("_"):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id.startswith("_"):
+            names.add(node.id)
+    return {n for n in names if not n.startswith("__")}
+
+
+def private_uses(trees):
+    """``module: name`` for each use of another module's underscore member: ``x._name`` (x not
+    self or cls) where only other modules define ``_name``, or ``from m import _name``."""
+    defined = {name: underscore_names_defined(tree) for name, tree in trees.items()}
+    found = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                    continue
+                if node.attr in defined[name] or node.attr in NUMBA_NAMES:
+                    continue
+                if any(node.attr in names for names in defined.values()):
+                    found.append(f"{name}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.ImportFrom):
+                found += [f"{name}:{node.lineno} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__") and (node.level or "fastnn" in (
+                              node.module or "")) and not (PACKAGE / (a.name + ".py")).exists()
+                          and not any((p / (a.name + ".py")).exists() for p in PACKAGE.rglob("*") if p.is_dir())]
+    return found
+
+
+def test_no_module_uses_another_modules_underscore_names():
+    """Parts meet at documented names (the model's seam, the kernels' BARE tables); underscore
+    modules (``kernels._jit``, ``_files``) are the package's own and may be imported in it."""
+    trees = {module_name(p): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
+    assert not private_uses(trees), "\n".join(private_uses(trees))
+
+
+def test_the_check_finds_a_private_member_used_elsewhere():
+    trees = {"fastnn.a": ast.parse("class A:\n    def _secret(self):\n        return self._x\n"),
+             "fastnn.b": ast.parse("from .a import A\nfrom .c import _helper\nA()._secret()\n")}
+    assert sorted(private_uses(trees)) == ["fastnn.b:2 import _helper", "fastnn.b:3 ._secret"]

@@ -34,7 +34,7 @@ def output_scale(model, X):
     """Per element of the network's output, the size of what it was computed from: |x| @ |W| + |b|
     carried through the layers (what rounding errors grow with)."""
     s = np.abs(X.astype(np.float64))
-    for layer in model._dense:
+    for layer in model.dense_layers:
         s = product_scale(s, layer.W) + np.abs(layer.b.astype(np.float64))
     return np.maximum(s, 1.0)
 

@@ -36,7 +36,7 @@ def test_divergence_stops_fit_naming_epoch_and_step_and_keeps_finite_parameters(
     replay = fastnn.Sequential(fastnn.Dense(4, 16, activation="relu"), fastnn.Dense(16, 1), seed=0)
     opt2 = fastnn.SGD(lr=10.0, momentum=0.9)
     replay.fit(X, y, loss="mse", optimizer=opt2, epochs=1, batch_size=32)
-    order = replay._rng.permutation(256)
+    order = replay.rng.permutation(256)
     for b in range(7):
         idx = order[b * 32:(b + 1) * 32]
         replay.train_step(X[idx], y[idx], loss="mse", optimizer=opt2)

@@ -274,17 +274,17 @@ def test_steps_too_small_for_a_second_thread_run_on_one():
     from fastnn.threads import SERIAL_PARAM_BYTES, SERIAL_PRODUCT, SERIAL_ROWS, serial_rows
 
     mnist = fastnn.Sequential(fastnn.Dense(784, 256, activation="relu"), fastnn.Dense(256, 10), seed=0)
-    rows = mnist._engine.serial_rows  # 784 * 256 multiply-adds a row: from 10 rows up to 63
+    rows = mnist.engine.serial_rows  # 784 * 256 multiply-adds a row: from 10 rows up to 63
     assert 32 in rows and SERIAL_ROWS - 1 in rows and SERIAL_ROWS not in rows and 128 not in rows
     assert -(-SERIAL_PRODUCT // (784 * 256)) in rows and -(-SERIAL_PRODUCT // (784 * 256)) - 1 not in rows
     tiny = fastnn.Sequential(fastnn.Dense(1, 64, activation="tanh"), fastnn.Dense(64, 1), seed=0)
-    assert min(tiny._engine.serial_rows) > 4096  # its products never reach BLAS's own threading
+    assert min(tiny.engine.serial_rows) > 4096  # its products never reach BLAS's own threading
     wide = serial_rows(784 * 2048, SERIAL_PARAM_BYTES + 1)  # parameters beyond the cache: two threads from 5 rows
     assert 16 not in wide and 5 not in wide and 4 in wide
     # too little work to share whatever the batch: a scheduler delay would cost more than a thread saves
     from fastnn.threads import PARALLEL_PRODUCT
     small = fastnn.Sequential(fastnn.Dense(64, 256, activation="relu"), fastnn.Dense(256, 128, activation="relu"),
-                              fastnn.Dense(128, 10), seed=0)._engine.serial_rows
+                              fastnn.Dense(128, 10), seed=0).engine.serial_rows
     assert 64 in small and 128 in small and -(-PARALLEL_PRODUCT // (256 * 128)) not in small
     assert 128 not in rows  # (784-256: 25.7M multiply-adds at batch 128, enough for two threads)
 

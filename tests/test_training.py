@@ -142,7 +142,7 @@ def test_fit_is_the_same_sequence_of_train_steps(shuffle, loss, rng):
     fitted, stepped = make(), make()
     opt_a, opt_b = fastnn.Adam(lr=1e-2), fastnn.Adam(lr=1e-2)
     history = fitted.fit(X, y, loss=loss, optimizer=opt_a, epochs=3, batch_size=8, shuffle=shuffle)
-    order_rng = stepped._rng  # fit shuffles with the model's generator, after initialisation
+    order_rng = stepped.rng  # fit shuffles with the model's generator, after initialisation
     losses = []
     for epoch in range(3):
         order = order_rng.permutation(37) if shuffle else np.arange(37)
@@ -254,13 +254,13 @@ def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
     oa, ob, oc = fastnn.Adam(lr=0.01), fastnn.Adam(lr=0.01), fastnn.Adam(lr=0.01)
     fitted.fit(X, y, optimizer=oa, epochs=2, batch_size=8, shuffle=False)
     step, groups = timed_step(by_kernel, "softmax_cross_entropy", oc, defaultdict(lambda: [0, 0.0, 0, 0]))
-    ws = by_kernel._engine.workspace(8)
+    ws = by_kernel.engine.workspace(8)
     for t in range(10):
         rows = slice((t % 5) * 8, (t % 5) * 8 + 8)
         stepped.train_step(X[rows], y[rows], optimizer=ob)
         # the same step run as Python, kernel by kernel (what fastnn profile times)
         net, objective, opt, drivers = groups
-        step(net, ws, objective, opt, drivers, X[rows], raw_rows_of(y[rows]), by_kernel._engine.ones[:8], 0.01)
+        step(net, ws, objective, opt, drivers, X[rows], raw_rows_of(y[rows]), by_kernel.engine.ones[:8], 0.01)
     for p, q, r in zip(fitted.parameters(), stepped.parameters(), by_kernel.parameters()):
         np.testing.assert_array_equal(p, q)
         np.testing.assert_array_equal(p, r)

@@ -26,7 +26,7 @@ def _mxcsr(builder, name, slot):
                  [builder.bitcast(slot, ir.IntType(8).as_pointer())])
 
 
-def _clear_flush(builder):
+def clear_flush(builder):
     """Codegen: switch FTZ off (IEEE's default), on the way out of an exception."""
     if X86:
         slot = cgutils.alloca_once(builder, ir.IntType(32))
@@ -53,7 +53,7 @@ def _through_address(restype):
         fn = builder.inttoptr(addr, fnty.as_pointer())
         status, result = context.call_conv.call_function(builder, fn, restype, argtys, values)
         with cgutils.if_unlikely(builder, status.is_error):
-            _clear_flush(builder)
+            clear_flush(builder)
             context.call_conv.return_status_propagate(builder, status)
         return context.get_dummy_value() if restype == types.none else result
     return codegen
@@ -84,7 +84,7 @@ def flush_subnormals(typingctx):
     into them, and a 784-256-128-10 step at batch 32 went from 0.5 to 1.3 ms after 800 steps.
     Inputs keep their values (no DAZ: with it, inf times a subnormal weight would be NaN).
     XLA flushes too. (Plain Python, profile: nothing to set.) An exception on the way out
-    leaves FTZ off (``_clear_flush``: IEEE's default, which a caller that had set FTZ itself
+    leaves FTZ off (``clear_flush``: IEEE's default, which a caller that had set FTZ itself
     would have to set again)."""
     def codegen(context, builder, signature, args):
         if not X86:
@@ -252,7 +252,7 @@ def typed_rows(typingctx, raw, like):
         itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(dtype)))
         with cgutils.if_unlikely(builder, builder.icmp_signed("!=", builder.srem(row_bytes, itemsize),
                                                               context.get_constant(types.intp, 0))):
-            _clear_flush(builder)  # (a driver's own restore_fp will not run)
+            clear_flush(builder)  # (a driver's own restore_fp will not run)
             context.call_conv.return_user_exc(builder, IndexError, ("target rows are not whole items",))
         data = builder.bitcast(src.data, context.get_data_type(dtype).as_pointer())
         view = make_array(result)(context, builder)
@@ -282,7 +282,7 @@ def build_view(context, builder, flat_type, flat, start, shape, used=None):
         if used is not None:
             outside = builder.and_(outside, used)
         with cgutils.if_unlikely(builder, outside):
-            _clear_flush(builder)
+            clear_flush(builder)
             context.call_conv.return_user_exc(builder, IndexError, ("a layer view reaches outside its buffer",))
     view_type = types.Array(flat_type.dtype, len(shape), "C")
     view = make_array(view_type)(context, builder)

@@ -69,6 +69,9 @@ def _dropout_backward(dy, p_drop, seed, step, layer, y):
                 y[i, j] = y[i, j] * (1.0 - p_drop)
 
 
+BARE = (_dropout_forward, _dropout_backward)  # the bare kernels the engine's drivers call
+
+
 def _check(name, a, p_drop, seed, step, layer):
     _checks.float_array(name, a, ndim=2)
     _checks.writable(name, a)

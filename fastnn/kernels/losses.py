@@ -221,6 +221,17 @@ def _count_binary_correct(logits, y, weights):
     return correct
 
 
+# The bare kernels the engine's drivers call, by loss: (loss kernel, metric kernel or None,
+# whether it takes integer labels); and the L2 penalty's.
+BARE = {
+    "softmax_cross_entropy": (_softmax_cross_entropy, _count_correct, True),
+    "mse": (_mse, None, False),
+    "binary_cross_entropy": (_binary_cross_entropy, _count_binary_correct, False),
+    "poisson": (_poisson, None, False),
+}
+BARE_PENALTY = _l2_penalty
+
+
 def _grad_output(name, g, like):
     if g is None:
         return np.empty_like(like)

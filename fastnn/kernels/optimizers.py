@@ -446,7 +446,7 @@ class UpdateRefused(FloatingPointError):
     """An update would have written a NaN or inf; ``p`` and the state buffers are unchanged."""
 
 
-def _refused(name):
+def refused(name):
     return UpdateRefused(f"{name} would write NaN or inf (a non-finite input, or an overflow: a learning rate or "
                          f"values too large for the dtype); nothing was changed")
 
@@ -455,7 +455,7 @@ class UpdateRefused(FloatingPointError):
     """An update would have written a NaN or inf; ``p`` and the state buffers are unchanged."""
 
 
-def _refused(name):
+def refused(name):
     return UpdateRefused(f"{name} would write NaN or inf (a non-finite input, or an overflow: a learning rate or "
                          f"values too large for the dtype); nothing was changed")
 
@@ -498,7 +498,7 @@ def update(name, p, g, state, lr, step=1, labels=None, **hyper):
     if not run(rule.kernel(values), signature(p.dtype), p, old, packed, rule.constant_values(values),
                values["lr"], step):
         p[...] = old
-        raise _refused(f"{name}_update")
+        raise refused(f"{name}_update")
     for k, r in enumerate(rows):
         state[r][...] = packed[k]
     return p, state

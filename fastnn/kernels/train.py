@@ -68,7 +68,7 @@ import numpy as np
 from numba import types
 from numba.core import cgutils, config
 
-from ._compose import _clear_flush, build_view, call, call_value, flush_subnormals, restore_fp, typed_rows
+from ._compose import clear_flush, build_view, call, call_value, flush_subnormals, restore_fp, typed_rows
 from ._jit import intrinsic_with_twin, kernel
 from .losses import BAD_TARGET
 
@@ -190,7 +190,7 @@ def layer(typingctx, net, ws, k, n):
         if config.BOUNDSCHECK:
             rows = cgutils.unpack_tuple(builder, table.shape, 2)[0]
             with cgutils.if_unlikely(builder, builder.icmp_unsigned(">=", k_v, rows)):
-                _clear_flush(builder)
+                clear_flush(builder)
                 context.call_conv.return_user_exc(builder, IndexError, ("no such layer",))
         width = context.get_constant(intp, len(LAYER_COLUMNS))
         row = builder.gep(table.data, [builder.mul(k_v, width)])
