@@ -61,7 +61,7 @@ def circles(graph):
 
 def test_no_import_circles_lazy_imports_included():
     graph = import_graph()
-    assert "fastnn.training" in graph["fastnn.model"]  # (the graph sees imports)
+    assert "fastnn.nn.training" in graph["fastnn.nn.model"]  # (the graph sees imports)
     assert not circles(graph), "\n".join(" -> ".join(c) for c in circles(graph))
 
 
@@ -75,8 +75,8 @@ def test_importing_the_api_loads_no_adapter_or_tool():
             "print(sorted(m for m in sys.modules if m.startswith(('fastnn.', 'sklearn', 'onnx', 'mpi4py', 'torch', "
             "'jax'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for later in ("fastnn.sklearn", "fastnn.export", "fastnn.distributed", "fastnn.cli", "fastnn.bench",
-                  "fastnn.peers", "fastnn.profile", "fastnn.story", "'sklearn", "'onnx", "'mpi4py"):
+    for later in ("fastnn.integrations", "fastnn.tools", "fastnn.sklearn", "fastnn.cli", "'sklearn", "'onnx",
+                  "'mpi4py"):
         assert later not in loaded, f"{later} loaded by the API: {loaded}"
 
 
@@ -129,3 +129,32 @@ def test_the_check_finds_a_private_member_used_elsewhere():
     trees = {"fastnn.a": ast.parse("class A:\n    def _secret(self):\n        return self._x\n"),
              "fastnn.b": ast.parse("from .a import A\nfrom .c import _helper\nA()._secret()\n")}
     assert sorted(private_uses(trees)) == ["fastnn.b:2 import _helper", "fastnn.b:3 ._secret"]
+
+
+# The parts, lowest first: a module imports from its own part or from lower ones only
+# (fastnn/__init__.py's docstring states the rule).
+RANK = {"kernels": 0, "_install": 0, "engine": 1, "io": 1, "reference": 1, "nn": 2, "testing": 3, "api": 3,
+        "integrations": 4, "tools": 5}
+# imports upward that load an adapter only when it is used (``Sequential.to_onnx``)
+WHEN_USED = {("fastnn.nn.model", "fastnn.integrations.onnx")}
+
+
+def part(module):
+    parts = module.split(".")
+    return "api" if len(parts) == 1 else parts[1]
+
+
+def upward(graph):
+    return sorted(f"{m} ({part(m)}) imports {t} ({part(t)})" for m, targets in graph.items() for t in targets
+                  if RANK[part(t)] > RANK[part(m)] and (m, t) not in WHEN_USED)
+
+
+def test_imports_run_one_way_between_the_parts():
+    graph = import_graph()
+    assert set(map(part, graph)) <= set(RANK), "a new part: give it its place in RANK and the package docstring"
+    assert not upward(graph), "\n".join(upward(graph))
+
+
+def test_the_check_finds_an_import_against_the_direction():
+    graph = {"fastnn.kernels.dense": {"fastnn.nn.model"}, "fastnn.tools.cli": {"fastnn.nn.model"}}
+    assert upward(graph) == ["fastnn.kernels.dense (kernels) imports fastnn.nn.model (nn)"]

@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from ._files import atomic_write, parse_json, remove_stale
+from .files import atomic_write, parse_json, remove_stale
 
 FILENAME = "checkpoint.npz"
 VERSION = 2
@@ -81,7 +81,7 @@ def _meta(archive, path):
 
 
 def _archive(path):
-    from ._files import Archive
+    from .files import Archive
 
     return Archive(path, "fastnn checkpoint", error=CheckpointError)
 

@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from ._install import install_hint
-from .engine import raw_rows_of
-from .model import count_right
-from .training import DivergenceError
+from .._install import install_hint
+from ..engine.core import raw_rows_of
+from ..nn.model import count_right
+from ..nn.training import DivergenceError
 
 
 def _mpi():
@@ -107,7 +107,7 @@ def fit(model, X, y, loss=None, optimizer=None, epochs=1, batch_size=32, shuffle
 
 def _fit(model, X, y, comm, MPI, size, loss, optimizer, epochs, batch_size, shuffle, verbose, lr_schedule,
          checkpoint_dir, resume, timings, sample_weight, class_weight):
-    from . import training
+    from ..nn import training
 
     plan = training.plan(model, X, y, loss=loss, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
                          shuffle=shuffle, lr_schedule=lr_schedule, checkpoint_dir=checkpoint_dir, resume=False,
@@ -129,7 +129,7 @@ def _resume(model, plan, comm, rank, checkpoint_dir):
     """Every rank resumes from rank 0's checkpoint (only rank 0 writes them, so the other
     machines may have none, or an old one): rank 0 reads and checks it, then broadcasts what it
     restored. A refused checkpoint is an error on every rank, never a rank left waiting."""
-    from . import checkpoint
+    from ..io import checkpoint
 
     found, error = None, None
     if rank == 0:

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import checkpoint
+from ..io import checkpoint
 from .callbacks import EarlyStopping
-from .engine import raw_rows_of
-from .kernels._checks import positive, positive_int
-from .kernels.train import OK, Epoch
+from ..engine.core import raw_rows_of
+from ..kernels._checks import positive, positive_int
+from ..kernels.train import OK, Epoch
 from .losses import CLASSIFIERS, class_weights, row_weights
-from .tabular import check_columns, column_names
+from ..io.tabular import check_columns, column_names
 from .schedules import Constant, Schedule
-from .threads import one_blas_thread
+from ..engine.threads import one_blas_thread
 
 
 class DivergenceError(FloatingPointError):

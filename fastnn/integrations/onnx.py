@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from ._install import install_hint
-from .kernels.activations import REGISTRY
+from .._install import install_hint
+from ..kernels.activations import REGISTRY
 
 DEFAULT_OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: ONNX Runtime 1.10 and later read the file
@@ -72,7 +72,7 @@ def _labels(b, index, classes, output):
 def _model_graph(b, x, model, probabilities, outputs):
     """Everything after the graph's input for ``Sequential.to_onnx``: the preparation, the
     network, and the head. ``outputs``: the names to give (``output``, and ``label``)."""
-    from .losses import CLASSIFIERS
+    from ..nn.losses import CLASSIFIERS
 
     prep = model.preparation
     if prep is not None:
@@ -136,7 +136,7 @@ def _finish(nodes, constants, elem, features, outputs, opset, path):
                                    producer_name="fastnn", ir_version=IR_VERSION)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
-        from ._files import atomic_write
+        from ..io.files import atomic_write
         with atomic_write(os.fspath(path)) as f:
             f.write(proto.SerializeToString())
     return proto
@@ -146,8 +146,8 @@ def model_to_onnx(model, path=None, *, opset=DEFAULT_OPSET, probabilities=False)
     """``Sequential.to_onnx``: build, check (``full_check=True``) and write the graph; returns the
     ``onnx.ModelProto``."""
     onnx = require_onnx()
-    from .kernels._checks import positive_int
-    from .losses import CLASSIFIERS
+    from ..kernels._checks import positive_int
+    from ..nn.losses import CLASSIFIERS
 
     opset = positive_int("opset", opset)
     if opset < 13:

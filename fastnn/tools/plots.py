@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._install import install_hint
+from .._install import install_hint
 
 INSTALL_HINT = "pictures need matplotlib: " + install_hint("plot")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels.activations import REGISTRY
+from ..kernels.activations import REGISTRY
 
 LR, MOMENTUM = 1e-3, 0.9
 

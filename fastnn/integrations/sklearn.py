@@ -47,11 +47,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from .layers import Dense
-from .kernels._checks import positive, positive_int
-from .kernels.activations import REGISTRY as ACTIVATIONS
-from .model import Sequential, sigmoid, softmax
-from .optim import SGD, Adam
+from ..nn.layers import Dense
+from ..kernels._checks import positive, positive_int
+from ..kernels.activations import REGISTRY as ACTIVATIONS
+from ..nn.model import Sequential, sigmoid, softmax
+from ..nn.optim import SGD, Adam
 
 # scikit-learn's names, and every activation fastnn has under its own name
 _ACTIVATIONS = {"logistic": "sigmoid", **{name: name for name in ACTIVATIONS}}
@@ -312,7 +312,7 @@ class _BaseMLP(BaseEstimator):
         included) and ``probabilities`` (a tensor, no ZipMap), or ``variable`` for the regressor.
         A Pipeline holding the estimator exports with ``skl2onnx.to_onnx`` (fastnn registers its
         converter when skl2onnx is installed). Needs the ``onnx`` extra."""
-        from .export import estimator_to_onnx
+        from .onnx import estimator_to_onnx
         return estimator_to_onnx(self, path, opset=opset)
 
     def _predict_raw(self, X):
@@ -347,7 +347,7 @@ class _threads_for_this_call:
     def __enter__(self):
         import threading
 
-        from .threads import one_blas_thread
+        from ..engine.threads import one_blas_thread
         self._inner = one_blas_thread() if threading.current_thread() is not threading.main_thread() else None
         if self._inner is not None:
             self._inner.__enter__()
@@ -534,5 +534,5 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
 
 if importlib.util.find_spec("skl2onnx") is not None:  # so that skl2onnx.to_onnx(pipeline) knows these estimators
-    from .export import register_skl2onnx
+    from .onnx import register_skl2onnx
     register_skl2onnx(MLPClassifier, MLPRegressor)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine import LOSS_KERNELS
-from .kernels._checks import all_finite, labels_in_range
+from ..engine.core import LOSS_KERNELS
+from ..kernels._checks import all_finite, labels_in_range
 
 LOSSES = tuple(LOSS_KERNELS)
 ALIASES = {"sparse_categorical_crossentropy": "softmax_cross_entropy",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pathlib
 import sys
@@ -10,11 +11,11 @@ import warnings
 
 import numpy as np
 
-from .kernels._checks import positive, positive_int
-from .kernels.activations import REGISTRY as ACTIVATIONS
-from .kernels.optimizers import RULES
-from .optim import from_name
-from .training import LossExplosionWarning
+from ..kernels._checks import positive, positive_int
+from ..kernels.activations import REGISTRY as ACTIVATIONS
+from ..kernels.optimizers import RULES
+from ..nn.optim import from_name
+from ..nn.training import LossExplosionWarning
 
 OPTIMIZERS = tuple(RULES)  # every optimizer's name, from its definition
 
@@ -74,7 +75,7 @@ def _own_data(path) -> bool:
 
 
 def _load_data(data):
-    from .datasets import load_mnist, load_mnist_5k
+    from ..io.datasets import load_mnist, load_mnist_5k
     if data is None:
         return load_mnist_5k(), "bundled digits (4,000 train / 1,000 test)", "bundled"
     (X, y), (Xt, yt) = load_mnist(data)
@@ -110,7 +111,7 @@ def _setup(args, kind, inputs=784, outputs=10, loss="softmax_cross_entropy"):
 
 def cmd_train(args) -> int:
     import fastnn
-    from .kernels._jit import compile_seconds
+    from ..kernels._jit import compile_seconds
     from . import plots
 
     if args.out is not None and args.out.exists() and not args.force:
@@ -122,7 +123,7 @@ def cmd_train(args) -> int:
     if args.distributed and _own_data(args.data):
         raise ValueError("--distributed trains on the digits (bundled or MNIST); train your own table without it")
     if args.distributed:
-        from . import distributed
+        from ..integrations import mpi as distributed
         return distributed.abort_on_error(lambda: _train_distributed(args))
     if args.threads:
         fastnn.set_num_threads(args.threads)
@@ -158,7 +159,8 @@ def _fit_watched(model, X, y, optimizer, recipe, schedule, args, validation=None
 
 def _train_table(args) -> int:
     """``fastnn train --data FILE.npz|FILE.csv``: the user's own table, classified or regressed."""
-    from . import plots, tabular
+    from . import plots
+    from ..io import tabular
 
     table = tabular.read_table(args.data, args.target)
     task, why = tabular.infer_task(table.y)
@@ -244,7 +246,7 @@ def _failed_to_learn(explosions, accuracy, y_test):
 def _train_distributed(args) -> int:
     """``mpiexec -n R fastnn train --distributed``: data-parallel over R ranks; rank 0 reports."""
     import fastnn
-    from . import distributed
+    from ..integrations import mpi as distributed
 
     comm, rank, size = distributed.world()
     fastnn.set_num_threads(args.threads or 1)  # one thread per rank: ranks must not oversubscribe cores
@@ -311,7 +313,7 @@ def _table_rows(model, args, labels):
     """The raw rows (and labels) of ``--data`` for ``model``: a CSV's columns matched to the
     model's by name (``tabular.read_rows``), with a note on stderr for what was dropped or
     assumed. The model prepares raw rows itself."""
-    from . import tabular
+    from ..io import tabular
 
     if args.data is None:
         raise ValueError(f"{args.model} was trained on a table: give its rows with --data FILE.npz|FILE.csv")
@@ -366,7 +368,7 @@ def cmd_predict(args) -> int:
         rows = [[label, *p] for label, p in zip(labels.tolist(), proba.tolist())]
         array = labels
     if args.out is not None and args.out.suffix.lower() == ".npy":
-        from ._files import atomic_write
+        from ..io.files import atomic_write
         with atomic_write(args.out) as f:
             np.save(f, np.asarray(array), allow_pickle=False)
         print(f"wrote {len(X):,} predictions to {args.out}")
@@ -380,7 +382,7 @@ def cmd_predict(args) -> int:
     if args.out is None:
         sys.stdout.write(text.getvalue())
         return 0
-    from ._files import atomic_write
+    from ..io.files import atomic_write
     with atomic_write(args.out) as f:
         f.write(text.getvalue().encode())
     print(f"wrote {len(X):,} predictions to {args.out}")
@@ -549,7 +551,7 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(run=cmd_export)
 
     approx = sub.add_parser("approx", help="universal approximation: fit a 1-D function with 1 to 64 neurons")
-    approx.add_argument("target", nargs="?", default="sin", choices=sorted(__import__("fastnn.story").story.BUILTIN_TARGETS))
+    approx.add_argument("target", nargs="?", default="sin", choices=sorted(importlib.import_module("fastnn.tools.story").BUILTIN_TARGETS))
     approx.add_argument("--expr", help='an expression in x instead, e.g. "x**2 + sin(3*x)"')
     approx.add_argument("--interval", type=float, nargs=2, metavar=("LO", "HI"))
     approx.add_argument("--epochs", type=_positive(int), default=3000)
@@ -573,7 +575,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--contenders", help="comma-separated, from fastnn,numpy,torch,jax (default: all installed)")
     bench.add_argument("--rounds", type=_positive(int), default=10, help="interleaved rounds (default 10)")
     bench.add_argument("--json", type=pathlib.Path, help="also write the results to this JSON file")
-    bench.set_defaults(run=lambda a: __import__("fastnn.bench", fromlist=["main"]).main(a))
+    bench.set_defaults(run=lambda a: importlib.import_module("fastnn.tools.bench").main(a))
 
     prof = sub.add_parser("profile", help="time each kernel of a training step")
     prof.add_argument("--sizes", type=_sizes("--sizes", "784,256,128,10"), default=[784, 256, 128, 10],
@@ -585,7 +587,7 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd means momentum 0.9")
     prof.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     prof.add_argument("--threads", type=_positive(int))
-    prof.set_defaults(run=lambda a: __import__("fastnn.profile", fromlist=["main"]).main(a))
+    prof.set_defaults(run=lambda a: importlib.import_module("fastnn.tools.profile").main(a))
     return parser
 
 

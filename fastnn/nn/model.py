@@ -15,15 +15,15 @@ import zipfile
 
 import numpy as np
 
-from ._files import Archive, atomic_write, parse_json
-from .engine import Engine, raw_rows_of
+from ..io.files import Archive, atomic_write, parse_json
+from ..engine.core import Engine, raw_rows_of
 from .fingerprint import Fingerprint
-from .kernels._checks import all_finite, positive, positive_int
+from ..kernels._checks import all_finite, positive, positive_int
 from .layers import Dense, Dropout
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
-from .tabular import check_columns, column_names
-from .threads import one_blas_thread
+from ..io.tabular import check_columns, column_names
+from ..engine.threads import one_blas_thread
 from . import training
 from .training import DivergenceError
 
@@ -650,7 +650,7 @@ class Sequential:
         also ``label``. A model trained by the command line takes raw rows: its input scaling,
         class labels and target scaling are part of the graph. Needs the ``onnx`` extra; see
         ``fastnn.export``."""
-        from .export import model_to_onnx
+        from ..integrations.onnx import model_to_onnx
         return model_to_onnx(self, path, opset=opset, probabilities=probabilities)
 
     def architecture(self):
@@ -791,7 +791,7 @@ def load(path) -> Sequential:
         prep = {k: archive.read(f"prep_{k}", kinds="fiuU", max_bytes=64 * (n_in + n_out + 1024))
                 for k in PREPARATION_FIELDS if f"prep_{k}" in names}
         if prep:
-            from .tabular import Preparation
+            from ..io.tabular import Preparation
             try:
                 model.preparation = Preparation(**prep)
                 model.preparation.check(n_in, n_out, model.loss)

@@ -23,11 +23,11 @@ import threading
 import numba
 import numpy as np
 
-from .kernels import _jit, dense, dropout, optimizers
-from .kernels._compose import raw_rows_of, run
-from .kernels import losses as loss_kernels
-from .kernels import train
-from .kernels.activations import NAMES, NEEDS_PREACTIVATION
+from ..kernels import _jit, dense, dropout, optimizers
+from ..kernels._compose import raw_rows_of, run
+from ..kernels import losses as loss_kernels
+from ..kernels import train
+from ..kernels.activations import NAMES, NEEDS_PREACTIVATION
 from .threads import serial_rows
 
 # Every loss the kernels have: (loss kernel, metric kernel or None, takes integer labels)

@@ -13,11 +13,11 @@ import inspect
 
 import numpy as np
 
-from .kernels import _checks
-from .kernels._compose import run
-from .kernels import optimizers as _kernels
-from .kernels.optimizers import REQUIRED, RULES, check_value
-from .kernels.train import Optimizer as _Compiled
+from ..kernels import _checks
+from ..kernels._compose import run
+from ..kernels import optimizers as _kernels
+from ..kernels.optimizers import REQUIRED, RULES, check_value
+from ..kernels.train import Optimizer as _Compiled
 
 
 class Optimizer:

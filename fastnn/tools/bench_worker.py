@@ -1,4 +1,4 @@
-"""One contender of ``fastnn bench`` in its own process: ``python -m fastnn._bench_worker NAME CASE THREADS``.
+"""One contender of ``fastnn bench`` in its own process: ``python -m fastnn.tools.bench_worker NAME CASE THREADS``.
 
 Speaks JSON lines: one greeting after the warm-up, then one answer per command on stdin.
 """
@@ -30,7 +30,8 @@ def main(argv):
     if name == "peak":
         out.write(json.dumps({"ready": True}) + "\n")
     else:
-        from . import peers, set_num_threads
+        from . import peers
+        from .. import set_num_threads
 
         # Thread counts come from the environment the parent set before any import. Calling
         # torch.set_num_threads(n) again beside Numba's OpenMP made PyTorch's 1-64-1 step 16x

@@ -159,7 +159,7 @@ def _data_file(path):
 def _read_npz(path, features):
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is not an .npz archive (write one with np.savez(path, X=X, y=y))")
-    from ._files import Archive
+    from .files import Archive
 
     with Archive(path, "data file (.npz)", error=DataError) as archive:  # (members other than these: unread)
         arrays = {k: archive.read(k, kinds="biufUS") for k in ("X", "y", "X_test", "y_test") if k in archive.members}

@@ -15,11 +15,11 @@ from collections import defaultdict
 import numba
 import numpy as np
 
-from . import engine as _engine
-from .kernels import _jit, dense, dropout, optimizers, train
-from .kernels._compose import checked, raw_rows_of, run_by_types
-from .kernels import losses as loss_kernels
-from .optim import from_name
+from ..engine import core as _engine
+from ..kernels import _jit, dense, dropout, optimizers, train
+from ..kernels._compose import checked, raw_rows_of, run_by_types
+from ..kernels import losses as loss_kernels
+from ..nn.optim import from_name
 
 
 def _timed(records, name, kernel, signature, cost):

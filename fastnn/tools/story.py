@@ -9,10 +9,10 @@ import warnings
 
 import numpy as np
 
-from .layers import Dense
-from .model import Sequential
-from .optim import Adam
-from .training import LossExplosionWarning
+from ..nn.layers import Dense
+from ..nn.model import Sequential
+from ..nn.optim import Adam
+from ..nn.training import LossExplosionWarning
 
 # -- target functions, and expressions parsed without eval --------------------------------
 

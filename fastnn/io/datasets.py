@@ -15,7 +15,7 @@ import urllib.request
 
 import numpy as np
 
-from ._files import atomic_write
+from .files import atomic_write
 
 BUNDLED = pathlib.Path(__file__).resolve().parent / "data" / "mnist_5k"
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels._checks import positive_int
-from .kernels.activations import BY_CODE, NAMES, code_of
+from ..kernels._checks import positive_int
+from ..kernels.activations import BY_CODE, NAMES, code_of
 
 
 class Dense:

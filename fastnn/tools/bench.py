@@ -49,7 +49,7 @@ class Worker:
 
     def __init__(self, contender: str, case: str, threads: int):
         self.name = contender
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastnn._bench_worker", contender, case, str(threads)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "fastnn.tools.bench_worker", contender, case, str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=thread_env(threads))
         self.hello = self._read()

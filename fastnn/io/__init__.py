@@ -1,0 +1,1 @@
+"""Files and data: model and checkpoint files (read header first), datasets, tables."""
