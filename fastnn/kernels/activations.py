@@ -414,8 +414,8 @@ class Silu(Activation):
         return s * (1 + z * _np_sigmoid(-z))
 
     @staticmethod
-    def onnx(b, x):
-        return b.node("Mul", [x, b.node("Sigmoid", [x])], "silu")
+    def onnx(b, x):  # z / (1 + e^-z): ONNX Runtime 1.16 fuses z * Sigmoid(z) into QuickGelu, float32 only
+        return b.node("Div", [x, b.node("Add", [b.const("one", 1.0), b.node("Exp", [b.node("Neg", [x])])])], "silu")
 
 
 def _elu_scalar(m, alpha, scale):
