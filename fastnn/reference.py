@@ -89,9 +89,12 @@ def binary_cross_entropy(logits, target, cap=0.0):
 
 
 def optimizer_update(name, p, g, state, step, lr, **hyper):
-    """One step of optimizer ``name`` (PyTorch's formula, from its definition); ``state`` is
-    ``{row name: array}``. Returns ``(new p, new state)``."""
-    return RULES[name].reference(p, g, state, step, lr, **hyper)
+    """One step of optimizer ``name`` (PyTorch's formula, from its definition), with its declared
+    defaults for what ``hyper`` leaves out; ``state`` is ``{row name: array}``. Returns ``(new p,
+    new state)``."""
+    rule = RULES[name]
+    defaults = {h.name: h.default for h in rule.hyper if h.name != "lr"}
+    return rule.reference(p, g, state, step, lr, **{**defaults, **hyper})
 
 
 def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):

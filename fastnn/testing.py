@@ -172,7 +172,7 @@ WIDE_PARAMS = 784 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 10 + 10
 
 def case_group(kernel, dims, act="relu"):
     """A benchmark group name such as ``dense_forward|N=128,I=784,O=256``."""
-    named = kernel.startswith("activation") and act != "relu"
+    named = (kernel.startswith("activation") and act != "relu") or kernel == "optimizer_update"
     return f"{kernel}|{act + ',' if named else ''}" + ",".join(f"{k}={v}" for k, v in dims.items())
 
 
@@ -231,6 +231,18 @@ class KernelCase:
             i, o = d["I"], d["O"]
             self.inputs, self.outputs = (r(i, o), 1e-3), (np.zeros((i, o), self.dtype),)
             self.nbytes = 3 * i * o * self.dtype.itemsize
+        elif kernel == "optimizer_update":  # (``act`` names the optimizer here)
+            p, rule = d["P"], RULES[act]
+            settings = max(rule.examples, key=lambda s: len(rule.rows_for({**dict((h.name, h.default) for h in
+                                                                                   rule.hyper), **s})))
+            full = {**{h.name: h.default for h in rule.hyper}, **settings}
+            state = {row: np.abs(r(p, s=0.1)) for row in rule.rows_for(full)}  # (a square average is >= 0)
+            if "grad_avg" in state:  # a mean square above the square of the mean (RMSprop, centered): a
+                state["square_avg"] += state["grad_avg"] ** 2 + 0.05  # variance near 0 is ill-conditioned
+            self.inputs, self.hyper = (act, r(p), r(p), state, 3, settings["lr"]), {
+                k: v for k, v in settings.items() if k != "lr"}
+            self.outputs = ()
+            self.nbytes = (3 + 2 * len(state)) * p * self.dtype.itemsize
         elif kernel in ("sgd_update", "adam_update"):
             p = d["P"]
             if kernel == "sgd_update":
@@ -276,7 +288,11 @@ class KernelCase:
 
     def check(self):
         """Assert that the kernel matches the reference on this case (values and gradients)."""
-        fresh = lambda: tuple(a.copy() if isinstance(a, np.ndarray) else a for a in self.inputs)
+        def copy(a):
+            if isinstance(a, dict):
+                return {k: v.copy() for k, v in a.items()}
+            return a.copy() if isinstance(a, np.ndarray) else a
+        fresh = lambda: tuple(copy(a) for a in self.inputs)  # noqa: E731
         expected = self.run_numpy(fresh())
         inputs = fresh()
         if self.kernel.startswith("dense"):
@@ -286,6 +302,10 @@ class KernelCase:
         got = self.run_numba(inputs, outputs)
         if not isinstance(expected, tuple):
             expected, got = (expected,), (got,)
+        if self.kernel == "optimizer_update":  # (p, {row: buffer}): every buffer by name
+            rows = sorted(expected[1])
+            assert sorted(got[1]) == rows, f"{self.group}: rows {sorted(got[1])}, expected {rows}"
+            expected, got = (expected[0], *(expected[1][k] for k in rows)), (got[0], *(got[1][k] for k in rows))
         if self.kernel == "dense_forward":
             got = got[:1]
         if self.kernel in LOSS_KERNELS or self.kernel == "l2_penalty":
@@ -313,6 +333,8 @@ def kernel_case_specs():
             specs += [(kernel, dict(N=n, O=o), "relu") for n in BATCHES for o in (256, 128)]
         elif kernel == "l2_penalty":
             specs += [(kernel, dict(I=i, O=o), "relu") for i, o in MNIST_LAYERS]
+        elif kernel == "optimizer_update":
+            specs += [(kernel, dict(P=p), name) for name in RULES for p in (MNIST_PARAMS, WIDE_PARAMS)]
         else:
             specs += [(kernel, dict(P=p), "relu") for p in (MNIST_PARAMS, WIDE_PARAMS)]
     return specs

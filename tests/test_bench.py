@@ -13,7 +13,8 @@ import fastnn
 import fastnn.kernels as K
 from fastnn import cli
 from fastnn.profile import profile_step
-from fastnn.testing import KernelCase, kernel_case_specs
+from fastnn.kernels.optimizers import RULES
+from fastnn.testing import ACTIVATIONS, KernelCase, kernel_case_specs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,11 @@ class FakeBenchmark:
 
 
 def test_every_kernel_has_a_benchmark_case():
-    assert {spec[0] for spec in kernel_case_specs()} == set(K.KERNELS)
+    specs = kernel_case_specs()
+    assert {spec[0] for spec in specs} == set(K.KERNELS)
+    # every activation and every optimizer, from their registries
+    assert {act for kernel, _, act in specs if kernel == "activation_forward"} == set(ACTIVATIONS)
+    assert {name for kernel, _, name in specs if kernel == "optimizer_update"} == set(RULES)
 
 
 @pytest.mark.parametrize("kernel, output", [("dense_forward", 3),  # out
@@ -161,3 +166,13 @@ def test_bench_prints_each_case_as_it_finishes(tmp_path):
         proc.kill()
     assert running and proc.returncode == 0
     assert "784-16-16-10 sigmoid, batch 32" in rest and "timing sigmoid-b32" in stderr  # the bar names the case
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_every_optimizers_benchmark_case_checks_every_buffer(name, dtype):
+    case = KernelCase("optimizer_update", dict(P=50), dtype=dtype, act=name)
+    case.check()
+    assert name in case.group
+    p, state = case.run_numba()
+    assert set(state) == set(RULES[name].rows_for({**{h.name: h.default for h in RULES[name].hyper}, **case.hyper,
+                                                    "lr": case.inputs[5]}))

@@ -3,6 +3,8 @@ strides and values (NaN, +-inf, 1e30). Either the output agrees with the referen
 values within tolerance, non-finite values exactly where the reference has them) or a
 documented ValueError/TypeError is raised; never a crash. CI also runs this file with
 NUMBA_BOUNDSCHECK=1, where any out-of-bounds access would raise IndexError."""
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -12,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 import fastnn
 import fastnn.kernels as K
 import fastnn.reference as R
+from fastnn.kernels.optimizers import RULES
 from fastnn.testing import ACTIVATIONS, assert_close, product_scale
 
 FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,6 +129,28 @@ def test_optimizer_updates_match_the_reference(data, size, dtype, momentum, deco
     check_all_or_nothing(lambda: K.adam_update(p2, g, m2, v2, 3, 1e-3, weight_decay=0.01, decoupled=decoupled),
                          (p2, m2, v2), expected, expected)
     np.testing.assert_array_equal(g, g_before)  # the wrappers never write the caller's gradient
+
+
+@FUZZ
+@given(data=st.data(), size=st.integers(1, 40), dtype=dtypes,
+       example=st.sampled_from([(name, k) for name, rule in RULES.items() for k in range(len(rule.examples))]))
+def test_every_optimizer_is_applied_whole_or_refused(data, size, dtype, example):
+    """Every optimizer's every example setting, through the generic wrapper: all or nothing."""
+    name, k = example
+    rule, settings = RULES[name], RULES[name].examples[k]
+    full = {**{h.name: h.default for h in rule.hyper}, **settings}
+    p, g = data.draw(values(dtype, (size,))), data.draw(values(dtype, (size,)))
+    state = {row: np.abs(data.draw(values(dtype, (size,)))) for row in rule.rows_for(full)}
+    if "grad_avg" in state:  # a mean square above the square of the mean, as RMSprop keeps them
+        with np.errstate(all="ignore"):
+            state["square_avg"] = (state["grad_avg"].astype(np.float64) ** 2 + state["square_avg"] + 1).astype(dtype)
+    hyper = {key: v for key, v in settings.items() if key != "lr"}
+    expected_p, expected_state = ref(functools.partial(R.optimizer_update, **hyper), name, p, g, state, 3,
+                                     settings["lr"])
+    rows = sorted(state)
+    check_all_or_nothing(lambda: K.optimizer_update(name, p, g, state, 3, settings["lr"], **hyper),
+                         (p, *(state[r] for r in rows)), (expected_p, *(expected_state[r] for r in rows)),
+                         (expected_p, *(expected_state[r] for r in rows)))
 
 
 def check_all_or_nothing(update, arrays, expected, written):

@@ -4,6 +4,7 @@ import pytest
 
 import fastnn.kernels as K
 import fastnn.reference as R
+from fastnn.kernels.optimizers import RULES
 from fastnn.testing import ACTIVATIONS, DENSE_SHAPES, assert_close, product_scale
 
 
@@ -415,3 +416,22 @@ def test_adam_in_float32_is_as_exact_as_float32_allows():
                           3, 1e-3, 0.9, 0.999, 1e-8, 0.01, False)[0]
     K.adam_update(p, g, m, v, 3, 1e-3, weight_decay=0.01)
     np.testing.assert_allclose(p, exact, rtol=2e-6)
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_optimizer_update_matches_the_reference_on_every_example(name, dtype, rng):
+    rule = RULES[name]
+    for settings in rule.examples:
+        full = {**{h.name: h.default for h in rule.hyper}, **settings}
+        p, g = randn(rng, (37,), dtype), randn(rng, (37,), dtype)
+        state = {row: np.abs(randn(rng, (37,), dtype)) for row in rule.rows_for(full)}
+        if "grad_avg" in state:  # a mean square above the square of the mean (RMSprop, centered)
+            state["square_avg"] += state["grad_avg"] ** 2 + 0.5
+        hyper = {k: v for k, v in settings.items() if k != "lr"}
+        expected_p, expected_state = R.optimizer_update(name, p, g, state, 2, settings["lr"], **hyper)
+        got_p, got_state = K.optimizer_update(name, p.copy(), g, {k: v.copy() for k, v in state.items()}, 2,
+                                              settings["lr"], **hyper)
+        assert_close(got_p, expected_p, name=f"{name} {settings} p")
+        assert sorted(got_state) == sorted(expected_state) == sorted(rule.rows_for(full))
+        for row in expected_state:
+            assert_close(got_state[row], expected_state[row], name=f"{name} {settings} {row}")

@@ -6,9 +6,9 @@ from .activations import activation_backward, activation_forward
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward
 from .losses import binary_cross_entropy, l2_penalty, mse, poisson, softmax_cross_entropy
-from .optimizers import adam_update, sgd_update
+from .optimizers import adam_update, optimizer_update, sgd_update
 
 KERNELS = ("activation_forward", "activation_backward", "dense_forward", "dense_backward",
-           "softmax_cross_entropy", "mse", "binary_cross_entropy", "poisson", "l2_penalty", "sgd_update", "adam_update", "dropout_forward", "dropout_backward")
+           "softmax_cross_entropy", "mse", "binary_cross_entropy", "poisson", "l2_penalty", "sgd_update", "adam_update", "optimizer_update", "dropout_forward", "dropout_backward")
 
 __all__ = list(KERNELS)

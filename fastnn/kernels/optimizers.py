@@ -476,7 +476,7 @@ def settings(rule, values: dict) -> dict:
     return out
 
 
-def update(name, p, g, state, lr, step=1, labels=None, **hyper):
+def optimizer_update(name, p, g, state, step, lr, labels=None, **hyper):
     """One step of optimizer ``name`` (a key of ``RULES``) in place on flat ``p`` (P,).
 
     ``state``: ``{row name: (P,) array}`` for the rows these settings keep (missing rows start
@@ -513,7 +513,7 @@ def sgd_update(p, g, v, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     ``v`` would be NaN or inf.
     """
     _check_flat(p, g, ("v", v))
-    update("sgd", p, g, {"momentum_buffer": v}, lr, momentum=momentum, weight_decay=weight_decay,
+    optimizer_update("sgd", p, g, {"momentum_buffer": v}, 1, lr, momentum=momentum, weight_decay=weight_decay,
            nesterov=nesterov, labels={"momentum_buffer": "v"})
     return p, v
 
@@ -532,6 +532,6 @@ def adam_update(p, g, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_d
     for name, beta in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {beta!r}")
-    update("adamw" if decoupled else "adam", p, g, {"exp_avg": m, "exp_avg_sq": v}, lr, step,
+    optimizer_update("adamw" if decoupled else "adam", p, g, {"exp_avg": m, "exp_avg_sq": v}, step, lr,
            labels={"exp_avg": "m", "exp_avg_sq": "v"}, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, eps_after_correction=eps_after_correction)
     return p, m, v
