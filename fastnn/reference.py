@@ -6,8 +6,6 @@ and the new state. Shapes as in the kernels: N = batch, I = in_features, O = out
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .kernels.activations import BY_CODE, code_of
