@@ -131,3 +131,15 @@ def test_every_face_offers_every_optimizer(capsys):
     assert cli.main(["profile", "--sizes", "12,8,3", "--batch-size", "8", "--steps", "3",
                      "--optimizer", "rmsprop"]) == 0
     assert "RMSprop" in capsys.readouterr().out
+
+
+def test_a_state_dict_of_another_optimizer_is_refused_and_changes_nothing():
+    opt = fastnn.RMSprop(lr=0.05)
+    with pytest.raises(ValueError, match=r"lacks \['alpha', 'eps', 'centered'\]: it is not a RMSprop's"):
+        opt.load_state_dict(fastnn.SGD(lr=0.1, momentum=0.9).state_dict())
+    assert opt.settings() == fastnn.RMSprop(lr=0.05).settings()
+    old = fastnn.Adam(lr=0.01).state_dict()
+    del old["eps_after_correction"]  # (saved before it existed: loads with its default)
+    again = fastnn.Adam()
+    again.load_state_dict(old)
+    assert again.lr == 0.01 and again.eps_after_correction is True

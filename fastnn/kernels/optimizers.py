@@ -127,6 +127,7 @@ class Rule:
     by_name: what a model's ``fit(optimizer=name)`` sets besides the defaults
     examples: settings covering every switch, checked step for step against ``torch.optim.<title>``
         (``tests/fixtures/make_optimizer_values.py`` wrote PyTorch's values)
+    added_later: hyper-parameters that states saved by earlier versions lack (they load with the default)
     """
 
     name: str
@@ -136,6 +137,7 @@ class Rule:
     rows: dict = {}
     by_name: dict = {}
     examples: tuple = ()
+    added_later: tuple = ()
 
     @classmethod
     def rows_for(cls, values) -> tuple:
@@ -276,6 +278,7 @@ class Adam(Rule):
     rows = {"exp_avg": None, "exp_avg_sq": None}
     decoupled = False
     examples = ({"lr": 0.01}, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1})
+    added_later = ("eps_after_correction",)
 
     @classmethod
     def constant_values(cls, values):

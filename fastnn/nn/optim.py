@@ -178,9 +178,13 @@ class Optimizer:
             raise
 
     def _load_state_dict(self, d):
-        # all in place first, then checked together (Nesterov, momentum); a name saved before it
-        # existed (eps_after_correction) takes its default
-        defaults = {h.name: h.default for h in self.rule.hyper if h.default is not REQUIRED}
+        # all in place first, then checked together (Nesterov, momentum); a name added after states
+        # were saved (the definition's ``added_later``) takes its default, any other must be there
+        missing = [name for name in self._hyper if name not in d and name not in self.rule.added_later]
+        if missing or "step_count" not in d:
+            raise ValueError(f"this state dict lacks {missing or ['step_count']}: it is not a {type(self).__name__}'s "
+                             f"(saved by another optimizer?)")
+        defaults = {h.name: h.default for h in self.rule.hyper}
         values = _kernels.settings(self.rule, {name: d[name] if name in d else defaults[name] for name in self._hyper})
         for name, value in values.items():
             object.__setattr__(self, name, value)
