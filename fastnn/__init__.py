@@ -32,7 +32,7 @@ import sys
 
 from .nn.callbacks import EarlyStopping
 from .kernels.activations import REGISTRY as _ACTIVATION_REGISTRY
-from .nn.layers import Dense, Dropout
+from .nn.layers import KIND_CLASSES as _KIND_CLASSES, Dense, Dropout
 from .nn.model import DivergenceError, Sequential, load
 from .nn.optim import CLASSES as _OPTIMIZER_CLASSES, Optimizer
 from .nn.schedules import Constant, Cosine, StepDecay
@@ -79,6 +79,8 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 if not any(isinstance(f, _OldPaths) for f in sys.meta_path):
     sys.meta_path.insert(0, _OldPaths())
 
-__all__ = ["ACTIVATIONS", "Dense", "Dropout", "Sequential", "load", "DivergenceError", *_OPTIMIZER_CLASSES,
+globals().update(_KIND_CLASSES)  # every layer kind by its class name: Dense, LayerNorm, Residual, ...
+
+__all__ = ["ACTIVATIONS", *_KIND_CLASSES, "Dropout", "Sequential", "load", "DivergenceError", *_OPTIMIZER_CLASSES,
            "Optimizer", "Constant", "StepDecay", "Cosine", "EarlyStopping", "set_num_threads", "get_num_threads",
            "__version__"]

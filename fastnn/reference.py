@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import dense, layernorm
 from .kernels.activations import BY_CODE, code_of
 from .kernels.optimizers import RULES
 
@@ -29,14 +30,23 @@ def activation_backward(dy, y, z, act):
 
 
 def dense_forward(x, W, b, act):
-    """``act(x @ W + b)``; x (N, I), W (I, O), b (O,) -> (N, O)."""
-    return activation_forward(x @ W + b, act)
+    """``act(x @ W + b)``; x (N, I), W (I, O), b (O,) -> (N, O). (The Dense kind's twin.)"""
+    return dense.reference_forward(x, W, b, act)[0]
 
 
 def dense_backward(dout, x, W, out, z, act, need_dx=True):
     """``(dW, db, dx)`` from ``dout = dL/d(out)``; dx is None when ``need_dx`` is False."""
-    dz = activation_backward(dout, out, z, act)
-    return x.T @ dz, dz.sum(axis=0), (dz @ W.T if need_dx else None)
+    return dense.reference_backward(dout, x, W, out, z, act, need_dx)
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """LayerNorm's output; x (N, O), weight and bias (O,). (The LayerNorm kind's twin.)"""
+    return layernorm.reference_forward(x, weight, bias, eps)[0]
+
+
+def layernorm_backward(dout, x, weight, eps=1e-5, need_dx=True):
+    """``(dweight, dbias, dx)`` of LayerNorm from ``dout = dL/d(out)``."""
+    return layernorm.reference_backward(dout, x, weight, eps, need_dx)
 
 
 def softmax_cross_entropy(logits, labels, cap=0.0):

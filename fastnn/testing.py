@@ -7,6 +7,7 @@ import numpy as np
 
 from . import reference as R
 from .kernels.activations import REGISTRY
+from .kernels.kind import INPUT, NO_SKIP
 from .kernels.optimizers import RULES
 
 # Per-dtype tolerances for kernel vs reference. float32 products of length ~800 differ
@@ -111,7 +112,11 @@ def targets(rng, loss, n, outputs, dtype):
 # -- a whole network from the reference: the oracle for the model's training step --------
 
 def reference_loss_and_grad(params, activations, X, y, loss):
-    """Mean loss and ``[dW0, db0, ...]`` of a Dense stack, using only ``fastnn.reference``."""
+    """Mean loss and ``[dW0, db0, ...]`` of a Dense stack, using only ``fastnn.reference``.
+    ``activations`` may instead be a network's nodes (``model.nodes``, without dropout): then
+    ``params`` and the gradients are ``model.parameters()``' (``reference_graph_loss_and_grad``)."""
+    if activations and hasattr(activations[0], "layer"):
+        return reference_graph_loss_and_grad(activations, params, X, y, loss)
     inputs, outs, zs = [], [], []
     a = X
     for k, act in enumerate(activations):
@@ -128,6 +133,41 @@ def reference_loss_and_grad(params, activations, X, y, loss):
                                       need_dx=k > 0)
         grads[2 * k], grads[2 * k + 1] = dW, db
         dout = dx
+    return value, grads
+
+
+def reference_graph_loss_and_grad(nodes, params, X, y, loss):
+    """Mean loss and the gradient of every parameter (as ``model.parameters()``) of a network
+    given by its nodes (``model.nodes``; no dropout), from each layer kind's NumPy twin: each
+    layer fed by its src, a join adding its skip's output, and gradients summed where two
+    paths meet."""
+    blocks, at = [], 0
+    for node in nodes:  # each layer's parameters as its kernels see them: (W, b)
+        count = len(node.layer.params())
+        flat = np.concatenate([np.ravel(p) for p in params[at:at + count]]) if count else np.zeros(0, X.dtype)
+        blocks.append(node.layer.kernel_blocks(flat))
+        at += count
+    own, outs, zs = [], [], []
+    for k, node in enumerate(nodes):
+        x = X if node.src == INPUT else outs[node.src]
+        out, z = node.layer.reference_forward(x, *blocks[k])
+        own.append(out)
+        zs.append(z)
+        outs.append(out if node.skip == NO_SKIP else out + (X if node.skip == INPUT else outs[node.skip]))
+    value, dout = getattr(R, loss)(outs[-1], y)
+    douts = [None] * len(nodes)
+    douts[-1] = dout
+    grads = []
+    for k in range(len(nodes) - 1, -1, -1):
+        node, d = nodes[k], douts[k]
+        x = X if node.src == INPUT else outs[node.src]
+        dW, db, dx = node.layer.reference_backward(d, x, *blocks[k], own[k], zs[k], need_dx=node.src != INPUT)
+        if node.src != INPUT:
+            douts[node.src] = dx if douts[node.src] is None else douts[node.src] + dx
+        if node.skip not in (NO_SKIP, INPUT):
+            douts[node.skip] = d if douts[node.skip] is None else douts[node.skip] + d
+        flat = np.concatenate([np.ravel(dW), np.ravel(db)])
+        grads[:0] = _unflatten(flat, list(node.layer.params().values()))
     return value, grads
 
 

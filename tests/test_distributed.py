@@ -26,8 +26,9 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((203, 12)), rng.integers(0, 4, 203)
     width = 10 + (rank if mode == "mismatch" else 0)
-    model = fastnn.Sequential(fastnn.Dense(12, width, activation="tanh"), fastnn.Dense(width, 4), seed=5,
-                              dtype=np.float64)
+    model = (kinds_network() if mode == "kinds" else
+             fastnn.Sequential(fastnn.Dense(12, width, activation="tanh"), fastnn.Dense(width, 4), seed=5,
+                               dtype=np.float64))
 
     def train():
         if mode == "fail" and rank == size - 1:
@@ -92,7 +93,15 @@ def weighted(mode, X, y):
     return np.eye(4)[y], "binary_cross_entropy", w, None
 
 
-# the ranks' script gets the same function
+def kinds_network():
+    return fastnn.Sequential(fastnn.Dense(12, 16, activation="relu"), fastnn.LayerNorm(16),
+                             fastnn.Residual(fastnn.Dense(16, 16, activation="tanh"), fastnn.LayerNorm(16),
+                                             fastnn.Dense(16, 16)),
+                             fastnn.Dense(16, 4), seed=5, dtype=np.float64)
+
+
+# the ranks' script gets the same functions
+SCRIPT = SCRIPT.replace("\nwidth = ", f"\n{inspect.getsource(kinds_network)}\nwidth = ", 1)
 SCRIPT = SCRIPT.replace("\ndef train():", f"\nWEIGHTED = {WEIGHTED!r}\n{inspect.getsource(weighted)}\n\ndef train():", 1)
 
 
@@ -110,7 +119,8 @@ def run_ranks(tmp_path, ranks, batch, mode="ok", timeout=120, tag="a"):
 def one_process(batch, mode="ok"):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((203, 12)), rng.integers(0, 4, 203)
-    model = fastnn.Sequential(fastnn.Dense(12, 10, activation="tanh"), fastnn.Dense(10, 4), seed=5, dtype=np.float64)
+    model = (kinds_network() if mode == "kinds" else
+             fastnn.Sequential(fastnn.Dense(12, 10, activation="tanh"), fastnn.Dense(10, 4), seed=5, dtype=np.float64))
     if mode in WEIGHTED:
         targets, loss, w, classes = weighted(mode, X, y)
         history = model.fit(X, targets, loss=loss, sample_weight=w, class_weight=classes,
@@ -129,6 +139,13 @@ def test_ranks_equal_one_process_with_the_global_batch(tmp_path, ranks):
     proc, out = run_ranks(tmp_path, ranks, 32)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(np.load(out), one_process(32), rtol=1e-9, atol=1e-12)
+
+
+def test_a_network_of_layer_kinds_trains_across_ranks_as_in_one_process(tmp_path):
+    # LayerNorm and a residual block: their gradients allreduced as the Dense layers' are
+    proc, out = run_ranks(tmp_path, 2, 32, mode="kinds")
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(np.load(out), one_process(32, mode="kinds"), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", WEIGHTED)

@@ -102,6 +102,23 @@ def test_a_regression_model_exports_its_outputs_and_refuses_probabilities(rng, t
         model.to_onnx(tmp_path / "p.onnx", probabilities=True)
 
 
+@pytest.mark.parametrize("opset", [13, 17])
+def test_layernorm_and_residual_blocks_run_in_onnx_runtime_as_in_fastnn(opset, dtype, rng, tmp_path):
+    model = fastnn.Sequential(fastnn.Dense(6, 16, activation="relu"), fastnn.LayerNorm(16), fastnn.Dropout(0.2),
+                              fastnn.Residual(fastnn.Dense(16, 16, activation="gelu"), fastnn.LayerNorm(16, eps=1e-3),
+                                              fastnn.Residual(fastnn.Dense(16, 16, activation="tanh")),
+                                              fastnn.Dense(16, 16)),
+                              fastnn.Dense(16, 4), seed=2, dtype=dtype)
+    for p in model.parameters():  # off the start, so that LayerNorm's weight and bias count
+        p[...] += (rng.standard_normal(p.shape) * 0.3).astype(dtype)
+    X = (rng.standard_normal((300, 6)) * 3).astype(dtype)
+    proto = model.to_onnx(tmp_path / "k.onnx", opset=opset, probabilities=True)
+    assert {node.op_type for node in proto.graph.node} <= ALLOWED_OPS | {"Sqrt"}
+    proba, label = session(tmp_path / "k.onnx").run(None, {"input": X})
+    np.testing.assert_allclose(proba, model.predict_proba(X), rtol=0, atol=TOLERANCE[np.dtype(dtype)] * 10)
+    np.testing.assert_array_equal(label, model.predict(X).argmax(axis=1))
+
+
 def test_the_file_is_checked_has_a_dynamic_batch_and_old_runtimes_read_it(tmp_path):
     model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
     model.to_onnx(tmp_path / "m.onnx")

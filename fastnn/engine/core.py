@@ -23,51 +23,18 @@ import threading
 import numba
 import numpy as np
 
-from ..kernels import _jit, dense, dropout, optimizers
-from ..kernels._compose import raw_rows_of, run
+from ..kernels import _jit, dropout, optimizers
+from ..kernels import kind
+from ..kernels._compose import SLOTS, raw_rows_of, run, slot_address
 from ..kernels import losses as loss_kernels
 from ..kernels import train
-from ..kernels.activations import NAMES, NEEDS_PREACTIVATION
+from ..kernels.kind import NO_SKIP, join
+from ..kernels.train import driver_signature, group_types  # noqa: F401  (the drivers' types, by dtype)
 from .threads import serial_rows
 
 # Every loss the kernels have: (loss kernel, metric kernel or None, takes integer labels)
 LOSS_KERNELS = loss_kernels.BARE
 DRIVERS = tuple(train.DRIVER_FUNCTIONS[field] for field in train.Drivers._fields)  # in field order
-
-
-@functools.cache
-def group_types(dtype):
-    """The Numba types of the named groups for one dtype (what every driver is compiled for)."""
-    f = np.dtype(dtype)
-    v, m = np.zeros(0, f), np.zeros((0, 0), f)
-    return {"net": numba.typeof(train.Net(v, v, np.zeros((0, 0), np.int64), np.zeros(0), 0, 0, 0)),
-            "ws": numba.typeof(train.Workspace(v, v, v)),
-            "objective": numba.typeof(train.Objective(0, 0, 0, 0.0, 0.0)),
-            "opt": numba.typeof(train.Optimizer(0, np.zeros(0), m, np.zeros(1, np.int64))),
-            "drivers": numba.typeof(train.Drivers(0, 0, 0, 0)),
-            "epoch": numba.typeof(train.Epoch(*(np.zeros((0, 0), np.uint8),) * 2, v, np.zeros(0, np.int64), False,
-                                              0, np.zeros(0), *(np.zeros((0, 0), np.uint8),) * 2, v,
-                                              *(np.zeros(0),) * 3)),
-            "X": _jit.array_type(f, 2), "w": _jit.array_type(f, 1), "raw": numba.types.Array(numba.uint8, 2, "C")}
-
-
-@functools.cache
-def driver_signature(name, dtype):
-    """The signature each driver is compiled for, once per dtype (targets travel as raw bytes)."""
-    t = group_types(np.dtype(dtype).name)
-    f8, i8, none = numba.float64, numba.int64, numba.types.none
-    net, ws, obj, opt, drv = t["net"], t["ws"], t["objective"], t["opt"], t["drivers"]
-    return {"forward_pass": none(net, ws, t["X"], numba.boolean, i8),
-            "gradients": f8(net, ws, obj, drv, t["X"], t["raw"], t["w"], i8),
-            "update": f8(net, opt, f8),
-            "step": f8(net, ws, obj, opt, drv, t["X"], t["raw"], t["w"], f8),
-            "train_epoch": numba.types.Tuple((i8, i8))(net, ws, obj, opt, drv, t["epoch"], i8, i8),
-            }[name]
-
-
-def _addresses(kernels, signature):
-    addrs = [_jit.address(k, signature) for k in kernels]
-    return np.array(addrs, dtype=np.int64) if _jit.JIT else addrs
 
 
 def entry(dispatcher, signature):
@@ -84,25 +51,33 @@ class Engine:
 
     Parameters
     ----------
-    dense_layers : sequence of Dense
-    p_drop : (L,) float64, the dropout probability after each layer
+    nodes : sequence of ``kernels.kinds.Node``
+        The network's layers in order, each with the node that feeds it (always the one
+        before it), the node whose output it adds (a residual block's join) and its dropout.
     params, grads : the model's flat (P,) buffers, of its dtype
     seed : int, keys the dropout masks
     """
 
-    def __init__(self, dense_layers, p_drop, params, grads, seed):
+    def __init__(self, nodes, params, grads, seed):
         self.dtype = params.dtype
-        self.codes = [layer.code for layer in dense_layers]
-        self.fan_in = np.array([layer.in_features for layer in dense_layers], np.int64)
-        self.fan_out = np.array([layer.out_features for layer in dense_layers], np.int64)
-        self.param_at = np.cumsum([0] + [i * o + o for i, o in zip(self.fan_in, self.fan_out)])[:-1].astype(np.int64)
+        self.nodes = tuple(nodes)
+        layers = [node.layer for node in self.nodes]
+        for k, node in enumerate(self.nodes):
+            width = layers[node.src].out_features if node.src >= 0 else layers[0].in_features
+            if node.src != k - 1 or node.skip not in (NO_SKIP, -1, *range(k)) or layers[k].in_features != width:
+                raise ValueError(f"layer {k} ({layers[k].summary()}) is not fed by the layer before it")
+        self.fan_in = np.array([layer.in_features for layer in layers], np.int64)
+        self.fan_out = np.array([layer.out_features for layer in layers], np.int64)
+        sizes = [layer.param_count() for layer in layers]
+        self.param_at = np.cumsum([0] + sizes)[:-1].astype(np.int64)
+        if sum(sizes) != params.size:
+            raise ValueError(f"the layers have {sum(sizes)} parameters, the buffer {params.size}")
         self.act_at = np.cumsum([0, *self.fan_out])[:-1].astype(np.int64)
-        keep_z = [code in NEEDS_PREACTIVATION for code in self.codes]
-        widths = [o if k else 0 for o, k in zip(self.fan_out, keep_z)]
-        self.z_at = np.where(keep_z, np.cumsum([0, *widths])[:-1], -1).astype(np.int64)
-        self.z_width = int(sum(widths))
-        self.p_drop = p_drop
-        self.small = [None] * len(self.codes)  # per layer: None picks each pass's form by shape
+        self.z_width_of = np.array([layer.saved_width() for layer in layers], np.int64)
+        self.z_at = np.cumsum([0, *self.z_width_of])[:-1].astype(np.int64)
+        self.z_width = int(self.z_width_of.sum())
+        self.p_drop = np.array([node.p_drop for node in self.nodes], np.float64)
+        self.small = [None] * len(layers)  # per layer: None picks each pass's form by shape (Dense)
         # batch sizes whose steps run their products on one BLAS thread (``threads.serial_rows``)
         self.serial_rows = serial_rows(int((self.fan_in * self.fan_out).max()), params.nbytes)
         self.params, self.grads, self.seed = params, grads, seed
@@ -118,13 +93,15 @@ class Engine:
     # -- what the drivers read ---------------------------------------------------------------
 
     def describe(self):
-        return ", ".join(NAMES[c] for c in self.codes)
+        return ", ".join(getattr(node.layer, "activation", None) or node.layer.name for node in self.nodes)
 
     def kernels(self):
-        """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses,
-        each pass fused or through BLAS by the layer's shape (``dense.fused``)."""
-        return [dense.kernels(c, i, o, c in NEEDS_PREACTIVATION, self.small[k])
-                for k, (c, i, o) in enumerate(zip(self.codes, self.fan_in, self.fan_out))]
+        """Per layer (forward, backward) kernels: the dispatchers behind the Net's addresses
+        (a Dense layer's each pass fused or through BLAS by its shape, ``dense.fused``)."""
+        return [node.layer.kernels(self.small[k]) for k, node in enumerate(self.nodes)]
+
+    def uses_join(self):
+        return any(node.skip != NO_SKIP for node in self.nodes)
 
     @property
     def net(self):
@@ -135,28 +112,40 @@ class Engine:
                     self._net = self._make_net()
         return self._net
 
+    def table(self, forward, backward, python=not _jit.JIT):
+        """The layer table (``train.LAYER``) with these kernels: addresses, or with ``python``
+        callables (``train.LAYER_PYTHON``, for the drivers run as Python)."""
+        table = np.zeros(len(self.nodes), train.LAYER_PYTHON if python else train.LAYER)
+        for k, node in enumerate(self.nodes):
+            (rows, cols), length = node.layer.blocks()
+            table[k] = (node.src, node.skip, self.fan_in[k], self.fan_out[k], rows, cols, length, self.param_at[k],
+                        self.act_at[k], self.z_at[k], self.z_width_of[k], int(node.layer.penalised),
+                        node.p_drop, forward[k], backward[k])
+        return table
+
     def _make_net(self):
-        fsig, bsig = dense.signatures(self.dtype)
         pairs = self.kernels()
+        table = self.table([slot_address("layer_forward", f, self.dtype) for f, _ in pairs],
+                           [slot_address("layer_backward", b, self.dtype) for _, b in pairs])
         if (self.p_drop > 0).any():
-            dsig_f, dsig_b = dropout.signatures(self.dtype)
-            drop_f = _jit.address(dropout.BARE[0], dsig_f)
-            drop_b = _jit.address(dropout.BARE[1], dsig_b)
+            drop_f = slot_address("dropout_forward", dropout.BARE[0], self.dtype)
+            drop_b = slot_address("dropout_backward", dropout.BARE[1], self.dtype)
         else:
             drop_f = drop_b = train.NO_KERNEL
-        columns = dict(fan_in=self.fan_in, fan_out=self.fan_out, param_at=self.param_at, act_at=self.act_at,
-                       z_at=self.z_at, forward=_addresses([f for f, _ in pairs], fsig),
-                       backward=_addresses([b for _, b in pairs], bsig))
-        if _jit.JIT:
-            layers = np.stack([columns[name] for name in train.LAYER_COLUMNS], axis=1)
-        else:  # plain Python: the kernel "addresses" are the functions themselves
-            layers = [tuple(columns[name][k] for name in train.LAYER_COLUMNS) for k in range(len(self.codes))]
-        return train.Net(self.params, self.grads, layers, self.p_drop, drop_f, drop_b, int(self.seed))
+        joins = slot_address("join", join, self.dtype) if self.uses_join() else train.NO_KERNEL
+        return train.Net(self.params, self.grads, table, drop_f, drop_b, joins, int(self.seed))
+
+    def evaluation_net(self):
+        """The Net with no dropout (evaluation mode), sharing the buffers."""
+        if "evaluation" not in self._built:
+            table = self.net.layers.copy()
+            table["p_drop"] = 0.0
+            self._built["evaluation"] = self.net._replace(layers=table)
+        return self._built["evaluation"]
 
     @property
     def width(self):
         return int(self.fan_out.sum())
-
 
     def workspace(self, n):
         """Training's activation buffers for batches of up to n rows (grown, never shrunk); the
@@ -186,10 +175,10 @@ class Engine:
         key = ("objective", loss, metric)
         if key not in self._built:
             loss_kernel, metric_kernel, _ = LOSS_KERNELS[loss]
-            lsig, msig = loss_kernels.signatures(self.dtype)
-            metric_addr = (_jit.address(metric_kernel, msig) if metric and metric_kernel is not None
+            metric_addr = (slot_address("metric", metric_kernel, self.dtype) if metric and metric_kernel is not None
                            else train.NO_KERNEL)
-            self._built[key] = train.Objective(_jit.address(loss_kernel, lsig), metric_addr, train.NO_KERNEL, 0.0, 0.0)
+            self._built[key] = train.Objective(slot_address("loss", loss_kernel, self.dtype), metric_addr,
+                                               train.NO_KERNEL, 0.0, 0.0)
         return self._built[key]
 
     def penalised(self, objective, l2=0.0, cap=0.0):
@@ -201,20 +190,19 @@ class Engine:
 
     def penalty_address(self):
         if "penalty" not in self._built:
-            self._built["penalty"] = _jit.address(loss_kernels.BARE_PENALTY, loss_kernels.penalty_signature(self.dtype))
+            self._built["penalty"] = slot_address("penalty", loss_kernels.BARE_PENALTY, self.dtype)
         return self._built["penalty"]
 
     def update_address(self, kernel):
         """The address of an optimizer's update ``kernel`` for this dtype."""
         if kernel not in self._built:
-            self._built[kernel] = _jit.address(kernel, optimizers.signature(self.dtype))
+            self._built[kernel] = slot_address("optimizer_update", kernel, self.dtype)
         return self._built[kernel]
 
     def drivers(self):
         """The Drivers tuple: the addresses of the compiled drivers of this dtype."""
         if "drivers" not in self._built:
-            self._built["drivers"] = train.Drivers(*(_jit.address(getattr(train, name),
-                                                                  driver_signature(name, self.dtype.name))
+            self._built["drivers"] = train.Drivers(*(slot_address(name, getattr(train, name), self.dtype)
                                                      for name in DRIVERS))
         return self._built["drivers"]
 
@@ -222,10 +210,12 @@ class Engine:
 
     def _pieces(self, loss=None, metric=False, optimizer=None, drivers=DRIVERS):
         """Every (dispatcher, signature) a build needs, as it compiles them."""
-        fsig, bsig = dense.signatures(self.dtype)
+        fsig, bsig = kind.signatures(self.dtype)
         pieces = [(k, sig) for pair in self.kernels() for k, sig in zip(pair, (fsig, bsig))]
         if (self.p_drop > 0).any():
             pieces += list(zip(dropout.BARE, dropout.signatures(self.dtype)))
+        if self.uses_join():
+            pieces.append((join, SLOTS["join"](self.dtype)))
         if loss is not None:
             loss_kernel, metric_kernel, _ = LOSS_KERNELS[loss]
             lsig, msig = loss_kernels.signatures(self.dtype)
@@ -302,7 +292,7 @@ class Engine:
 
     def output(self, ws, n):
         """The last layer's (n, O) output block in ``ws`` (a view)."""
-        return train.layer_views(self.net, ws, len(self.codes) - 1, n).out
+        return train.layer_views(self.net, ws, len(self.nodes) - 1, n).out
 
     def predict(self, X, batch_size):
         """Outputs of the last layer for every row of X (a new array), in batches; safe from any

@@ -5,6 +5,8 @@ The graph is built with the ``onnx`` package (the ``onnx`` extra), from standard
 ONNX Runtime runs in float32 and float64 at opset 17: MatMul and Add per layer; Relu, Sigmoid,
 Tanh; leaky relu as Max(x, 0.01 x) (ONNX Runtime has no float64 LeakyRelu); gelu in fastnn's own
 form, z * Sigmoid(2u) with u = sqrt(2/pi) (z + 0.044715 z^3) (the Gelu operator needs opset 20).
+Each layer kind writes its own nodes (``LayerKind.onnx``: LayerNorm from MatMul, Sub, Mul, Sqrt
+and Div, which every opset and both dtypes have); a residual block ends in an Add.
 Dropout is the identity. The batch dimension is dynamic. A model trained by the command line
 carries its preparation into the graph: the input scaling first, then the class labels (a
 ``label`` output) or the target scaling.
@@ -19,7 +21,7 @@ import os
 import numpy as np
 
 from .._install import install_hint
-from ..kernels.activations import REGISTRY
+from ..kernels.kind import INPUT, NO_SKIP
 
 DEFAULT_OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: ONNX Runtime 1.10 and later read the file
@@ -52,11 +54,16 @@ class _Builder:
 
 
 def _network(b, x, model):
-    """The Dense layers from input ``x`` to the last layer's outputs (logits for a classifier)."""
-    for k, layer in enumerate(model.dense_layers):
-        z = b.node("Add", [b.node("MatMul", [x, b.const(f"W{k}", layer.W)]), b.const(f"b{k}", layer.b)], f"z{k}")
-        x = REGISTRY[layer.activation].onnx(b, z)
-    return x
+    """The layers from input ``x`` to the last layer's outputs (logits for a classifier): each
+    layer kind's own nodes (``LayerKind.onnx``) on the output of the layer that feeds it, and
+    an Add where a join takes its skip."""
+    outs = []
+    for k, node in enumerate(model.nodes):
+        out = node.layer.onnx(b, x if node.src == INPUT else outs[node.src], str(len(outs)))
+        if node.skip != NO_SKIP:
+            out = b.node("Add", [out, x if node.skip == INPUT else outs[node.skip]], f"joined{k}")
+        outs.append(out)
+    return outs[-1]
 
 
 def _labels(b, index, classes, output):

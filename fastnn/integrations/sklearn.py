@@ -184,13 +184,13 @@ class _BaseMLP(BaseEstimator):
     def coefs_(self):
         """The weight matrices, (n_in, n_out) per layer: views into the network."""
         check_is_fitted(self, "model_")
-        return self.model_.parameters()[::2]
+        return [layer.W for layer in self.model_.dense_layers]
 
     @property
     def intercepts_(self):
         """The bias vectors, one per layer: views into the network."""
         check_is_fitted(self, "model_")
-        return self.model_.parameters()[1::2]
+        return [layer.b for layer in self.model_.dense_layers]
 
     def _train(self, X, y, epochs, batch_size, sample_weight=None, incremental=False):
         """scikit-learn's training: L-BFGS, or its epoch loop (``_fit_stochastic``) as one fastnn

@@ -13,6 +13,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
+from numba.core.errors import TypingError
 
 from ._jit import JIT, SIGNATURES, address, intrinsic_with_twin, kernel
 
@@ -59,18 +60,94 @@ def _through_address(restype):
     return codegen
 
 
+SLOTS = {}  # slot name -> signature(dtype): what a kernel called through that slot takes and returns
+DTYPES = (np.float32, np.float64)
+
+
+def slot(name, signature):
+    """Declare the slot ``name``: kernels called through it are compiled for ``signature(dtype)``
+    (a Numba signature per float dtype). Drivers name the slot at each call (``call``), and
+    the engine takes only addresses compiled for it (``slot_address``)."""
+    if name in SLOTS and SLOTS[name] is not signature:
+        raise ValueError(f"slot {name!r} is declared twice")
+    SLOTS[name] = signature
+    return signature
+
+
+def slot_address(name, dispatcher, dtype):
+    """The address of ``dispatcher`` compiled for slot ``name`` and ``dtype`` (a TypeError when
+    it cannot be: a kernel that takes or returns something else)."""
+    expected = SLOTS[name](np.dtype(dtype))
+    try:
+        fn = address(dispatcher, expected)
+    except TypingError as e:
+        why = str(e).strip().splitlines()
+        raise TypeError(f"{getattr(dispatcher, '__name__', dispatcher)} cannot fill the {name!r} slot ({expected}): "
+                        f"{why[1] if len(why) > 1 else why[0]}") from None
+    return check_slot(name, fn, dtype)
+
+
+def check_slot(name, fn, dtype):
+    """``fn``, an address, once it is known to be compiled for slot ``name`` and ``dtype``
+    (``address`` records what compiled where); a TypeError otherwise: the engine never puts an
+    address in a table or a tuple slot it was not compiled for."""
+    if not JIT:
+        return fn
+    expected, got = SLOTS[name](np.dtype(dtype)), SIGNATURES.get(fn)
+    if got != expected:
+        raise TypeError(f"the kernel at {fn:#x} was compiled as {got}, but the {name!r} slot is {expected}")
+    return fn
+
+
+def _slot_signature(slot_type, args):
+    """The slot's signature that ``args`` (a tuple type) matches; a TypingError otherwise."""
+    name = slot_type.literal_value
+    if name not in SLOTS:
+        raise TypingError(f"call: no slot {name!r} (slots: {', '.join(sorted(SLOTS))})")
+    given = tuple(types.unliteral(t) for t in args.types)
+    choices = [SLOTS[name](np.dtype(d)) for d in DTYPES]
+    for signature in choices:
+        if given == tuple(signature.args):
+            return signature
+    raise TypingError(f"call({name!r}, ...): {len(given)} arguments ({', '.join(map(str, given))}), but a {name} "
+                      f"kernel takes {len(choices[0].args)}: {choices[0].args} or {choices[1].args}")
+
+
+def _call_slot_python(slot_name, kernel, args):
+    return kernel(*args)
+
+
+@intrinsic_with_twin(_call_slot_python)
+def call(typingctx, slot_name, kernel, args):
+    """call(slot, kernel, args): run the compiled kernel at address ``kernel`` on the tuple
+    ``args`` and return what it returns. ``slot`` (a constant string) names what is called:
+    the arguments' types must be exactly that slot's signature for one dtype (``SLOTS``), or
+    the caller fails to compile (a TypingError), so a driver can never call a kernel with
+    arguments it does not take. (In Python, ``kernel`` is a callable.)"""
+    if not (isinstance(slot_name, types.StringLiteral) and isinstance(kernel, types.Integer)
+            and isinstance(args, types.BaseTuple)):
+        return None  # (Numba retries with the constant string as a literal)
+    signature = _slot_signature(slot_name, args)
+    restype = signature.return_type
+    through = _through_address(restype)
+
+    def codegen(context, builder, sig, llargs):
+        return through(context, builder, types.none(sig.args[1], sig.args[2]), llargs[1:])
+    return restype(slot_name, kernel, args), codegen
+
+
 @intrinsic_with_twin(_call_python)
-def call(typingctx, kernel, args):
-    """call(kernel, args): run the compiled kernel at address ``kernel`` on the tuple ``args``;
-    it returns nothing. (In Python, ``kernel`` is a callable.) The arguments' types must be
-    the kernel's compiled signature: ``run`` checks that for every call it makes."""
+def call_checked(typingctx, kernel, args):
+    """call_checked(kernel, args): as ``call`` with no slot, for a kernel that returns nothing;
+    only for ``invoke``, whose caller (``run``) has checked the arguments against the kernel's
+    compiled signature."""
     if isinstance(kernel, types.Integer) and isinstance(args, types.BaseTuple):
         return types.none(kernel, args), _through_address(types.none)
 
 
 @intrinsic_with_twin(_call_python)
-def call_value(typingctx, kernel, args):
-    """As ``call``, for a kernel that returns a float64."""
+def call_checked_value(typingctx, kernel, args):
+    """As ``call_checked``, for a kernel that returns a float64 (``invoke_value``)."""
     if isinstance(kernel, types.Integer) and isinstance(args, types.BaseTuple):
         return types.float64(kernel, args), _through_address(types.float64)
 
@@ -121,7 +198,7 @@ def invoke(kernel, args):
     """Python's way into a kernel that has no entry from Python: ``call`` it by address, with
     subnormals flushed as in training."""
     mode = flush_subnormals()
-    call(kernel, args)
+    call_checked(kernel, args)
     restore_fp(mode)
 
 
@@ -129,7 +206,7 @@ def invoke(kernel, args):
 def invoke_value(kernel, args):
     """As ``invoke``, for a kernel that returns a float64."""
     mode = flush_subnormals()
-    value = call_value(kernel, args)
+    value = call_checked_value(kernel, args)
     restore_fp(mode)
     return value
 

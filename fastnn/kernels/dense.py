@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from . import _checks, kind
 from ._blas import matmul
 from ._compose import run
-from ._jit import REDUCTION, array_type, kernel, specialize
-from .activations import NEEDS_PREACTIVATION, activate, code_of, derivative
+from ._jit import REDUCTION, kernel, specialize
+from .activations import BY_CODE, NAMES, NEEDS_PREACTIVATION, REGISTRY, activate, code_of, derivative
 
 # Which layers are fused, by measurement (forward + backward kernel, float32, looped inside
 # compiled code, 1 thread, Intel Xeon with AVX-512, OpenBLAS, 2026-11-25; /tmp probes, the
@@ -44,11 +44,7 @@ def fused(fan_in: int, fan_out: int) -> tuple:
     return fan_out == 1 or fan_in == 1, fan_out == 1
 
 
-def signatures(dtype):
-    """(forward, backward) Numba signatures, shared by every activation and both forms."""
-    from numba import types
-    m, v = array_type(dtype, 2), array_type(dtype, 1)
-    return types.none(m, m, v, m, m), types.none(m, m, m, m, m, m, v, m)
+signatures = kind.signatures  # (forward, backward): the layer slots every kind shares
 
 
 # -- BLAS form ----------------------------------------------------------------------------
@@ -297,3 +293,94 @@ def dense_backward(dout, x, W, out, z, act, dW=None, db=None, dx=None, dz=None, 
     _, backward = kernels(code, W.shape[0], o, False, small)
     run(backward, signatures(x.dtype)[1], dz, x, W, out, z, dW, db, dx)
     return dW, db, (dx if need_dx else None)
+
+
+# -- the reference twin (NumPy) and the layer kind ----------------------------------------
+
+def reference_forward(x, W, b, act):
+    """``(out, z)``: ``act(x @ W + b)`` and the pre-activation, in NumPy."""
+    z = x @ W + b
+    return BY_CODE[code_of(act)].array(z), z
+
+
+def reference_backward(dout, x, W, out, z, act, need_dx=True):
+    """``(dW, db, dx)`` from ``dout = dL/d(out)``, in NumPy; dx is None without ``need_dx``."""
+    dz = dout * BY_CODE[code_of(act)].array_derivative(out, z)
+    return x.T @ dz, dz.sum(axis=0), (dz @ W.T if need_dx else None)
+
+
+class Dense(kind.LayerKind):
+    """A fully connected layer: ``out = activation(x @ W + b)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of each input and output row. ``W`` is (in_features, out_features).
+    activation : str or None
+        None or "identity" (a linear layer, e.g. for logits), or another name in
+        ``fastnn.ACTIVATIONS`` ("relu", "tanh", "gelu", ...: PyTorch's definitions, each
+        defined once in ``fastnn/kernels/activations.py``).
+
+    ``W`` and ``b`` are views into the owning ``Sequential``'s parameter buffer; they are
+    None until the layer is placed in a model. Assigning them (``layer.W = array``) copies the
+    values into the model's parameters, as ``layer.W[...] = array`` does, after checking the
+    shape; before the layer is in a model it is an error (the model's seed sets the start).
+    """
+    name = "dense"
+    PARAMS = ("W", "b")
+    penalised = True
+
+    def __init__(self, in_features, out_features, activation=None):
+        self.in_features = _checks.positive_int("in_features", in_features)
+        self.out_features = _checks.positive_int("out_features", out_features)
+        self.code = code_of(activation)
+        self.activation = NAMES[self.code]
+
+    def params(self):
+        return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
+
+    def blocks(self):
+        return (self.in_features, self.out_features), self.out_features
+
+    def saved_width(self):
+        return self.out_features if self.code in NEEDS_PREACTIVATION else 0
+
+    def kernels(self, small=None):
+        return kernels(self.code, self.in_features, self.out_features, self.code in NEEDS_PREACTIVATION, small)
+
+    def init_params(self, rng):
+        """Fill W as the activation's ``init`` says: He normal (relu-like activations), LeCun
+        normal (selu) or Glorot uniform; b = 0."""
+        fan_in, fan_out = self.in_features, self.out_features
+        init = BY_CODE[self.code].init
+        if init in ("he", "lecun"):
+            w = rng.standard_normal((fan_in, fan_out)) * np.sqrt((2.0 if init == "he" else 1.0) / fan_in)
+        else:
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            w = rng.uniform(-limit, limit, (fan_in, fan_out))
+        self.W[...] = w
+        self.b[...] = 0
+
+    def reference_forward(self, x, W, b):
+        return reference_forward(x, W, b, self.activation)
+
+    def reference_backward(self, dout, x, W, b, out, z, need_dx=True):
+        return reference_backward(dout, x, W, out, z, self.activation, need_dx)
+
+    def onnx(self, builder, x, prefix):
+        z = builder.node("Add", [builder.node("MatMul", [x, builder.const(f"W{prefix}", self.W)]),
+                                 builder.const(f"b{prefix}", self.b)], f"z{prefix}")
+        return REGISTRY[self.activation].onnx(builder, z)
+
+    def summary(self):
+        return f"Dense({self.in_features}, {self.out_features}, {self.activation})"
+
+    def spec(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "activation": self.activation}
+
+    def architecture(self):  # (no "kind": the form files have always had, which every version reads)
+        return self.spec()
+
+    def __repr__(self):
+        return (f"Dense(in_features={self.in_features}, out_features={self.out_features}, "
+                f"activation={self.activation!r})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._compose import run
+from ._compose import run, slot
 from ._jit import array_type, helper, kernel
 
 
@@ -22,6 +22,10 @@ def signatures(dtype):
     from numba import types
     m, i = array_type(dtype, 2), types.int64
     return types.none(m, types.float64, i, i, i), types.none(m, types.float64, i, i, i, m)
+
+
+slot("dropout_forward", lambda dtype: signatures(dtype)[0])
+slot("dropout_backward", lambda dtype: signatures(dtype)[1])
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -98,3 +102,32 @@ def dropout_backward(dy, p_drop, seed, step, layer):
     _check("dy", dy, p_drop, seed, step, layer)
     run(_dropout_backward, signatures(dy.dtype)[1], dy, float(p_drop), int(seed), int(step), int(layer), dy[:0])
     return dy
+
+
+class Dropout:
+    """Inverted dropout on the output of the layer before it, during training only.
+
+    Parameters
+    ----------
+    p_drop : float in [0, 1)
+        The probability that an element is dropped (set to 0); kept elements are scaled by
+        1 / (1 - p_drop), so ``predict`` uses the network as it is.
+
+    Masks come from a counter-based generator keyed on (model seed, optimizer step, layer,
+    element), so they do not depend on the thread count and a resumed run draws the same ones.
+    Dropout is no layer of its own in the compiled path: it rides on the layer before it.
+    """
+
+    def __init__(self, p_drop):
+        if isinstance(p_drop, bool) or not isinstance(p_drop, (int, float, np.floating)) or not 0 <= p_drop < 1:
+            raise ValueError(f"p_drop must be a probability in [0, 1), got {p_drop!r}")
+        self.p_drop = float(p_drop)
+
+    def architecture(self):
+        return {"p_drop": self.p_drop}
+
+    def summary(self):
+        return f"Dropout({self.p_drop})"
+
+    def __repr__(self):
+        return f"Dropout(p_drop={self.p_drop})"

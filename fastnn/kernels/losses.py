@@ -31,7 +31,7 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._compose import raw_rows_of, run, typed_rows
+from ._compose import raw_rows_of, run, slot, typed_rows
 from ._jit import REDUCTION, array_type, kernel
 from .activations import exp_
 from .optimizers import like
@@ -53,6 +53,11 @@ def penalty_signature(dtype):
     """The L2 penalty's Numba signature: float64(W, dW, c)."""
     m = array_type(dtype, 2)
     return types.float64(m, m, types.float64)
+
+
+slot("loss", lambda dtype: signatures(dtype)[0])
+slot("metric", lambda dtype: signatures(dtype)[1])
+slot("penalty", penalty_signature)
 
 
 # penalty = c/2 sum W^2, d(penalty)/dW = c W. A sum of squares cannot cancel: reassociated.

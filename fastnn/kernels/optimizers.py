@@ -46,7 +46,7 @@ import numpy as np
 from numba import types
 
 from . import _checks
-from ._compose import run
+from ._compose import run, slot
 from ._jit import array_type, helper, kernel, specialize, typed_helper
 
 
@@ -75,6 +75,9 @@ def signature(dtype):
     """
     m, v = array_type(dtype, 2), array_type(dtype, 1)
     return types.float64(v, v, m, types.Array(types.float64, 1, "C"), types.float64, types.int64)
+
+
+slot("optimizer_update", signature)
 
 
 @helper

@@ -1,7 +1,9 @@
-"""Sequential: a stack of Dense layers trained by the fused kernels.
+"""Sequential: a stack of layers (Dense, LayerNorm, Residual blocks, Dropout) trained by the
+compiled kernels.
 
 The model keeps every parameter in one flat buffer (and every gradient in another), so an
-optimizer updates all layers in one kernel call; ``Dense.W``/``Dense.b`` are views into it.
+optimizer updates all layers in one kernel call; ``Dense.W``/``Dense.b`` (and every other
+kind's parameters) are views into it.
 Its ``Engine`` (``fastnn.engine``) holds the compiled training path: the kernels its layers
 use, their workspaces and the compiled drivers.
 """
@@ -19,7 +21,7 @@ from ..io.files import Archive, atomic_write, parse_json
 from ..engine.core import Engine, raw_rows_of
 from .fingerprint import Fingerprint
 from ..kernels._checks import all_finite, positive, positive_int
-from .layers import Dense, Dropout
+from .layers import Dense, Dropout, LayerKind, from_architecture, graph, walk
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
 from ..io.tabular import check_columns, column_names
@@ -27,19 +29,20 @@ from ..engine.threads import one_blas_thread
 from . import training
 from .training import DivergenceError
 
-FORMAT_VERSION = 3  # 2 added the loss, the training rows' fingerprint, the command line's preparation; 3 the
-# column names (feature_names_in_). Versions 1 and 2 load.
+FORMAT_VERSION = 4  # 2 added the loss, the training rows' fingerprint, the command line's preparation; 3 the
+# column names (feature_names_in_); 4 layer kinds besides Dense. Versions 1 to 3 load. A model of Dense and
+# Dropout layers only is written as version 3, which fastnn versions before 4 read too.
 _DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
 
 class Sequential:
-    """A feed-forward network of ``Dense`` layers.
+    """A feed-forward network of layers.
 
     Parameters
     ----------
-    *layers : Dense
+    *layers : Dense, LayerNorm, Residual or Dropout
         The layers in order; each layer's ``in_features`` must equal the previous layer's
-        ``out_features``.
+        ``out_features``. A Dropout drops the outputs of the layer before it while training.
     seed : int
         Seeds ``np.random.default_rng``, which initialises the layers in order and then
         shuffles the data in ``fit``.
@@ -74,7 +77,8 @@ class Sequential:
     The seam to fastnn's own parts (the training loop, checkpoints, MPI, export, profile); a
     user does not need it, and no part uses the model's underscore names:
     ``engine`` (the compiled path; ``engine.params``/``engine.grads`` are the flat buffers),
-    ``rng`` (shuffles and splits; checkpoints save its state), ``dense_layers``,
+    ``rng`` (shuffles and splits; checkpoints save its state), ``nodes`` (the compiled path's
+    layers: ``kernels.kinds.graph``), ``dense_layers`` (its Dense layers, in order),
     ``architecture()``, ``resolve_loss``, ``checked_data``, ``check_writable``,
     ``resolve_optimizer`` and ``optimizer_name``, ``record_rows``, ``evaluate_rows``,
     ``refuse_prepared``, ``train_alone``/``training_lock`` and ``divergence``.
@@ -91,34 +95,33 @@ class Sequential:
             layers = tuple(layers[0])
         if not layers:
             raise ValueError("Sequential needs at least one layer, e.g. Sequential(Dense(784, 10))")
-        dense, drops = [], []
+        width = None
         for i, layer in enumerate(layers):
             if isinstance(layer, Dropout):
-                if not dense or i == len(layers) - 1 or isinstance(layers[i - 1], Dropout):
-                    raise ValueError(f"layer {i}: a Dropout must come between two Dense layers "
-                                     f"(it drops the outputs of the Dense before it)")
-                drops[-1] = layer.p_drop
+                if i == 0 or i == len(layers) - 1 or isinstance(layers[i - 1], Dropout):
+                    raise ValueError(f"layer {i}: a Dropout must come between two layers "
+                                     f"(it drops the outputs of the layer before it)")
                 continue
-            if not isinstance(layer, Dense):
-                raise TypeError(f"layer {i} must be a fastnn.Dense or fastnn.Dropout, got {type(layer).__name__}")
-            if layer.W is not None:
-                raise ValueError(f"layer {i} already belongs to a model; create a new Dense for each model")
-            if dense and layer.in_features != dense[-1].out_features:
-                raise ValueError(f"layer {i} has in_features={layer.in_features} but the Dense before it "
-                                 f"has out_features={dense[-1].out_features}; they must match")
-            dense.append(layer)
-            drops.append(0.0)
+            if not isinstance(layer, LayerKind):
+                raise TypeError(f"layer {i} must be a fastnn layer (Dense, LayerNorm, Residual, Dropout), got "
+                                f"{type(layer).__name__}")
+            if any(getattr(inner, "placed", False) for inner in walk([layer])):
+                raise ValueError(f"layer {i} already belongs to a model; create a new {type(layer).__name__} for "
+                                 f"each model")
+            if width is not None and layer.in_features != width:
+                raise ValueError(f"layer {i} has in_features={layer.in_features} but the layer before it "
+                                 f"has out_features={width}; they must match")
+            width = layer.out_features
         if np.dtype(dtype) not in _DTYPES.values():
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.layers = tuple(layers)
-        self.dense_layers = tuple(dense)  # the layers with numbers; dropout rides on them (self._drops)
-        self._drops = np.array(drops, dtype=np.float64)
         self.dtype = np.dtype(dtype)
         self.seed = _check_seed(seed)
         # dropout masks are keyed on this (an int64), the optimizer step, the layer and the element
         self._mask_seed = (int(seed) if isinstance(seed, (int, np.integer)) and 0 <= seed < 2**63
                            else int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> np.uint64(1)))
-        size = sum(layer.in_features * layer.out_features + layer.out_features for layer in dense)
+        self.nodes = tuple(graph(self.layers))  # (what the engine runs: blocks flattened, dropout on its layer)
+        size = sum(node.layer.param_count() for node in self.nodes)
         self._flat_params = np.zeros(size, self.dtype)
         self._flat_grads = np.zeros(size, self.dtype)
         self._bind()
@@ -131,16 +134,23 @@ class Sequential:
         if loss is not None:
             self.loss = self._check_head(check_loss(loss))
         self.rng = np.random.default_rng(seed)
-        for layer in dense:
-            layer.init_params(self.rng)
+        for node in self.nodes:
+            node.layer.init_params(self.rng)
 
     def _bind(self):
-        """Make ``Dense.W``/``b``, ``parameters()`` and the engine views of the flat buffers."""
+        """Make the layers' parameters (``Dense.W``, ...), ``parameters()`` and the engine views of
+        the flat buffers."""
+        self.nodes = tuple(graph(self.layers))
+        self.dense_layers = tuple(node.layer for node in self.nodes if isinstance(node.layer, Dense))
         self._params = self._views(self._flat_params)
         self._grads = self._views(self._flat_grads)
-        for layer, W, b in zip(self.dense_layers, self._params[::2], self._params[1::2]):
-            layer.attach(W, b)
-        self.engine = Engine(self.dense_layers, self._drops, self._flat_params, self._flat_grads, self._mask_seed)
+        at = 0
+        for node in self.nodes:
+            size = node.layer.param_count()
+            node.layer.attach(self._flat_params[at:at + size])
+            node.layer.placed = True
+            at += size
+        self.engine = Engine(self.nodes, self._flat_params, self._flat_grads, self._mask_seed)
         self.training_lock = threading.Lock()  # held by fit, train_step and loss_and_grad (``_train_alone``)
 
     def __getstate__(self):
@@ -161,11 +171,11 @@ class Sequential:
 
     def _views(self, flat):
         views, start = [], 0
-        for layer in self.dense_layers:
-            i, o = layer.in_features, layer.out_features
-            views.append(flat[start:start + i * o].reshape(i, o))
-            views.append(flat[start + i * o:start + i * o + o])
-            start += i * o + o
+        for node in self.nodes:
+            for shape in node.layer.params().values():
+                size = int(np.prod(shape))
+                views.append(flat[start:start + size].reshape(shape))
+                start += size
         return views
 
     _preparation = None
@@ -183,20 +193,21 @@ class Sequential:
 
     @property
     def in_features(self):
-        return self.dense_layers[0].in_features
+        return self.nodes[0].layer.in_features
 
     @property
     def out_features(self):
-        return self.dense_layers[-1].out_features
+        return self.nodes[-1].layer.out_features
 
     def parameters(self):
-        """``[W0, b0, W1, b1, ...]``: writable views; ``p[...] = v`` changes the model."""
+        """Every layer's parameters in order (``[W0, b0, W1, b1, ...]`` for Dense layers; a
+        LayerNorm's weight and bias): writable views; ``p[...] = v`` changes the model."""
         return list(self._params)
 
     # -- the task: loss and optimizer ----------------------------------------------------
 
     def _check_head(self, loss):
-        if loss == "binary_cross_entropy" and self.dense_layers[-1].activation == "sigmoid":
+        if loss == "binary_cross_entropy" and getattr(self.nodes[-1].layer, "activation", None) == "sigmoid":
             raise ValueError("binary_cross_entropy takes logits and applies the sigmoid itself (as PyTorch's "
                              "BCEWithLogitsLoss and Keras' from_logits=True), so a last layer with "
                              "activation='sigmoid' would apply it twice: drop the last layer's activation")
@@ -257,12 +268,14 @@ class Sequential:
     def summary(self, print_fn=print):
         """Print each layer, its output shape and parameter count, and the total (Keras' ``summary``)."""
         rows = [("layer", "output shape", "parameters")]
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, Dense):
-                rows.append((f"{i}: Dense({layer.in_features}, {layer.out_features}, {layer.activation})",
-                             f"(None, {layer.out_features})", f"{layer.in_features * layer.out_features + layer.out_features:,}"))
-            else:
-                rows.append((f"{i}: Dropout({layer.p_drop})", rows[-1][1], "0"))
+
+        def add(layers, indent):
+            for i, layer in enumerate(layers):
+                count = sum(inner.param_count() for inner in walk([layer]) if isinstance(inner, LayerKind))
+                rows.append((f"{indent}{i}: {layer.summary()}", rows[-1][1] if isinstance(layer, Dropout)
+                             else f"(None, {layer.out_features})", f"{count:,}"))
+                add(getattr(layer, "inner", None) or (), indent + "    ")
+        add(self.layers, "")
         widths = [max(len(r[k]) for r in rows) for k in range(3)]
         line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
         rule = "-" * (sum(widths) + 4)
@@ -391,7 +404,7 @@ class Sequential:
         gradients, objective, drivers = engine.gradients_fn(loss)
         objective = engine.penalised(objective, positive("l2", l2, allow_zero=True),
                                      positive("loss_cap", loss_cap, allow_zero=True))
-        net = engine.net if training else engine.net._replace(p_drop=np.zeros_like(engine.net.p_drop))
+        net = engine.net if training else engine.evaluation_net()
         self.train_alone()
         try:
             ws = engine.workspace(X.shape[0])
@@ -630,7 +643,8 @@ class Sequential:
         give it under the current umask; a replaced file keeps its mode.
         """
         path = os.fspath(path)
-        arch = {"format": "fastnn.Sequential", "version": FORMAT_VERSION, **self.architecture(),
+        plain = all(isinstance(layer, (Dense, Dropout)) for layer in self.layers)
+        arch = {"format": "fastnn.Sequential", "version": 3 if plain else FORMAT_VERSION, **self.architecture(),
                 "seed": self.seed if isinstance(self.seed, int) else None, "loss": self.loss,
                 "fingerprint_stride": self._fingerprint.stride}
         arrays = {f"param_{i}": p for i, p in enumerate(self._params)}
@@ -654,13 +668,10 @@ class Sequential:
         return model_to_onnx(self, path, opset=opset, probabilities=probabilities)
 
     def architecture(self):
-        return {"dtype": self.dtype.name,
-                "layers": [{"in_features": l.in_features, "out_features": l.out_features,
-                            "activation": l.activation} if isinstance(l, Dense) else {"p_drop": l.p_drop}
-                           for l in self.layers]}
+        return {"dtype": self.dtype.name, "layers": [layer.architecture() for layer in self.layers]}
 
     def __repr__(self):
-        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        lines = [f"  ({i}): " + repr(layer).replace("\n", "\n  ") for i, layer in enumerate(self.layers)]
         return "Sequential(\n" + "\n".join(lines) + "\n)"
 
 
@@ -698,7 +709,7 @@ def _layers_of(arch, path):
     if not isinstance(arch, dict) or arch.get("format") != "fastnn.Sequential":
         raise bad("it is not a fastnn model")
     version = arch.get("version")
-    if version not in (1, 2, FORMAT_VERSION) or isinstance(version, bool):
+    if version not in (1, 2, 3, FORMAT_VERSION) or isinstance(version, bool):
         shown = repr(version) if isinstance(version, (int, float, type(None))) else repr(str(version)[:20])
         raise bad(f"format version {shown}; this fastnn reads 1 to {FORMAT_VERSION}")
     if arch.get("dtype") not in _DTYPES:
@@ -708,19 +719,15 @@ def _layers_of(arch, path):
         raise bad(f"it must declare 1 to {MAX_LAYERS:,} layers")
     layers = []
     for k, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            raise bad(f"layer {k} is not a description of a layer")
         try:
-            if set(spec) == {"p_drop"}:
-                layers.append(Dropout(spec["p_drop"]))
-            elif set(spec) == {"in_features", "out_features", "activation"}:
-                if spec["activation"] is not None and not isinstance(spec["activation"], str):
-                    raise ValueError(f"activation {spec['activation']!r}")
-                layers.append(Dense(spec["in_features"], spec["out_features"], spec["activation"]))
-            else:
-                raise ValueError(f"unknown fields {sorted(map(str, spec))[:6]}")
+            layers.append(from_architecture(spec))
         except (TypeError, ValueError) as e:
             raise bad(f"layer {k}: {e}") from None
+    if sum(1 for _ in walk(layers)) > MAX_LAYERS:
+        raise bad(f"it must declare 1 to {MAX_LAYERS:,} layers")
+    if version < 4 and any(getattr(layer, "name", "dense") != "dense" for layer in walk(layers)
+                           if isinstance(layer, LayerKind)):
+        raise bad(f"format version {version} has only Dense and Dropout layers")
     if arch.get("loss") is not None and not isinstance(arch.get("loss"), str):
         raise bad("its loss is not a name")
     seed = arch.get("seed")
@@ -758,9 +765,9 @@ def load(path) -> Sequential:
         arch = parse_json(str(text), path, "fastnn model file")
         layers = _layers_of(arch, path)
         dtype = _DTYPES[arch["dtype"]]
-        dense = [layer for layer in layers if isinstance(layer, Dense)]
-        shapes = [s for l in dense for s in ((l.in_features, l.out_features), (l.out_features,))]
-        expected = {f"param_{i}": shape for i, shape in enumerate(shapes)}
+        owners = [(k, name, shape) for k, node in enumerate(graph(layers))
+                  for name, shape in node.layer.params().items()]
+        expected = {f"param_{i}": shape for i, (_, _, shape) in enumerate(owners)}
         allowed = set(expected) | {"architecture", "fingerprint", "feature_names"} | {f"prep_{k}" for k in
                                                                                        PREPARATION_FIELDS}
         unknown = sorted(names - allowed)
@@ -807,8 +814,10 @@ def load(path) -> Sequential:
             a = archive.read(name, shape=p.shape, dtype=dtype)
             if not all_finite(a):
                 bad = np.argwhere(~np.isfinite(a))[0]
-                raise ValueError(f"{path} is not a usable fastnn model: {name} (layer {int(name[6:]) // 2}'s "
-                                 f"{'weights' if int(name[6:]) % 2 == 0 else 'biases'}) holds NaN or inf (first at "
+                k, what, _ = owners[int(name[6:])]
+                what = {"W": "weights", "b": "biases"}.get(what, what)
+                raise ValueError(f"{path} is not a usable fastnn model: {name} (layer {k}'s {what}) holds NaN or "
+                                 f"inf (first at "
                                  f"{tuple(int(i) for i in bad)}); it cannot give finite predictions. Retrain it, or "
                                  f"go back to an earlier file or checkpoint")
             p[...] = a

@@ -16,8 +16,9 @@ import numba
 import numpy as np
 
 from ..engine import core as _engine
-from ..kernels import _jit, dense, dropout, optimizers, train
-from ..kernels._compose import checked, raw_rows_of, run_by_types
+from ..kernels import _jit, dropout, kind, optimizers, train
+from ..kernels._compose import SLOTS, checked, raw_rows_of, run_by_types
+from ..kernels.dense import Dense
 from ..kernels import losses as loss_kernels
 from ..nn.optim import from_name
 
@@ -49,6 +50,15 @@ def _dense_backward_cost(dout, x, W, out, z, dW, db, dx):
     return f"{i}x{o}", 2 * n * i * o * products, x.nbytes + dout.nbytes + dW.nbytes + W.nbytes + dx.nbytes
 
 
+def _layer_cost(*args):
+    x = args[1] if len(args) == 8 else args[0]  # (backward: dout, x, ...; forward: x, ...)
+    return f"{x.shape[0]}x{x.shape[1]}", 0, sum(a.nbytes for a in args)
+
+
+def _join_cost(into, other):
+    return f"{into.shape[0]}x{into.shape[1]}", 0, 3 * into.nbytes
+
+
 def _loss_cost(pred, target, weights, cap, dpred):
     return f"{pred.shape[0]}x{pred.shape[1]}", 0, pred.nbytes + dpred.nbytes
 
@@ -71,12 +81,17 @@ def timed_step(model, loss, optimizer, records):
     training step run as Python with every kernel timed into ``records[(kernel, shape)] =
     [calls, seconds, flops, bytes]``; groups is ``(net, objective, opt, drivers)``."""
     engine, dtype = model.engine, model.dtype
-    fsig, bsig = dense.signatures(dtype)
-    pairs = engine.kernels()
-    forward = [_timed(records, "dense_forward", f, fsig, _dense_forward_cost) for f, _ in pairs]
-    backward = [_timed(records, "dense_backward", b, bsig, _dense_backward_cost) for _, b in pairs]
-    net = engine.net
-    net = net._replace(layers=[(*row[:5], f, b) for row, f, b in zip(np.asarray(net.layers).tolist(), forward, backward)])
+    fsig, bsig = kind.signatures(dtype)
+    forward, backward = [], []
+    for node, (f, b) in zip(engine.nodes, engine.kernels()):
+        dense_layer = isinstance(node.layer, Dense)
+        name = "dense" if dense_layer else node.layer.name
+        forward.append(_timed(records, f"{name}_forward", f, fsig, _dense_forward_cost if dense_layer else _layer_cost))
+        backward.append(_timed(records, f"{name}_backward", b, bsig,
+                               _dense_backward_cost if dense_layer else _layer_cost))
+    net = engine.net._replace(layers=engine.table(forward, backward, python=True))
+    if engine.uses_join():
+        net = net._replace(join=_timed(records, "join", kind.join, SLOTS["join"](dtype), _join_cost))
     if (engine.p_drop > 0).any():
         dsig_f, dsig_b = dropout.signatures(dtype)
         net = net._replace(
