@@ -44,7 +44,7 @@ def jitter(model, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, o", [(1, 1), (7, 3), (64, 16), (5, 129)])
-def test_layernorm_kernels_match_the_reference(dtype, n, o):
+def test_layernorm_forward_and_layernorm_backward_match_the_reference(dtype, n, o):
     rng = np.random.default_rng(n * 100 + o)
     x = (rng.standard_normal((n, o)) * 3 + 2).astype(dtype)
     weight, bias = rng.standard_normal(o).astype(dtype), rng.standard_normal(o).astype(dtype)

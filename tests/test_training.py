@@ -271,9 +271,9 @@ def test_dropout_training_paths_agree_and_files_round_trip(rng, tmp_path):
 
 
 @pytest.mark.parametrize("layers, message", [
-    (lambda: [fastnn.Dropout(0.2), fastnn.Dense(3, 2)], "between two Dense layers"),
-    (lambda: [fastnn.Dense(3, 2), fastnn.Dropout(0.2)], "between two Dense layers"),
-    (lambda: [fastnn.Dense(3, 4), fastnn.Dropout(0.2), fastnn.Dropout(0.1), fastnn.Dense(4, 2)], "between two Dense"),
+    (lambda: [fastnn.Dropout(0.2), fastnn.Dense(3, 2)], "between two layers"),
+    (lambda: [fastnn.Dense(3, 2), fastnn.Dropout(0.2)], "between two layers"),
+    (lambda: [fastnn.Dense(3, 4), fastnn.Dropout(0.2), fastnn.Dropout(0.1), fastnn.Dense(4, 2)], "between two layers"),
 ])
 def test_dropout_placement_errors(layers, message):
     with pytest.raises(ValueError, match=message):

@@ -719,6 +719,8 @@ def _layers_of(arch, path):
         raise bad(f"it must declare 1 to {MAX_LAYERS:,} layers")
     layers = []
     for k, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise bad(f"layer {k} is not a description of a layer")
         try:
             layers.append(from_architecture(spec))
         except (TypeError, ValueError) as e:
