@@ -60,8 +60,9 @@ class Residual(kind.LayerKind):
                     raise ValueError(f"Residual layer {i}: two Dropouts in a row; use one")
                 continue
             if not isinstance(layer, kind.LayerKind):
-                raise TypeError(f"Residual layer {i} must be a fastnn layer (Dense, LayerNorm, Residual, Dropout), "
-                                f"got {type(layer).__name__}")
+                kinds = ", ".join(cls.__name__ for cls in kind.LayerKind.KINDS.values())
+                raise TypeError(f"Residual layer {i} must be a fastnn layer ({kinds} or Dropout), got "
+                                f"{type(layer).__name__}")
             if width is not None and layer.in_features != width:
                 raise ValueError(f"Residual layer {i} has in_features={layer.in_features} but the layer before it "
                                  f"gives {width}; they must match")

@@ -21,7 +21,7 @@ from ..io.files import Archive, atomic_write, parse_json
 from ..engine.core import Engine, raw_rows_of
 from .fingerprint import Fingerprint
 from ..kernels._checks import all_finite, positive, positive_int
-from .layers import Dense, Dropout, LayerKind, from_architecture, graph, walk
+from .layers import KIND_CLASSES, Dense, Dropout, LayerKind, from_architecture, graph, walk
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
 from ..io.tabular import check_columns, column_names
@@ -103,7 +103,7 @@ class Sequential:
                                      f"(it drops the outputs of the layer before it)")
                 continue
             if not isinstance(layer, LayerKind):
-                raise TypeError(f"layer {i} must be a fastnn layer (Dense, LayerNorm, Residual, Dropout), got "
+                raise TypeError(f"layer {i} must be a fastnn layer ({', '.join(KIND_CLASSES)} or Dropout), got "
                                 f"{type(layer).__name__}")
             if any(getattr(inner, "placed", False) for inner in walk([layer])):
                 raise ValueError(f"layer {i} already belongs to a model; create a new {type(layer).__name__} for "

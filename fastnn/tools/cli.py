@@ -462,7 +462,11 @@ def cmd_show_weights(args) -> int:
     from . import plots
 
     model = fastnn.load(args.model)
-    W = model.layers[0].W
+    first = model.nodes[0].layer
+    if not isinstance(first, fastnn.Dense):
+        raise ValueError(f"{args.model} starts with {first.summary()}; show-weights draws the weights of a first "
+                         f"Dense layer, which see the pixels")
+    W = first.W
     if W.shape[0] != 784:
         raise ValueError(f"{args.model} takes {W.shape[0]} inputs; show-weights draws 28x28 = 784-pixel inputs")
     norms = np.linalg.norm(W, axis=0)
