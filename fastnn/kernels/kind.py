@@ -29,6 +29,7 @@ from numba import types
 
 from ._compose import slot
 from ._jit import array_type, kernel
+from .dropout import Dropout
 
 INPUT = -1  # a node's src (or skip) that is the network's input
 NO_SKIP = -2  # a node that adds nothing
@@ -171,3 +172,26 @@ class LayerKind:
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.spec().items())})"
+
+
+def check_chain(layers, label, dropout_last=False):
+    """``(in_features, out_features)`` of ``layers`` in a row (kinds and Dropouts), after
+    checking that each is one, that each width meets the next and that a Dropout follows a
+    layer (and precedes one, unless ``dropout_last``). ``label`` names a position in errors
+    ("layer", "Residual layer")."""
+    first = width = None
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Dropout):
+            if i == 0 or isinstance(layers[i - 1], Dropout) or (i == len(layers) - 1 and not dropout_last):
+                raise ValueError(f"{label} {i}: a Dropout must come between two layers (it drops the outputs of the "
+                                 f"layer before it)")
+            continue
+        if not isinstance(layer, LayerKind):
+            kinds = ", ".join(cls.__name__ for cls in LayerKind.KINDS.values())
+            raise TypeError(f"{label} {i} must be a fastnn layer ({kinds} or Dropout), got {type(layer).__name__}")
+        if width is not None and layer.in_features != width:
+            raise ValueError(f"{label} {i} has in_features={layer.in_features} but the layer before it has "
+                             f"out_features={width}; they must match")
+        first = layer.in_features if first is None else first
+        width = layer.out_features
+    return first, width

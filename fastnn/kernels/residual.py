@@ -53,24 +53,10 @@ class Residual(kind.LayerKind):
         if not layers or isinstance(layers[0], Dropout):
             raise ValueError("Residual needs at least one layer with numbers first, e.g. "
                              "Residual(Dense(64, 64, activation='relu'), Dense(64, 64))")
-        width = None
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Dropout):
-                if isinstance(layers[i - 1], Dropout):
-                    raise ValueError(f"Residual layer {i}: two Dropouts in a row; use one")
-                continue
-            if not isinstance(layer, kind.LayerKind):
-                kinds = ", ".join(cls.__name__ for cls in kind.LayerKind.KINDS.values())
-                raise TypeError(f"Residual layer {i} must be a fastnn layer ({kinds} or Dropout), got "
-                                f"{type(layer).__name__}")
-            if width is not None and layer.in_features != width:
-                raise ValueError(f"Residual layer {i} has in_features={layer.in_features} but the layer before it "
-                                 f"gives {width}; they must match")
-            width = layer.out_features
-        first = next(layer for layer in layers if isinstance(layer, kind.LayerKind))
-        if first.in_features != width:
+        first, width = kind.check_chain(layers, "Residual layer", dropout_last=True)
+        if first != width:
             raise ValueError(f"a Residual block adds its input to its output, so they must be as wide: its layers take "
-                             f"{first.in_features} and give {width}")
+                             f"{first} and give {width}")
         self.layers = tuple(layers)
         self.in_features = self.out_features = width
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from ..kernels.dense import Dense
 from ..kernels.dropout import Dropout
-from ..kernels.kind import LayerKind
+from ..kernels.kind import LayerKind, check_chain
 from ..kernels.kinds import KINDS, from_architecture, graph, walk
 
 KIND_CLASSES = {cls.__name__: cls for cls in KINDS.values()}  # "Dense", "LayerNorm", "Residual", ...
 globals().update(KIND_CLASSES)
 
-__all__ = ["Dropout", "LayerKind", "KINDS", "from_architecture", "graph", "walk", *KIND_CLASSES]
+__all__ = ["Dropout", "LayerKind", "KINDS", "check_chain", "from_architecture", "graph", "walk", *KIND_CLASSES]

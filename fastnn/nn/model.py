@@ -21,7 +21,7 @@ from ..io.files import Archive, atomic_write, parse_json
 from ..engine.core import Engine, raw_rows_of
 from .fingerprint import Fingerprint
 from ..kernels._checks import all_finite, positive, positive_int
-from .layers import KIND_CLASSES, Dense, Dropout, LayerKind, from_architecture, graph, walk
+from .layers import Dense, Dropout, LayerKind, check_chain, from_architecture, graph, walk
 from .losses import CLASSIFIERS, check_loss, prepare_targets, row_weights
 from .optim import Adam, Optimizer, from_name
 from ..io.tabular import check_columns, column_names
@@ -95,23 +95,11 @@ class Sequential:
             layers = tuple(layers[0])
         if not layers:
             raise ValueError("Sequential needs at least one layer, e.g. Sequential(Dense(784, 10))")
-        width = None
+        check_chain(layers, "layer")
         for i, layer in enumerate(layers):
-            if isinstance(layer, Dropout):
-                if i == 0 or i == len(layers) - 1 or isinstance(layers[i - 1], Dropout):
-                    raise ValueError(f"layer {i}: a Dropout must come between two layers "
-                                     f"(it drops the outputs of the layer before it)")
-                continue
-            if not isinstance(layer, LayerKind):
-                raise TypeError(f"layer {i} must be a fastnn layer ({', '.join(KIND_CLASSES)} or Dropout), got "
-                                f"{type(layer).__name__}")
             if any(getattr(inner, "placed", False) for inner in walk([layer])):
                 raise ValueError(f"layer {i} already belongs to a model; create a new {type(layer).__name__} for "
                                  f"each model")
-            if width is not None and layer.in_features != width:
-                raise ValueError(f"layer {i} has in_features={layer.in_features} but the layer before it "
-                                 f"has out_features={width}; they must match")
-            width = layer.out_features
         if np.dtype(dtype) not in _DTYPES.values():
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.layers = tuple(layers)
