@@ -155,7 +155,7 @@ def test_the_graph_says_which_layer_feeds_which():
     table = model.engine.net.layers
     assert table.dtype == train.LAYER
     assert table["skip"].tolist() == [NO_SKIP, NO_SKIP, NO_SKIP, 0, NO_SKIP, 0, NO_SKIP]
-    assert table["z_width"].tolist() == [6, 0, 2, 0, 0, 0, 0]  # silu keeps z; LayerNorm (mean, 1/deviation)
+    assert table["z_width"].tolist() == [6, 0, 1, 0, 0, 0, 0]  # silu keeps z; LayerNorm 1/deviation
     assert table["penalised"].tolist() == [1, 1, 0, 0, 1, 0, 1]  # L2 covers Dense weights only
 
 
@@ -393,3 +393,71 @@ def test_every_kind_is_registered_and_exported():
     assert {"dense", "layernorm", "residual"} <= set(kinds.KINDS)
     for cls in kinds.KINDS.values():
         assert getattr(fastnn, cls.__name__) is cls and cls.__name__ in fastnn.__all__
+
+
+def test_a_subclass_of_a_kind_is_that_kind_and_trains():
+    class Zeroed(Dense):  # no name of its own: a Dense with another start
+        def init_params(self, rng):
+            self.W[...] = 0
+            self.b[...] = 0
+    model = Sequential(Zeroed(3, 4), Dense(4, 2))
+    assert (model.layers[0].W == 0).all() and kinds.KINDS["dense"] is Dense
+    model.train_step(np.ones((4, 3), np.float32), np.zeros(4, np.int64), optimizer=fastnn.SGD(lr=0.1))
+    assert (model.layers[0].b != 0).any()
+
+
+def test_one_layer_object_in_two_places_is_refused():
+    dense = Dense(4, 4, activation="tanh")
+    with pytest.raises(ValueError, match="appears twice"):
+        Sequential(dense, Residual(dense), Dense(4, 2))
+    block = Residual(Dense(4, 4))
+    with pytest.raises(ValueError, match="appears twice"):
+        Sequential(block, block)
+    drop = Dropout(0.1)  # holds no numbers: may serve twice
+    Sequential(Dense(4, 4), drop, Dense(4, 4), drop, Dense(4, 2))
+
+
+def test_layernorm_float32_gradients_hold_for_rows_of_large_mean():
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((64, 16)) * 0.05 + 1e4).astype(np.float32)
+    weight = rng.standard_normal(16).astype(np.float32)
+    dout = rng.standard_normal((64, 16)).astype(np.float32)
+    wide = R.layernorm_backward(dout.astype(np.float64), x.astype(np.float64), weight.astype(np.float64), 1e-5)
+    for name, got, want in zip(("dweight", "dbias", "dx"), layernorm.layernorm_backward(dout, x, weight), wide):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max(), err_msg=name)
+
+
+def test_the_engine_refuses_a_join_of_another_width():
+    from fastnn.engine.core import Engine
+    block = Residual(Dense(4, 4))
+    nodes = kinds.graph([Dense(3, 4), block, Dense(4, 2)])
+    params = np.zeros(sum(n.layer.param_count() for n in nodes), np.float32)
+    Engine(nodes, params, params.copy(), 0)  # as built
+    bad = list(nodes)
+    bad[2] = bad[2]._replace(skip=INPUT)  # the network's input is 3 wide, the join 4
+    with pytest.raises(ValueError, match="not an earlier layer of its width"):
+        Engine(bad, params, params.copy(), 0)
+    bad[2] = nodes[2]._replace(skip=2)  # itself
+    with pytest.raises(ValueError, match="not an earlier layer"):
+        Engine(bad, params, params.copy(), 0)
+
+
+def test_blocks_nest_only_as_deep_as_a_model_file_holds(tmp_path):
+    inner = Dense(3, 3)
+    for _ in range(32):
+        inner = Residual(inner)
+    Sequential(inner).save(tmp_path / "deep.npz")
+    assert fastnn.load(tmp_path / "deep.npz").count_params() == 12
+    with pytest.raises(ValueError, match="at most 32 deep"):
+        Residual(inner)
+
+
+def test_a_nan_parameter_in_a_block_is_named_by_its_layer(tmp_path):
+    model = Sequential(Residual(Dense(3, 3), LayerNorm(3)), LayerNorm(3), Dense(3, 2))
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        members = {k: z[k] for k in z.files}
+    members["param_2"] = np.full(3, np.nan, np.float32)  # the inner LayerNorm's weight
+    np.savez(tmp_path / "m.npz", **members)
+    with pytest.raises(ValueError, match=r"param_2 \(the weight of LayerNorm\(3, eps=1e-05\) in layer 0\)"):
+        fastnn.load(tmp_path / "m.npz")

@@ -62,10 +62,16 @@ class Engine:
         self.dtype = params.dtype
         self.nodes = tuple(nodes)
         layers = [node.layer for node in self.nodes]
-        for k, node in enumerate(self.nodes):
-            width = layers[node.src].out_features if node.src >= 0 else layers[0].in_features
-            if node.src != k - 1 or node.skip not in (NO_SKIP, -1, *range(k)) or layers[k].in_features != width:
+
+        def width(source):  # of what a node reads: the network's input (-1) or a node's output
+            return layers[source].out_features if source >= 0 else layers[0].in_features
+        for k, node in enumerate(self.nodes):  # (Numba checks no bounds: a view must fit its buffer)
+            if node.src != k - 1 or layers[k].in_features != width(node.src):
                 raise ValueError(f"layer {k} ({layers[k].summary()}) is not fed by the layer before it")
+            if node.skip != NO_SKIP and not (-1 <= node.skip < k and width(node.skip) == layers[k].out_features
+                                             == layers[k].in_features):
+                raise ValueError(f"layer {k} ({layers[k].summary()}) adds the output of layer {node.skip}, "
+                                 f"which is not an earlier layer of its width")
         self.fan_in = np.array([layer.in_features for layer in layers], np.int64)
         self.fan_out = np.array([layer.out_features for layer in layers], np.int64)
         sizes = [layer.param_count() for layer in layers]
@@ -79,7 +85,8 @@ class Engine:
         self.p_drop = np.array([node.p_drop for node in self.nodes], np.float64)
         self.small = [None] * len(layers)  # per layer: None picks each pass's form by shape (Dense)
         # batch sizes whose steps run their products on one BLAS thread (``threads.serial_rows``)
-        self.serial_rows = serial_rows(int((self.fan_in * self.fan_out).max()), params.nbytes)
+        products = [rows * cols for (rows, cols), _ in (layer.blocks() for layer in layers)]
+        self.serial_rows = serial_rows(max(products), params.nbytes)
         self.params, self.grads, self.seed = params, grads, seed
         self._net = None
         self._ws = None
@@ -116,11 +123,17 @@ class Engine:
         """The layer table (``train.LAYER``) with these kernels: addresses, or with ``python``
         callables (``train.LAYER_PYTHON``, for the drivers run as Python)."""
         table = np.zeros(len(self.nodes), train.LAYER_PYTHON if python else train.LAYER)
-        for k, node in enumerate(self.nodes):
-            (rows, cols), length = node.layer.blocks()
-            table[k] = (node.src, node.skip, self.fan_in[k], self.fan_out[k], rows, cols, length, self.param_at[k],
-                        self.act_at[k], self.z_at[k], self.z_width_of[k], int(node.layer.penalised),
-                        node.p_drop, forward[k], backward[k])
+        blocks = [node.layer.blocks() for node in self.nodes]
+        columns = {"src": [node.src for node in self.nodes], "skip": [node.skip for node in self.nodes],
+                   "fan_in": self.fan_in, "fan_out": self.fan_out, "w_rows": [rows for (rows, _), _ in blocks],
+                   "w_cols": [cols for (_, cols), _ in blocks], "b_len": [length for _, length in blocks],
+                   "param_at": self.param_at, "act_at": self.act_at, "z_at": self.z_at, "z_width": self.z_width_of,
+                   "penalised": [int(node.layer.penalised) for node in self.nodes], "p_drop": self.p_drop,
+                   "forward": forward, "backward": backward}
+        for name in table.dtype.names:  # by name: a column missing here is a KeyError, not a zero
+            column = np.empty(len(self.nodes), table.dtype[name])
+            column[:] = columns[name]
+            table[name] = column
         return table
 
     def _make_net(self):
@@ -138,9 +151,10 @@ class Engine:
     def evaluation_net(self):
         """The Net with no dropout (evaluation mode), sharing the buffers."""
         if "evaluation" not in self._built:
-            table = self.net.layers.copy()
-            table["p_drop"] = 0.0
-            self._built["evaluation"] = self.net._replace(layers=table)
+            with self._build_lock:
+                table = self.net.layers.copy()
+                table["p_drop"] = 0.0
+                self._built["evaluation"] = self.net._replace(layers=table)
         return self._built["evaluation"]
 
     @property

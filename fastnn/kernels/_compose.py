@@ -68,8 +68,8 @@ def slot(name, signature):
     """Declare the slot ``name``: kernels called through it are compiled for ``signature(dtype)``
     (a Numba signature per float dtype). Drivers name the slot at each call (``call``), and
     the engine takes only addresses compiled for it (``slot_address``)."""
-    if name in SLOTS and SLOTS[name] is not signature:
-        raise ValueError(f"slot {name!r} is declared twice")
+    if name in SLOTS and any(SLOTS[name](np.dtype(d)) != signature(np.dtype(d)) for d in DTYPES):
+        raise ValueError(f"slot {name!r} is declared twice, with two signatures")
     SLOTS[name] = signature
     return signature
 

@@ -11,7 +11,7 @@ N = rows, I = in_features, O = out_features. ``W`` and ``b`` are the kind's two 
 blocks as its kernels see them (Dense: (I, O) and (O,); LayerNorm: (1, O) and (O,); a kind
 without parameters: (0, 0) and (0,)), ``dW`` and ``db`` their gradients, which the backward
 overwrites. ``z`` is what the backward needs besides ``out`` (``saved_width`` numbers per row:
-gelu's pre-activation, LayerNorm's mean and reciprocal deviation); with none it is ``out``
+gelu's pre-activation, LayerNorm's reciprocal deviation); with none it is ``out``
 itself. The backward may overwrite ``dout``, and overwrites ``dx`` (with 0 rows: the layer
 feeds on the network's input and no input gradient is wanted). All float32 or all float64,
 C-contiguous.
@@ -33,6 +33,7 @@ from .dropout import Dropout
 
 INPUT = -1  # a node's src (or skip) that is the network's input
 NO_SKIP = -2  # a node that adds nothing
+MAX_DEPTH = 32  # blocks inside blocks
 
 
 def signatures(dtype):
@@ -83,7 +84,7 @@ class LayerKind:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.name is not None:
+        if "name" in cls.__dict__ and cls.name is not None:  # (a subclass without its own name is no new kind)
             if cls.name in LayerKind.KINDS:
                 raise ValueError(f"two layer kinds are named {cls.name!r}")
             LayerKind.KINDS[cls.name] = cls

@@ -10,14 +10,13 @@ from typing import NamedTuple
 from . import kind
 from .dense import Dense
 from .dropout import Dropout
-from .kind import INPUT, NO_SKIP, LayerKind
+from .kind import INPUT, MAX_DEPTH, NO_SKIP, LayerKind
 
 for _path in sorted(pathlib.Path(__file__).parent.glob("*.py")):  # every kind's module defines its class
     if not _path.name.startswith("_") and _path.stem not in ("kinds", "train"):
         importlib.import_module(f"{__package__}.{_path.stem}")
 
-KINDS = dict(LayerKind.KINDS)  # name -> class: "dense", "layernorm", "residual", ...
-MAX_DEPTH = 32  # residual blocks inside residual blocks, in a saved architecture
+KINDS = LayerKind.KINDS  # name -> class: "dense", "layernorm", "residual", ... (and any defined later)
 
 
 class Node(NamedTuple):
@@ -66,7 +65,7 @@ def from_architecture(spec, depth=0):
     if not isinstance(spec, dict):
         raise ValueError("it is not a description of a layer")
     if depth > MAX_DEPTH:
-        raise ValueError(f"blocks nest deeper than {MAX_DEPTH}")
+        raise ValueError(f"blocks nest deeper than {MAX_DEPTH} (Residual inside Residual)")
     if set(spec) == {"p_drop"}:
         return Dropout(spec["p_drop"])
     if set(spec) == {"in_features", "out_features", "activation"}:

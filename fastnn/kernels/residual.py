@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
+
 from . import kind
 from .dropout import Dropout
 from ._jit import kernel
@@ -57,6 +59,9 @@ class Residual(kind.LayerKind):
         if first != width:
             raise ValueError(f"a Residual block adds its input to its output, so they must be as wide: its layers take "
                              f"{first} and give {width}")
+        self.depth = 1 + max((getattr(layer, "depth", 0) for layer in layers), default=0)
+        if self.depth > kind.MAX_DEPTH:
+            raise ValueError(f"Residual blocks nest at most {kind.MAX_DEPTH} deep (a model file holds no deeper ones)")
         self.layers = tuple(layers)
         self.in_features = self.out_features = width
 
@@ -71,13 +76,13 @@ class Residual(kind.LayerKind):
         return x.copy(), x
 
     def reference_backward(self, dout, x, W, b, out, z, need_dx=True):
-        return W.copy(), b.copy(), (dout.copy() if need_dx else None)
+        return np.zeros_like(W), np.zeros_like(b), (dout.copy() if need_dx else None)
 
     def onnx(self, builder, x, prefix):
         return x  # (the drivers' join, ``Add``, is the export's too)
 
     def summary(self):
-        return f"Residual({self.out_features}): x + the {len(self.layers)} layers below"
+        return f"Residual({self.out_features}): x + the layers below"
 
     def spec(self):
         return {"layers": [layer.architecture() for layer in self.layers]}

@@ -314,9 +314,10 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
         return loss
     for k in range(last, -1, -1):
         this = layer(net, ws, k, n)
-        for m in range(k + 1, last + 1):  # joins that added this layer's output: their gradient too
-            if net.layers[m]["skip"] == k:
-                call("join", net.join, (this.dout, layer(net, ws, m, n).dout))
+        if net.join != NO_KERNEL:  # joins that added this layer's output: their gradient too
+            for m in range(k + 1, last + 1):
+                if net.layers[m]["skip"] == k:
+                    call("join", net.join, (this.dout, layer(net, ws, m, n).dout))
         if this.p_drop > 0.0:  # the next layer has used the dropped output; restore it for act'
             call("dropout_backward", net.dropout_backward, (this.dout, this.p_drop, net.seed, step, k, this.out))
         if this.src == INPUT:

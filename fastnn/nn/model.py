@@ -96,10 +96,17 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential needs at least one layer, e.g. Sequential(Dense(784, 10))")
         check_chain(layers, "layer")
+        seen = set()
         for i, layer in enumerate(layers):
-            if any(getattr(inner, "placed", False) for inner in walk([layer])):
-                raise ValueError(f"layer {i} already belongs to a model; create a new {type(layer).__name__} for "
-                                 f"each model")
+            for inner in walk([layer]):
+                if getattr(inner, "placed", False):
+                    raise ValueError(f"layer {i} already belongs to a model; create a new {type(inner).__name__} "
+                                     f"for each model")
+                if isinstance(inner, LayerKind):  # (a Dropout holds no numbers: one may serve twice)
+                    if id(inner) in seen:
+                        raise ValueError(f"layer {i}: one {type(inner).__name__} appears twice in this model; each "
+                                         f"place needs a layer of its own (its own numbers)")
+                    seen.add(id(inner))
         if np.dtype(dtype) not in _DTYPES.values():
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.layers = tuple(layers)
@@ -755,8 +762,7 @@ def load(path) -> Sequential:
         arch = parse_json(str(text), path, "fastnn model file")
         layers = _layers_of(arch, path)
         dtype = _DTYPES[arch["dtype"]]
-        owners = [(k, name, shape) for k, node in enumerate(graph(layers))
-                  for name, shape in node.layer.params().items()]
+        owners = [(node.layer, name, shape) for node in graph(layers) for name, shape in node.layer.params().items()]
         expected = {f"param_{i}": shape for i, (_, _, shape) in enumerate(owners)}
         allowed = set(expected) | {"architecture", "fingerprint", "feature_names"} | {f"prep_{k}" for k in
                                                                                        PREPARATION_FIELDS}
@@ -804,10 +810,12 @@ def load(path) -> Sequential:
             a = archive.read(name, shape=p.shape, dtype=dtype)
             if not all_finite(a):
                 bad = np.argwhere(~np.isfinite(a))[0]
-                k, what, _ = owners[int(name[6:])]
+                owner, what, _ = owners[int(name[6:])]
                 what = {"W": "weights", "b": "biases"}.get(what, what)
-                raise ValueError(f"{path} is not a usable fastnn model: {name} (layer {k}'s {what}) holds NaN or "
-                                 f"inf (first at "
+                place = next(k for k, top in enumerate(layers) if any(inner is owner for inner in walk([top])))
+                where = f"layer {place}'s {what}" if layers[place] is owner else \
+                    f"the {what} of {owner.summary()} in layer {place}"
+                raise ValueError(f"{path} is not a usable fastnn model: {name} ({where}) holds NaN or inf (first at "
                                  f"{tuple(int(i) for i in bad)}); it cannot give finite predictions. Retrain it, or "
                                  f"go back to an earlier file or checkpoint")
             p[...] = a
