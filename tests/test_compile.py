@@ -254,11 +254,11 @@ def test_raw_rows_and_kernel_calls_refuse_what_would_be_read_wrongly():
     out = np.empty((2, 4))
     fsig, _ = dense.signatures(np.float64)
     with pytest.raises(TypeError, match="takes"):  # float32 data where the kernel reads float64
-        run(dense.forward_kernel(0, False), fsig, x.astype(np.float32), W, b, out, out)
+        run(dense.forward_kernel(0, False), fsig, x.astype(np.float32), W, b, 0.0, out, out)
     with pytest.raises(TypeError, match="takes"):  # a transposed (F-ordered) view
-        run(dense.forward_kernel(0, False), fsig, x, np.ones((4, 3)).T, b, out, out)
+        run(dense.forward_kernel(0, False), fsig, x, np.ones((4, 3)).T, b, 0.0, out, out)
     with pytest.raises(TypeError, match="takes"):  # a masked array: the kernel would ignore the mask
-        run(dense.forward_kernel(0, False), fsig, np.ma.masked_array(x, mask=x > 0), W, b, out, out)
+        run(dense.forward_kernel(0, False), fsig, np.ma.masked_array(x, mask=x > 0), W, b, 0.0, out, out)
     # numbers reach the kernel as the type it declares: an int learning rate is not a float's bits
     from fastnn.kernels import optimizers
     osig = optimizers.signature(np.float64)

@@ -155,7 +155,8 @@ def test_the_graph_says_which_layer_feeds_which():
     table = model.engine.net.layers
     assert table.dtype == train.LAYER
     assert table["skip"].tolist() == [NO_SKIP, NO_SKIP, NO_SKIP, 0, NO_SKIP, 0, NO_SKIP]
-    assert table["z_width"].tolist() == [6, 0, 1, 0, 0, 0, 0]  # silu keeps z; LayerNorm 1/deviation
+    assert table["z_width"].tolist() == [6, 0, 0, 0, 0, 0, 0]  # silu keeps its pre-activation
+    assert table["setting"].tolist() == [0, 0, 1e-5, 0, 0, 0, 0]  # LayerNorm's eps, an argument
     assert table["penalised"].tolist() == [1, 1, 0, 0, 1, 0, 1]  # L2 covers Dense weights only
 
 
@@ -185,10 +186,10 @@ def test_a_call_with_an_argument_too_few_fails_when_the_driver_compiles():
 
     @numba.njit
     def driver(address, x, W, b, out):
-        _compose.call("layer_forward", address, (x, W, b, out))  # the forward kernel takes z too
+        _compose.call("layer_forward", address, (x, W, b, 0.0, out))  # the forward kernel takes z too
 
     m, v = numba.types.Array(numba.float32, 2, "C"), numba.types.Array(numba.float32, 1, "C")
-    with pytest.raises(TypingError, match="layer_forward.*4 arguments.*takes 5"):
+    with pytest.raises(TypingError, match="layer_forward.*5 arguments.*takes 6"):
         driver.compile((numba.int64, m, m, v, m))
 
 
@@ -197,7 +198,7 @@ def test_a_call_with_another_dtype_or_an_unknown_slot_fails_when_it_compiles():
 
     @numba.njit
     def mixed(address, x, W, b, out, z):
-        _compose.call("layer_forward", address, (x, W, b, out, z))
+        _compose.call("layer_forward", address, (x, W, b, 0.0, out, z))
 
     f4, f8 = (numba.types.Array(t, 2, "C") for t in (numba.float32, numba.float64))
     with pytest.raises(TypingError, match="layer_forward"):
@@ -212,7 +213,7 @@ def test_a_call_with_another_dtype_or_an_unknown_slot_fails_when_it_compiles():
 
 def test_the_engine_refuses_an_address_compiled_for_another_signature():
     @numba.njit(no_cfunc_wrapper=True)
-    def returns_a_number(x, W, b, out, z):  # a forward kernel must return nothing
+    def returns_a_number(x, W, b, setting, out, z):  # a forward kernel must return nothing
         return 1.0
     with pytest.raises(TypeError, match="cannot fill the 'layer_forward' slot"):
         _compose.slot_address("layer_forward", returns_a_number, np.float32)
@@ -461,3 +462,34 @@ def test_a_nan_parameter_in_a_block_is_named_by_its_layer(tmp_path):
     np.savez(tmp_path / "m.npz", **members)
     with pytest.raises(ValueError, match=r"param_2 \(the weight of LayerNorm\(3, eps=1e-05\) in layer 0\)"):
         fastnn.load(tmp_path / "m.npz")
+
+
+def test_layernorms_of_many_eps_compile_nothing_more():
+    # eps is an argument of the kernels, not a constant compiled in: a file of many eps costs
+    # no compilation (a hostile one held 10,000 distinct eps)
+    X, y = np.ones((4, 3), np.float32), np.zeros(4, np.int64)
+    Sequential(LayerNorm(3, eps=1e-5), Dense(3, 2)).train_step(X, y, optimizer=fastnn.SGD(lr=0.1))
+    other = Sequential(*(LayerNorm(3, eps=1e-5 * (1 + k)) for k in range(20)), Dense(3, 2))
+    other.engine.step_fn("softmax_cross_entropy", fastnn.SGD(lr=0.1), quiet=True)
+    assert other.engine.last_build["compiled"] == 0
+    assert sorted(set(other.engine.net.layers["setting"][:20])) == [1e-5 * (1 + k) for k in range(20)]
+
+
+def test_an_eps_the_dtype_cannot_hold_is_refused():
+    with pytest.raises(ValueError, match="eps 1e-46 is below the smallest normal float32"):
+        Sequential(LayerNorm(3, eps=1e-46), Dense(3, 2))
+    Sequential(LayerNorm(3, eps=1e-46), Dense(3, 2), dtype=np.float64)  # float64 holds it
+    with pytest.raises(ValueError, match="smallest normal float64"):
+        Sequential(LayerNorm(3, eps=1e-320), Dense(3, 2), dtype=np.float64)
+
+
+def test_layernorm_gradients_hold_for_float32_rows_near_the_largest_float():
+    model = Sequential(LayerNorm(5), Dense(5, 3), seed=0)
+    rng = np.random.default_rng(11)
+    jitter(model, rng)
+    X, y = (rng.standard_normal((8, 5)) * 1e38).astype(np.float32), rng.integers(0, 3, 8)
+    loss, grads = model.loss_and_grad(X, y, training=False)
+    _, want = reference_graph_loss_and_grad(model.nodes, [p.astype(np.float64) for p in model.parameters()],
+                                            X.astype(np.float64), y, "softmax_cross_entropy")
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

@@ -119,6 +119,17 @@ def test_layernorm_and_residual_blocks_run_in_onnx_runtime_as_in_fastnn(opset, d
     np.testing.assert_array_equal(label, model.predict(X).argmax(axis=1))
 
 
+def test_a_float32_layernorm_exports_its_float64_statistics(rng, tmp_path):
+    # rows of large mean: a graph summing in float32 changed labels (1e5: 0.5%, 1.7e9: all)
+    model = fastnn.Sequential(fastnn.LayerNorm(8), fastnn.Dense(8, 4), seed=0)
+    for p in model.parameters():
+        p[...] += rng.standard_normal(p.shape).astype(np.float32)
+    X = np.concatenate([rng.standard_normal((200, 8)) * 10 + offset for offset in (0.0, 1e5, 1.7e9)]).astype(np.float32)
+    proba, label = session(model.to_onnx(tmp_path / "n.onnx", probabilities=True)).run(None, {"input": X})
+    np.testing.assert_allclose(proba, model.predict_proba(X), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(label, model.predict(X).argmax(axis=1))
+
+
 def test_the_file_is_checked_has_a_dynamic_batch_and_old_runtimes_read_it(tmp_path):
     model = fastnn.Sequential(fastnn.Dense(3, 2), seed=0)
     model.to_onnx(tmp_path / "m.onnx")

@@ -66,6 +66,7 @@ class Engine:
         def width(source):  # of what a node reads: the network's input (-1) or a node's output
             return layers[source].out_features if source >= 0 else layers[0].in_features
         for k, node in enumerate(self.nodes):  # (Numba checks no bounds: a view must fit its buffer)
+            node.layer.check_dtype(self.dtype)
             if node.src != k - 1 or layers[k].in_features != width(node.src):
                 raise ValueError(f"layer {k} ({layers[k].summary()}) is not fed by the layer before it")
             if node.skip != NO_SKIP and not (-1 <= node.skip < k and width(node.skip) == layers[k].out_features
@@ -129,6 +130,7 @@ class Engine:
                    "w_cols": [cols for (_, cols), _ in blocks], "b_len": [length for _, length in blocks],
                    "param_at": self.param_at, "act_at": self.act_at, "z_at": self.z_at, "z_width": self.z_width_of,
                    "penalised": [int(node.layer.penalised) for node in self.nodes], "p_drop": self.p_drop,
+                   "setting": [node.layer.setting() for node in self.nodes],
                    "forward": forward, "backward": backward}
         for name in table.dtype.names:  # by name: a column missing here is a KeyError, not a zero
             column = np.empty(len(self.nodes), table.dtype[name])

@@ -55,7 +55,7 @@ def forward_kernel(act: int, keep_z: bool):
     pre-activation to z as well (gelu needs it for the backward); without, z is out."""
     if keep_z:
         @kernel(python_entry=False)
-        def dense_forward(x, W, b, out, z):
+        def dense_forward(x, W, b, setting, out, z):
             matmul(x, W, z, False, False, False)
             n, m = z.shape
             for i in range(n):
@@ -66,7 +66,7 @@ def forward_kernel(act: int, keep_z: bool):
         return dense_forward
 
     @kernel(python_entry=False)
-    def dense_forward(x, W, b, out, z):
+    def dense_forward(x, W, b, setting, out, z):
         matmul(x, W, out, False, False, False)
         n, m = out.shape
         # One store, to the array it reads: two stores to one address, or a load and a store
@@ -85,7 +85,7 @@ def forward_kernel(act: int, keep_z: bool):
 def backward_kernel(act: int):
     """``dense_backward`` through BLAS for one activation code; overwrites dout, dW, db, dx."""
     @kernel(python_entry=False)
-    def dense_backward(dout, x, W, out, z, dW, db, dx):
+    def dense_backward(dout, x, W, out, z, setting, dW, db, dx):
         n, m = dout.shape
         for j in range(m):
             db[j] = 0.0
@@ -107,7 +107,7 @@ def small_forward_kernel(act: int, keep_z: bool):
     """``dense_forward`` for a single-output (O == 1) or single-input (I == 1) layer: one dot
     product along I per row, or one scaled row of W per row, fused with bias and activation."""
     @kernel(python_entry=False, fastmath=REDUCTION)
-    def dense_forward_thin(x, W, b, out, z):
+    def dense_forward_thin(x, W, b, setting, out, z):
         n, ni = x.shape
         o = W.shape[1]
         if o == 1:
@@ -133,7 +133,7 @@ def small_forward_kernel(act: int, keep_z: bool):
 def small_backward_kernel(act: int):
     """``dense_backward`` for a single-output (O == 1) or single-input (I == 1) layer."""
     @kernel(python_entry=False, fastmath=REDUCTION)
-    def dense_backward_thin(dout, x, W, out, z, dW, db, dx):
+    def dense_backward_thin(dout, x, W, out, z, setting, dW, db, dx):
         n, ni = x.shape
         o = W.shape[1]
         for k in range(ni):
@@ -241,7 +241,7 @@ def dense_forward(x, W, b, act, out=None, z=None, *, small=None):
     _checks.no_overlap("z", z, *inputs)
     _checks.no_overlap("z", z, ("out", out), allow_same=True)
     forward, _ = kernels(code, W.shape[0], o, not _checks.same_array(z, out), small)
-    run(forward, signatures(x.dtype)[0], x, W, b, out, z)
+    run(forward, signatures(x.dtype)[0], x, W, b, 0.0, out, z)
     return out
 
 
@@ -291,7 +291,7 @@ def dense_backward(dout, x, W, out, z, act, dW=None, db=None, dx=None, dz=None, 
     if not _checks.same_array(dz, dout):
         dz[...] = dout  # the kernel works in place
     _, backward = kernels(code, W.shape[0], o, False, small)
-    run(backward, signatures(x.dtype)[1], dz, x, W, out, z, dW, db, dx)
+    run(backward, signatures(x.dtype)[1], dz, x, W, out, z, 0.0, dW, db, dx)
     return dW, db, (dx if need_dx else None)
 
 

@@ -4,13 +4,15 @@ and model files read. Each kind is one module in this folder (``dense.py``, ``la
 
 Every kind's kernels take the same arguments, so one compiled driver runs any of them:
 
-    forward(x (N, I), W (R, C), b (B,), out (N, O), z (N, Z))
-    backward(dout (N, O), x, W, out, z, dW (R, C), db (B,), dx (N, I))
+    forward(x (N, I), W (R, C), b (B,), setting, out (N, O), z (N, Z))
+    backward(dout (N, O), x, W, out, z, setting, dW (R, C), db (B,), dx (N, I))
 
 N = rows, I = in_features, O = out_features. ``W`` and ``b`` are the kind's two parameter
 blocks as its kernels see them (Dense: (I, O) and (O,); LayerNorm: (1, O) and (O,); a kind
 without parameters: (0, 0) and (0,)), ``dW`` and ``db`` their gradients, which the backward
-overwrites. ``z`` is what the backward needs besides ``out`` (``saved_width`` numbers per row:
+overwrites. ``setting`` (float64) is the layer's one number that is not learnt (LayerNorm's
+eps; 0 where a kind has none): an argument, not a compiled-in constant, so a file of many
+settings compiles nothing more. ``z`` is what the backward needs besides ``out`` (``saved_width`` numbers per row:
 gelu's pre-activation, LayerNorm's reciprocal deviation); with none it is ``out``
 itself. The backward may overwrite ``dout``, and overwrites ``dx`` (with 0 rows: the layer
 feeds on the network's input and no input gradient is wanted). All float32 or all float64,
@@ -38,8 +40,8 @@ MAX_DEPTH = 32  # blocks inside blocks
 
 def signatures(dtype):
     """(forward, backward) Numba signatures, shared by every layer kind."""
-    m, v = array_type(dtype, 2), array_type(dtype, 1)
-    return types.none(m, m, v, m, m), types.none(m, m, m, m, m, m, v, m)
+    m, v, f8 = array_type(dtype, 2), array_type(dtype, 1), types.float64
+    return types.none(m, m, v, f8, m, m), types.none(m, m, m, m, m, f8, m, v, m)
 
 
 slot("layer_forward", lambda dtype: signatures(dtype)[0])
@@ -66,6 +68,8 @@ class LayerKind:
                     the order they lie in the model's flat buffer
     blocks()        ((R, C), B): the same numbers as its kernels' W and b
     saved_width()   Z, numbers per row its backward needs besides out
+    setting()       the float its kernels take as ``setting`` (0.0 by default)
+    check_dtype(dtype)   a ValueError when the layer cannot work in that dtype
     kernels(small)  (forward, backward) dispatchers for the slots above (``small``: a form,
                     for kinds that have two)
     init_params(rng)   fill its parameters (drawn in float64, so both dtypes of a seed agree)
@@ -150,6 +154,12 @@ class LayerKind:
 
     def saved_width(self):
         return 0
+
+    def setting(self):
+        return 0.0
+
+    def check_dtype(self, dtype):
+        pass
 
     def blocks(self):
         return (0, 0), 0

@@ -6,11 +6,13 @@ biased variance, then scaled and shifted by learnable ``weight`` (starts at 1) a
 
 Shapes: N = rows, O = features (in = out).
     x (N, O) input             W (1, O) weight, as the kernels see it   b (O,) bias
-    out (N, O)                 z (N, 1) per row: the reciprocal deviation 1/sqrt(var + eps)
+    setting                    eps (float64)
+    out (N, O)                 z: none kept (out itself)
     dout (N, O) d(loss)/d(out), left as it is; dW (1, O), db (O,), dx (N, O) overwritten
 Statistics are summed in float64 (both dtypes), so float32 rows of large mean keep their
-variance; the backward sums the mean again rather than keep it, as a float32 z would round it
-(rows of mean 1e4 and spread 0.05: gradients off by 1e-2 relative).
+variance. The backward sums them again rather than keep them: kept in a float32 workspace,
+the mean rounded (rows of mean 1e4 and spread 0.05: gradients off by 1e-2 relative) and
+1/deviation of rows near 1e38 became subnormal, flushed to 0 (a weight gradient 65% off).
 """
 from __future__ import annotations
 
@@ -20,45 +22,44 @@ import numpy as np
 
 from . import _checks, kind
 from ._compose import run
-from ._jit import kernel, specialize
+from ._jit import helper, kernel
 
 
-@specialize
-def forward_kernel(eps: float):
-    """``layernorm_forward`` for one eps (compiled in as a constant)."""
-    @kernel(python_entry=False)
-    def layernorm_forward(x, W, b, out, z):
-        n, o = x.shape
-        for r in range(n):
-            total = 0.0
-            for j in range(o):
-                total += x[r, j]
-            mean = total / o
-            spread = 0.0
-            for j in range(o):
-                d = x[r, j] - mean
-                spread += d * d
-            rstd = 1.0 / math.sqrt(spread / o + eps)
-            z[r, 0] = rstd
-            for j in range(o):
-                out[r, j] = (x[r, j] - mean) * rstd * W[0, j] + b[j]
-    return layernorm_forward
+@helper
+def row_statistics(x, r, eps):
+    """(mean, 1/sqrt(var + eps)) of row r of x, summed in float64, the variance biased."""
+    o = x.shape[1]
+    total = 0.0
+    for j in range(o):
+        total += x[r, j]
+    mean = total / o
+    spread = 0.0
+    for j in range(o):
+        d = x[r, j] - mean
+        spread += d * d
+    return mean, 1.0 / math.sqrt(spread / o + eps)
+
+
+@kernel(python_entry=False)
+def _layernorm_forward(x, W, b, setting, out, z):
+    n, o = x.shape
+    for r in range(n):
+        mean, rstd = row_statistics(x, r, setting)
+        for j in range(o):
+            out[r, j] = (x[r, j] - mean) * rstd * W[0, j] + b[j]
 
 
 # Differentiates `out = xhat * W + b`, xhat = (x - mean) * rstd:
 #   dW = sum_r dout * xhat;  db = sum_r dout;
 #   dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)),  g = dout * W
 @kernel(python_entry=False)
-def _layernorm_backward(dout, x, W, out, z, dW, db, dx):
+def _layernorm_backward(dout, x, W, out, z, setting, dW, db, dx):
     n, o = x.shape
     for j in range(o):
         dW[0, j] = 0.0
         db[j] = 0.0
     for r in range(n):
-        total = 0.0
-        for j in range(o):
-            total += x[r, j]
-        mean, rstd = total / o, z[r, 0]
+        mean, rstd = row_statistics(x, r, setting)
         g_sum = 0.0
         gx_sum = 0.0
         for j in range(o):
@@ -78,12 +79,12 @@ def _layernorm_backward(dout, x, W, out, z, dW, db, dx):
 # -- the NumPy twin ----------------------------------------------------------------------
 
 def reference_forward(x, weight, bias, eps):
-    """``(out, z)``: the normalised rows, scaled and shifted, and per row 1/deviation (N, 1)."""
+    """``(out, z)``: the normalised rows, scaled and shifted, and what is kept (out itself)."""
     wide = x.astype(np.float64)
     mean = wide.mean(axis=1, keepdims=True)
     rstd = 1.0 / np.sqrt(((wide - mean) ** 2).mean(axis=1, keepdims=True) + eps)
     out = ((wide - mean) * rstd * weight.reshape(-1) + bias).astype(x.dtype)
-    return out, rstd.astype(x.dtype)
+    return out, out
 
 
 def reference_backward(dout, x, weight, eps, need_dx=True):
@@ -133,8 +134,7 @@ def layernorm_forward(x, weight, bias, eps=1e-5, out=None):
     may not overlap an input) and return it; weight and bias (O,), all one float dtype."""
     eps = _check(x, weight, bias, eps)
     out = _output("out", out, x.shape, x.dtype, ("x", x), ("weight", weight), ("bias", bias))
-    z = np.empty((x.shape[0], 1), x.dtype)
-    run(forward_kernel(eps), kind.signatures(x.dtype)[0], x, weight.reshape(1, -1), bias, out, z)
+    run(_layernorm_forward, kind.signatures(x.dtype)[0], x, weight.reshape(1, -1), bias, eps, out, out)
     return out
 
 
@@ -150,10 +150,8 @@ def layernorm_backward(dout, x, weight, eps=1e-5, dweight=None, dbias=None, dx=N
     dbias = _output("dbias", dbias, weight.shape, x.dtype, *inputs, ("dweight", dweight))
     dx = (_output("dx", dx, x.shape, x.dtype, *inputs, ("dweight", dweight), ("dbias", dbias)) if need_dx
           else np.empty((0, x.shape[1]), x.dtype))
-    out, z = np.empty_like(x), np.empty((x.shape[0], 1), x.dtype)
-    forward_sig, backward_sig = kind.signatures(x.dtype)
-    run(forward_kernel(eps), forward_sig, x, weight.reshape(1, -1), np.zeros_like(weight), out, z)
-    run(_layernorm_backward, backward_sig, dout, x, weight.reshape(1, -1), out, z,
+    empty = np.empty((0, 0), x.dtype)  # (out and z: not read)
+    run(_layernorm_backward, kind.signatures(x.dtype)[1], dout, x, weight.reshape(1, -1), empty, empty, eps,
         dweight.reshape(1, -1), dbias, dx)
     return dweight, dbias, (dx if need_dx else None)
 
@@ -185,11 +183,17 @@ class LayerNorm(kind.LayerKind):
     def blocks(self):
         return (1, self.out_features), self.out_features
 
-    def saved_width(self):
-        return 1
+    def setting(self):
+        return self.eps
+
+    def check_dtype(self, dtype):
+        tiny = np.finfo(dtype).tiny
+        if self.eps < tiny:
+            raise ValueError(f"LayerNorm's eps {self.eps:g} is below the smallest normal {np.dtype(dtype).name} "
+                             f"({tiny:.3g}): rows of equal values would divide by zero; use eps >= {tiny:.3g}")
 
     def kernels(self, small=None):
-        return forward_kernel(self.eps), _layernorm_backward
+        return _layernorm_forward, _layernorm_backward
 
     def init_params(self, rng):
         self.weight[...] = 1
@@ -203,15 +207,21 @@ class LayerNorm(kind.LayerKind):
         return dweight.reshape(W.shape), dbias, dx
 
     def onnx(self, builder, x, prefix):
-        # MatMul by a column of 1/O for each mean: standard operators of every opset, both dtypes
-        f = self.out_features
-        average = builder.const(f"average{prefix}", np.full((f, 1), 1.0 / f))
+        # MatMul by a column of 1/O for each mean: standard operators of every opset, both dtypes;
+        # in float64 as the kernels sum (a float32 graph's statistics: labels changed on rows of mean 1e5)
+        f, wide = self.out_features, builder.dtype != np.float64
+        x = builder.node("Cast", [x], to=11) if wide else x  # 11: DOUBLE
+
+        def const(name, value):
+            return builder.const(f"{name}{prefix}", value, dtype=np.float64)
+        average = const("average", np.full((f, 1), 1.0 / f))
         centred = builder.node("Sub", [x, builder.node("MatMul", [x, average])], f"centred{prefix}")
         variance = builder.node("MatMul", [builder.node("Mul", [centred, centred]), average])
-        deviation = builder.node("Sqrt", [builder.node("Add", [variance, builder.const(f"eps{prefix}", self.eps)])])
+        deviation = builder.node("Sqrt", [builder.node("Add", [variance, const("eps", self.eps)])])
         normal = builder.node("Div", [centred, deviation])
-        return builder.node("Add", [builder.node("Mul", [normal, builder.const(f"weight{prefix}", self.weight)]),
-                                    builder.const(f"bias{prefix}", self.bias)], f"normalised{prefix}")
+        out = builder.node("Add", [builder.node("Mul", [normal, const("weight", self.weight)]), const("bias", self.bias)],
+                           f"normalised{prefix}")
+        return builder.node("Cast", [out], to=1) if wide else out  # 1: FLOAT
 
     def summary(self):
         return f"LayerNorm({self.out_features}, eps={self.eps:g})"

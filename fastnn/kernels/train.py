@@ -34,6 +34,7 @@ Net: one per model.
         z_at, z_width         where its saved columns start among the Z columns, how many
         penalised             1: the L2 penalty covers its W
         p_drop                dropout probability on its output (0: none)
+        setting               the number its kernels take besides arrays (LayerNorm's eps)
         forward, backward     addresses of its kernels (slots layer_forward, layer_backward)
       (``layer`` hands a driver everything about layer k as views and numbers)
     dropout_forward, dropout_backward, join   addresses of the dropout kernels and of the
@@ -92,7 +93,7 @@ NO_KERNEL = 0  # the address of a kernel a model does not use
 LAYER = np.dtype([("src", np.int64), ("skip", np.int64), ("fan_in", np.int64), ("fan_out", np.int64),
                   ("w_rows", np.int64), ("w_cols", np.int64), ("b_len", np.int64), ("param_at", np.int64),
                   ("act_at", np.int64), ("z_at", np.int64), ("z_width", np.int64), ("penalised", np.int64),
-                  ("p_drop", np.float64), ("forward", np.int64), ("backward", np.int64)])
+                  ("p_drop", np.float64), ("setting", np.float64), ("forward", np.int64), ("backward", np.int64)])
 # The same table in plain Python (``as_python``), where kernels are callables, not addresses
 LAYER_PYTHON = np.dtype([(name, object if name in ("forward", "backward") else LAYER.fields[name][0])
                          for name in LAYER.names])
@@ -203,6 +204,7 @@ class Layer(NamedTuple):
     forward: int
     backward: int
     p_drop: float
+    setting: float
     src: int
     skip: int
     penalised: int
@@ -218,8 +220,8 @@ def layer_views(net, ws, k, n):
     return Layer(net.params[at:bias_at].reshape(rows, cols), net.params[bias_at:bias_at + length],
                  net.grads[at:bias_at].reshape(rows, cols), net.grads[bias_at:bias_at + length], out,
                  ws.dout[col:col + n * o].reshape(n, o), ws.z[zcol:zcol + n * zw].reshape(n, zw) if zw else out,
-                 row["forward"], row["backward"], float(row["p_drop"]), int(row["src"]), int(row["skip"]),
-                 int(row["penalised"]))
+                 row["forward"], row["backward"], float(row["p_drop"]), float(row["setting"]), int(row["src"]),
+                 int(row["skip"]), int(row["penalised"]))
 
 
 @intrinsic_with_twin(layer_views)
@@ -235,7 +237,8 @@ def layer(typingctx, net, ws, k, n):
     f1 = net.types[net.fields.index("params")]
     f2 = types.Array(f1.dtype, 2, "C")
     i8 = types.int64
-    result = types.NamedTuple([f2, f1, f2, f1, f2, f2, f2, i8, i8, types.float64, i8, i8, i8], Layer)
+    f8 = types.float64
+    result = types.NamedTuple([f2, f1, f2, f1, f2, f2, f2, i8, i8, f8, f8, i8, i8, i8], Layer)
 
     def codegen(context, builder, signature, args):
         from numba.np.arrayobj import make_array
@@ -274,7 +277,7 @@ def layer(typingctx, net, ws, k, n):
                   build_view(context, builder, *grads, bias_at, (length,)),
                   out, build_view(context, builder, *field(ws, ws_v, "dout"), col, (n_v, o)),
                   builder.select(none_kept, out, z), read("forward"), read("backward"), read("p_drop"),
-                  read("src"), read("skip"), read("penalised")]
+                  read("setting"), read("src"), read("skip"), read("penalised")]
         return context.make_tuple(builder, result, values)
     return result(net, ws, k, n), codegen
 
@@ -287,7 +290,7 @@ def forward_pass(net, ws, X, training, step):
     for k in range(len(net.layers)):
         this = layer(net, ws, k, n)
         x = X if this.src == INPUT else layer(net, ws, this.src, n).out
-        call("layer_forward", this.forward, (x, this.W, this.b, this.out, this.z))
+        call("layer_forward", this.forward, (x, this.W, this.b, this.setting, this.out, this.z))
         if this.skip != NO_SKIP:  # a join: add the output of the layer its skip names
             call("join", net.join, (this.out, X if this.skip == INPUT else layer(net, ws, this.skip, n).out))
         if training and this.p_drop > 0.0:
@@ -325,7 +328,8 @@ def gradients(net, ws, objective, drivers, X, y, w, step):
         else:
             below = layer(net, ws, this.src, n)
             x, dx = below.out, below.dout
-        call("layer_backward", this.backward, (this.dout, x, this.W, this.out, this.z, this.dW, this.db, dx))
+        call("layer_backward", this.backward, (this.dout, x, this.W, this.out, this.z, this.setting, this.dW,
+                                               this.db, dx))
     if objective.l2 > 0.0:  # scikit-learn's L2 rule: weights only, over the batch's sum of row weights
         total = 0.0
         for i in range(w.shape[0]):

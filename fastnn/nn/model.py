@@ -100,7 +100,7 @@ class Sequential:
         for i, layer in enumerate(layers):
             for inner in walk([layer]):
                 if getattr(inner, "placed", False):
-                    raise ValueError(f"layer {i} already belongs to a model; create a new {type(inner).__name__} "
+                    raise ValueError(f"layer {i} already belongs to a model; create a new {type(layer).__name__} "
                                      f"for each model")
                 if isinstance(inner, LayerKind):  # (a Dropout holds no numbers: one may serve twice)
                     if id(inner) in seen:

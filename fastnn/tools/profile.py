@@ -39,20 +39,20 @@ def _timed(records, name, kernel, signature, cost):
     return timed
 
 
-def _dense_forward_cost(x, W, b, out, z):
+def _dense_forward_cost(x, W, b, setting, out, z):
     n, (i, o) = x.shape[0], W.shape
     return f"{i}x{o}", 2 * n * i * o, x.nbytes + W.nbytes + out.nbytes
 
 
-def _dense_backward_cost(dout, x, W, out, z, dW, db, dx):
+def _dense_backward_cost(dout, x, W, out, z, setting, dW, db, dx):
     n, (i, o) = x.shape[0], W.shape
     products = 2 if dx.shape[0] else 1  # dW, and dx except for the first layer
     return f"{i}x{o}", 2 * n * i * o * products, x.nbytes + dout.nbytes + dW.nbytes + W.nbytes + dx.nbytes
 
 
 def _layer_cost(*args):
-    x = args[1] if len(args) == 8 else args[0]  # (backward: dout, x, ...; forward: x, ...)
-    return f"{x.shape[0]}x{x.shape[1]}", 0, sum(a.nbytes for a in args)
+    x = args[1] if len(args) == 9 else args[0]  # (backward: dout, x, ...; forward: x, ...)
+    return f"{x.shape[0]}x{x.shape[1]}", 0, sum(a.nbytes for a in args if isinstance(a, np.ndarray))
 
 
 def _join_cost(into, other):
