@@ -263,6 +263,16 @@ class KernelCase:
                       "poisson": lambda: rng.poisson(2.0, (n, c)).astype(self.dtype)}[kernel]()
             self.inputs, self.outputs = (r(n, c, s=3.0), target), (np.empty((n, c), self.dtype),)
             self.nbytes = 2 * n * c * self.dtype.itemsize
+        elif kernel in ("layernorm_forward", "layernorm_backward"):
+            n, o = d["N"], d["O"]
+            x, weight = r(n, o, s=2.0), 1 + r(o, s=0.1)
+            if kernel == "layernorm_forward":
+                self.inputs, self.outputs = (x, weight, r(o), 1e-5), (np.empty((n, o), self.dtype),)
+                self.nbytes = 2 * x.nbytes
+            else:
+                self.inputs = (r(n, o), x, weight, 1e-5)
+                self.outputs = (np.empty(o, self.dtype), np.empty(o, self.dtype), np.empty((n, o), self.dtype))
+                self.nbytes = 3 * x.nbytes
         elif kernel in ("dropout_forward", "dropout_backward"):
             n, o = d["N"], d["O"]
             self.inputs, self.outputs = (r(n, o), 0.5, 7, 3, 1), ()
@@ -352,7 +362,16 @@ class KernelCase:
             expected = (np.array(expected[0]), expected[1])
             got = (np.array(got[0]), got[1])
         for k, (g, e) in enumerate(zip(got, expected)):
-            assert_close(g, e, dtype=self.dtype, name=f"{self.group} output {k}")
+            assert_close(g, e, dtype=self.dtype, scale=self._scales()[k], name=f"{self.group} output {k}")
+
+    def _scales(self):
+        """Per output, what its rounding grows with (``assert_close``'s scale): None is the value
+        itself; LayerNorm's weight and bias gradients are sums over the rows."""
+        if self.kernel != "layernorm_backward":
+            return (None,) * 8
+        dout, x = (a.astype(np.float64) for a in self.inputs[:2])
+        xhat = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+        return np.abs(dout * xhat).sum(axis=0), np.abs(dout).sum(axis=0), None
 
 
 def kernel_case_specs():
@@ -369,7 +388,7 @@ def kernel_case_specs():
             specs += [(kernel, dict(N=128, O=256), a) for a in REGISTRY if a != "relu"]
         elif kernel in LOSS_KERNELS:
             specs += [(kernel, dict(N=n, C=10), "relu") for n in BATCHES]
-        elif kernel.startswith("dropout"):
+        elif kernel.startswith(("dropout", "layernorm")):
             specs += [(kernel, dict(N=n, O=o), "relu") for n in BATCHES for o in (256, 128)]
         elif kernel == "l2_penalty":
             specs += [(kernel, dict(I=i, O=o), "relu") for i, o in MNIST_LAYERS]

@@ -45,8 +45,8 @@ def test_every_kernel_has_a_benchmark_case():
     assert {name for kernel, _, name in specs if kernel == "optimizer_update"} == set(RULES)
 
 
-@pytest.mark.parametrize("kernel, output", [("dense_forward", 3),  # out
-                                            ("dense_backward", 5),  # dW
+@pytest.mark.parametrize("kernel, output", [("dense_forward", 4),  # out (after x, W, b, setting)
+                                            ("dense_backward", 6),  # dW
                                             ("adam_update", 0)])  # p
 def test_a_broken_kernel_fails_its_benchmark_before_timing(kernel, output, monkeypatch):
     bench = load_bench("bench_kernels")

@@ -493,3 +493,26 @@ def test_layernorm_gradients_hold_for_float32_rows_near_the_largest_float():
                                             X.astype(np.float64), y, "softmax_cross_entropy")
     for g, w in zip(grads, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_the_drivers_as_python_step_exactly_as_compiled():
+    # fastnn profile runs the drivers' source as Python (``layer_views``, the table read by name
+    # in Python) around the compiled kernels: 18 such steps equal 18 compiled ones, joins and
+    # dropout included, and every kind's kernels are timed
+    from fastnn.tools.profile import profile_step
+
+    def problem():
+        return Sequential(Dense(5, 8, activation="relu"), LayerNorm(8), Dropout(0.2),
+                          Residual(Dense(8, 8, activation="gelu"), Dense(8, 8)), Dense(8, 3), seed=2)
+    rng = np.random.default_rng(12)
+    X, y = rng.standard_normal((32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    model = problem()
+    result = profile_step(model, X, y, "softmax_cross_entropy", fastnn.Adam(), steps=7, warmup=2)
+    timed = {r["kernel"] for r in result["kernels"]}
+    assert {"layernorm_forward", "layernorm_backward", "residual_forward", "residual_backward", "join",
+            "dropout_forward", "dropout_backward"} <= timed
+    plain, opt = problem(), fastnn.Adam()
+    for _ in range(18):
+        plain.train_step(X, y, optimizer=opt)
+    for p, q in zip(model.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(p, q)
