@@ -7,12 +7,12 @@ them and ``Sequential`` a stack of layers, trained by hand-written Numba kernels
 The parts, and the one direction their imports run (tools -> integrations -> nn -> engine ->
 kernels; io below nn; ``tests/test_layout.py`` checks it, and that nothing imports in a circle):
 
-    kernels/        Numba only: the kernels (one file per family, each activation and optimizer
-                    defined once there), the compiled drivers, how they are compiled and cached.
-                    Imports nothing above it.
+    kernels/        the kernels (one file per family, each activation, optimizer and layer
+                    kind defined once there), the compiled drivers, how they are compiled and
+                    cached. Imports nothing above it.
     engine/         the compiled path of one network: layer table, workspaces, builds; threads.
-    nn/             the API: layers, Sequential, losses, optimizers, schedules, callbacks, the
-                    training loop. Never imports integrations or tools.
+    nn/             the API: layers (the kinds' public names), Sequential, losses, optimizers,
+                    schedules, callbacks, the training loop. Never imports integrations or tools.
     io/             files and data: model and checkpoint files, datasets, tables (CSV, npz).
     integrations/   scikit-learn, ONNX, MPI: adapters over the API, loaded only when used.
     tools/          the command line, ``fastnn bench`` and its peers, profile, the story, plots.

@@ -1,6 +1,9 @@
 """Hand-written Numba kernels. Public names are checking wrappers; ``_name`` is the bare kernel.
 
-Every public kernel has a NumPy twin of the same name in ``fastnn.reference``.
+Every public kernel has a NumPy twin of the same name in ``fastnn.reference``. Each layer kind
+is defined whole in its module here (``kind.py`` says what a kind declares): its kernels must
+live in this folder, whose sources key the compiled-code cache (``_jit``), and a kind is one
+module, so its class, NumPy twin and ONNX form sit beside them.
 """
 from .activations import activation_backward, activation_forward
 from .dense import dense_backward, dense_forward
