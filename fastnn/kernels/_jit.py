@@ -167,11 +167,14 @@ def inline_scalar(fn):
     return numba.njit(inline="always", fastmath=set(FASTMATH), error_model="numpy")(fn)
 
 
-def helper(fn):
+def helper(fn=None, *, fastmath=FASTMATH):
     """Decorator for small functions called from kernels: plain Python when called from Python
     (and under NUMBA_DISABLE_JIT), compiled per argument types inside kernels, where LLVM
-    inlines them. Never used for loops over arrays that a caller would re-optimise."""
-    return register_jitable(fastmath=set(FASTMATH), error_model="numpy")(fn)
+    inlines them. Never used for loops over arrays that a caller would re-optimise. A helper's
+    instructions keep its own ``fastmath`` flags once inlined (``REDUCTION`` for its sums to
+    vectorise)."""
+    decorate = register_jitable(fastmath=set(fastmath), error_model="numpy")
+    return decorate if fn is None else decorate(fn)
 
 
 def typed_helper(python_fn, fastmath=FASTMATH):

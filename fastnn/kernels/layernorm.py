@@ -22,10 +22,12 @@ import numpy as np
 
 from . import _checks, kind
 from ._compose import run
-from ._jit import helper, kernel
+from ._jit import REDUCTION, helper, kernel
 
 
-@helper
+# The row sums reassociate (REDUCTION), in float64 over at most a row: they vectorise. Scalar, the
+# kernels took 123 and 200 us at 128x256 float32; vectorised 27 and 51 us (NumPy's twin: 240, 460).
+@helper(fastmath=REDUCTION)
 def row_statistics(x, r, eps):
     """(mean, 1/sqrt(var + eps)) of row r of x, summed in float64, the variance biased."""
     o = x.shape[1]
@@ -40,7 +42,7 @@ def row_statistics(x, r, eps):
     return mean, 1.0 / math.sqrt(spread / o + eps)
 
 
-@kernel(python_entry=False)
+@kernel(python_entry=False, fastmath=REDUCTION)
 def _layernorm_forward(x, W, b, setting, out, z):
     n, o = x.shape
     for r in range(n):
@@ -52,7 +54,7 @@ def _layernorm_forward(x, W, b, setting, out, z):
 # Differentiates `out = xhat * W + b`, xhat = (x - mean) * rstd:
 #   dW = sum_r dout * xhat;  db = sum_r dout;
 #   dx = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat)),  g = dout * W
-@kernel(python_entry=False)
+@kernel(python_entry=False, fastmath=REDUCTION)
 def _layernorm_backward(dout, x, W, out, z, setting, dW, db, dx):
     n, o = x.shape
     for j in range(o):
