@@ -92,6 +92,14 @@ def positive(name: str, value, *, allow_zero: bool = False) -> float:
     return v
 
 
+def setting(name: str, value) -> float:
+    """A layer's setting (an eps): a finite number > 0, not a bool or a string."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 < value < np.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 PARALLEL_CHECK_BYTES = 8 << 20  # below this a second thread costs more than it saves (~60 us to start)
 
 

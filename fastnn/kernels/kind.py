@@ -12,9 +12,9 @@ blocks as its kernels see them (Dense: (I, O) and (O,); LayerNorm: (1, O) and (O
 without parameters: (0, 0) and (0,)), ``dW`` and ``db`` their gradients, which the backward
 overwrites. ``setting`` (float64) is the layer's one number that is not learnt (LayerNorm's
 eps; 0 where a kind has none): an argument, not a compiled-in constant, so a file of many
-settings compiles nothing more. ``z`` is what the backward needs besides ``out`` (``saved_width`` numbers per row:
-gelu's pre-activation, LayerNorm's reciprocal deviation); with none it is ``out``
-itself. The backward may overwrite ``dout``, and overwrites ``dx`` (with 0 rows: the layer
+settings compiles nothing more. ``z`` is what the backward needs besides ``out`` (``saved_width`` numbers per row: gelu's
+pre-activation); with none it is ``out`` itself. A kind may have a W block and an empty b
+(a zero-length block works everywhere). The backward may overwrite ``dout``, and overwrites ``dx`` (with 0 rows: the layer
 feeds on the network's input and no input gradient is wanted). All float32 or all float64,
 C-contiguous.
 

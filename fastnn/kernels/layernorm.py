@@ -111,14 +111,7 @@ def _check(x, weight, bias=None, eps=1e-5):
     if bias is not None:
         _checks.float_array("bias", bias, ndim=1, dtype=x.dtype)
         _checks.shape("bias", bias, (x.shape[1],))
-    return _check_eps(eps)
-
-
-def _check_eps(eps):
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
-            or not 0 < eps < math.inf:
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    return float(eps)
+    return _checks.setting("eps", eps)
 
 
 def _output(name, a, shape, dtype, *inputs):
@@ -177,7 +170,7 @@ class LayerNorm(kind.LayerKind):
 
     def __init__(self, features, eps=1e-5):
         self.in_features = self.out_features = _checks.positive_int("features", features)
-        self.eps = _check_eps(eps)
+        self.eps = _checks.setting("eps", eps)
 
     def params(self):
         return {"weight": (self.out_features,), "bias": (self.out_features,)}
