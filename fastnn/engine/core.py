@@ -29,7 +29,7 @@ from ..kernels._compose import SLOTS, raw_rows_of, run, slot_address
 from ..kernels import losses as loss_kernels
 from ..kernels import train
 from ..kernels.kind import NO_SKIP, join
-from ..kernels.train import driver_signature, group_types  # noqa: F401  (the drivers' types, by dtype)
+from ..kernels.train import driver_signature
 from .threads import serial_rows
 
 # Every loss the kernels have: (loss kernel, metric kernel or None, takes integer labels)

@@ -122,14 +122,6 @@ class LayerKind:
             at += size
         self._views = views
 
-    @property
-    def attached(self):
-        return bool(self.__dict__.get("_views"))
-
-    def views(self):
-        """{name: view} of this layer's parameters (empty until it is in a model)."""
-        return dict(self.__dict__.get("_views", {}))
-
     def kernel_blocks(self, flat):
         """(W, b): ``flat`` (this layer's slice of a flat buffer) as its kernels see it."""
         (rows, cols), length = self.blocks()
