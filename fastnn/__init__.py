@@ -30,10 +30,11 @@ import importlib.abc
 import importlib.util
 import sys
 
-from .nn.callbacks import EarlyStopping
+from .nn.callbacks import EarlyStopping, NoImprovement
 from .kernels.activations import REGISTRY as _ACTIVATION_REGISTRY
 from .nn.layers import KIND_CLASSES as _KIND_CLASSES, Dense, Dropout
 from .nn.model import DivergenceError, Sequential, load
+from .nn.population import MemberDivergedWarning, Population
 from .nn.optim import CLASSES as _OPTIMIZER_CLASSES, Optimizer
 from .nn.schedules import Constant, Cosine, StepDecay
 from .engine.threads import get_num_threads, set_num_threads
@@ -82,5 +83,6 @@ if not any(isinstance(f, _OldPaths) for f in sys.meta_path):
 globals().update(_KIND_CLASSES)  # every layer kind by its class name: Dense, LayerNorm, Residual, ...
 
 __all__ = ["ACTIVATIONS", *_KIND_CLASSES, "Dropout", "Sequential", "load", "DivergenceError", *_OPTIMIZER_CLASSES,
-           "Optimizer", "Constant", "StepDecay", "Cosine", "EarlyStopping", "set_num_threads", "get_num_threads",
+           "Optimizer", "Constant", "StepDecay", "Cosine", "EarlyStopping", "NoImprovement", "Population",
+           "MemberDivergedWarning", "set_num_threads", "get_num_threads",
            "__version__"]

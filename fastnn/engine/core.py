@@ -283,6 +283,20 @@ class Engine:
         pieces = lambda: self._pieces(loss, metric=True, optimizer=optimizer, drivers=DRIVERS + ("train_epoch",))  # noqa: E731
         return self._build(("epoch", loss, optimizer.kernel()), what, build, pieces, announce, quiet)
 
+    def population_fn(self, loss, optimizer):
+        """``(train_members entry, objective, drivers)`` for a population of this model's
+        architecture (``fastnn.nn.population``)."""
+        from ..kernels import population
+
+        def build():
+            self.net, self.update_address(optimizer.kernel())
+            return (entry(population.train_members, population.population_signature(self.dtype.name)),
+                    self.objective(loss, metric=True), self.drivers())
+        what = "population epoch: " + self._describe(loss, type(optimizer).__name__)
+        pieces = lambda: (self._pieces(loss, metric=True, optimizer=optimizer)  # noqa: E731
+                          + [(population.train_members, population.population_signature(self.dtype.name))])
+        return self._build(("population", loss, optimizer.kernel()), what, build, pieces)
+
     def gradients_fn(self, loss):
         """``(gradients entry, objective, drivers)`` for ``loss_and_grad`` and the distributed path."""
         def build():

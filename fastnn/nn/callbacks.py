@@ -71,3 +71,70 @@ class EarlyStopping:
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
                 f"restore_best={self.restore_best})")
+
+
+class NoImprovement:
+    """scikit-learn's stopping rule for its MLPs, for each member of a population.
+
+    After each epoch, ``monitor`` counts as improved when it beats the best value so far by
+    ``tol`` (losses: at most best - tol; accuracies: at least best + tol). After more than
+    ``n_iter_no_change`` epochs in a row without improvement the member stops, or with
+    ``adaptive`` its learning rate is divided by 5 and the count starts again, until the
+    rate falls to ``min_lr`` or below (scikit-learn's ``learning_rate="adaptive"``). With a
+    validation monitor, the member ends with the parameters of its best epoch (scikit-learn's
+    ``early_stopping``).
+
+    Parameters
+    ----------
+    tol : float
+    n_iter_no_change : int
+    monitor : str
+        "loss" (the training loss, scikit-learn's default), "val_loss" or "val_accuracy".
+    adaptive : bool
+    min_lr : float
+    """
+
+    def __init__(self, tol=1e-4, n_iter_no_change=10, monitor="loss", adaptive=False, min_lr=1e-6):
+        if monitor not in ("loss", "val_loss", "val_accuracy"):
+            raise ValueError(f"monitor must be loss, val_loss or val_accuracy, got {monitor!r}")
+        if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        if isinstance(n_iter_no_change, bool) or not isinstance(n_iter_no_change, int) or n_iter_no_change < 1:
+            raise ValueError(f"n_iter_no_change must be an integer >= 1, got {n_iter_no_change!r}")
+        if not (isinstance(min_lr, (int, float)) and min_lr >= 0):
+            raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}")
+        self.tol, self.n_iter_no_change, self.monitor = float(tol), n_iter_no_change, monitor
+        self.adaptive, self.min_lr = bool(adaptive), float(min_lr)
+        self.restore_best = monitor.startswith("val")
+        self._sign = -1.0 if monitor.endswith("accuracy") else 1.0
+        self.start()
+
+    def start(self):
+        self.best, self.count, self.best_params = math.inf, 0, None
+
+    def step(self, history, params, lr):
+        """After an epoch: "stop", "lower" (divide the learning rate by 5) or None."""
+        value = self._sign * history[self.monitor][-1]
+        improved = value <= self.best - self.tol
+        if value < self.best:
+            self.best = value
+            if self.restore_best:
+                self.best_params = params.copy()
+        self.count = 0 if improved else self.count + 1
+        if self.count > self.n_iter_no_change:
+            if self.adaptive and lr / 5.0 > self.min_lr:
+                self.count = 0
+                return "lower"
+            return "stop"
+        return None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "count": self.count, "best_params": self.best_params}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.count = float(state["best"]), int(state["count"])
+        self.best_params = None if state["best_params"] is None else np.array(state["best_params"])
+
+    def __repr__(self):
+        return (f"NoImprovement(tol={self.tol}, n_iter_no_change={self.n_iter_no_change}, monitor={self.monitor!r}, "
+                f"adaptive={self.adaptive}, min_lr={self.min_lr})")
