@@ -176,3 +176,51 @@ def test_every_optimizers_benchmark_case_checks_every_buffer(name, dtype):
     p, state = case.run_numba()
     assert set(state) == set(RULES[name].rows_for({**{h.name: h.default for h in RULES[name].hyper}, **case.hyper,
                                                     "lr": case.inputs[5]}))
+
+
+def test_population_bench_checks_its_contenders_and_writes_a_table(tmp_path, capsys):
+    path = tmp_path / "population.json"
+    assert cli.main(["bench", "--population", "--cases", "fit1", "--contenders", "population,loop", "--rounds", "1",
+                     "--threads", "1", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "64 x 1-64-1 tanh, batch 64, 4,096 rows, own orders" in out
+    (case,) = json.loads(path.read_text())["cases"]
+    pop, loop = case["contenders"]["population"], case["contenders"]["loop"]
+    assert pop["median_s"] > 0 and pop["per_member_s"] == pytest.approx(pop["median_s"] / 64)
+    assert pop["ratio_to_jax"] is None  # (no JAX among the contenders)
+
+
+def test_population_bench_contenders_train_the_same_members():
+    # every contender's first-batch losses are the population's (what run_case checks before
+    # timing), and the population and the loop end with the same parameters
+    from fastnn.tools import bench_population as bp
+
+    case = bp.PopulationCase("tiny", (3, 8, 2), "tanh", 16, 64, 4)
+    model, params, X, y, orders = bp.problem(case)
+    runner = bp.PopulationRun(case, model, params, X, y, orders)
+    runner.X, runner.y = X, y
+    loop = bp.LoopRun(case, model, params, X, y, orders)
+    np.testing.assert_allclose(runner.run(), loop.run(), rtol=1e-6)
+    for m, member in enumerate(loop.models):
+        np.testing.assert_allclose(runner.pop.params[m], np.concatenate([p.ravel() for p in member.parameters()]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("peer", ["jax", "torch"])
+def test_population_peers_train_what_fastnn_trains(peer):
+    # JAX and PyTorch are benchmark peers, not extras of fastnn: checked where installed
+    pytest.importorskip(peer)
+    from fastnn.tools import bench_population as bp
+    from fastnn.tools import population_peers
+
+    case = bp.PopulationCase("tiny", (3, 8, 2), "tanh", 16, 64, 4)
+    model, params, X, y, orders = bp.problem(case)
+    factory = {"jax": population_peers.jax_population, "torch": population_peers.torch_population}[peer]
+    first, final = factory(case.sizes, case.activation, case.loss, params, X, y, orders, case.batch, bp.LR,
+                           bp.MOMENTUM)()
+    runner = bp.PopulationRun(case, model, params, X, y, orders)
+    runner.X, runner.y = X, y
+    np.testing.assert_allclose(first, runner.run(), rtol=1e-5)
+    for m, member in enumerate(final):
+        np.testing.assert_allclose(runner.pop.params[m], np.concatenate([p.ravel() for p in member]), rtol=1e-4,
+                                   atol=1e-6)

@@ -93,6 +93,9 @@ def atomic_write(path):
             os.unlink(tmp)
 
 
+DEFLATE_RATIO = 1032  # deflate expands a byte to at most this many
+
+
 class Archive:
     """An ``.npz`` archive read header-first (the design of safetensors): every member is checked
     before any array is read or allocated.
@@ -183,7 +186,12 @@ class Archive:
         if max_bytes is not None and nbytes > max_bytes:
             raise self._bad(f"its member {name!r} declares {nbytes:,} bytes, more than such a member holds "
                             f"({max_bytes:,})")
-        declared = self.members[name].file_size
+        info = self.members[name]
+        declared = info.file_size
+        if info.compress_type == zipfile.ZIP_DEFLATED and declared > DEFLATE_RATIO * info.compress_size + 1024:
+            # (a zip bomb: the sizes in its headers are the archive's word, the bytes are not)
+            raise self._bad(f"its member {name!r} declares {declared:,} bytes from {info.compress_size:,} "
+                            f"compressed, more than deflate can expand to")
         if declared != offset + nbytes:
             raise self._bad(f"its member {name!r} declares {got} {got_dtype} ({nbytes:,} bytes) but holds "
                             f"{declared - offset:,} bytes of data")

@@ -24,6 +24,9 @@ Members: one per population.
     lr (M, B) float64          each member's learning rate for each batch of this epoch
     rows (R,) int64            this epoch's rows, in order: member m's are rows[row_at[m]:row_at[m + 1]]
     row_at (M + 1,) int64
+    base (R,) int64            each member's rows as given (the order they are drawn from)
+    generators (M, 3) int64    each member's NumPy generator: next_uint32, next_uint64, state
+                               (addresses; 0: the member's rows are in place already)
     w (W, N)                   row weights: one row per member (W = M) or one for all (W = 1)
     active (M,) int64          1: trains; 0: frozen (diverged, stopped, or finished)
     status (M,) int64          OK, DIVERGED or BAD_TARGETS (``train``), set by the driver
@@ -42,8 +45,10 @@ import numba
 import numpy as np
 from numba import types
 
+from llvmlite import ir
+
 from ._compose import call, flush_subnormals, restore_fp
-from ._jit import array_type, kernel
+from ._jit import array_type, helper, intrinsic_with_twin, kernel
 from .losses import BAD_TARGET
 from .train import BAD_TARGETS, DIVERGED, NO_KERNEL, Net, Objective, Optimizer, group_types, layer
 
@@ -59,6 +64,8 @@ class Members(NamedTuple):
     lr: np.ndarray
     rows: np.ndarray
     row_at: np.ndarray
+    base: np.ndarray
+    generators: np.ndarray
     w: np.ndarray
     active: np.ndarray
     status: np.ndarray
@@ -81,19 +88,66 @@ def population_signature(dtype):
     t = group_types(f.name)
     i8, f8 = np.zeros(0, np.int64), np.zeros(0)
     f2, i2, d2 = np.zeros((0, 0), f), np.zeros((0, 0), np.int64), np.zeros((0, 0))
-    members = numba.typeof(Members(f2, f2, i8, d2, np.zeros((0, 0, 0), f), i2, f8, d2, i8, i8, f2, i8, i8, i8,
-                                   d2, d2, d2))
+    members = numba.typeof(Members(f2, f2, i8, d2, np.zeros((0, 0, 0), f), i2, f8, d2, i8, i8, i8, i2, f2, i8, i8,
+                                   i8, d2, d2, d2))
     scratch = numba.typeof(Scratch(f2, np.zeros((0, 0), np.uint8), np.zeros(0, f)))
     i = types.int64
     return types.Tuple((i, i))(t["net"], t["ws"], t["objective"], t["opt"], t["drivers"], members,
                                 array_type(f, 2), t["raw"], scratch, i, i, i, i, i)
 
 
+def _draw_python(fn, state):
+    import ctypes
+    return ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p)(fn)(state)
+
+
+@intrinsic_with_twin(_draw_python)
+def _draw(typingctx, fn, state):
+    """_draw(fn, state): the next number of a NumPy bit generator, through its own C function at
+    address ``fn`` (next_uint32 or next_uint64) on its state at address ``state``."""
+    if not (isinstance(fn, types.Integer) and isinstance(state, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        void_p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.IntType(64), [void_p])  # (next_uint32's 32 bits, widened)
+        target = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(target, [builder.inttoptr(args[1], void_p)])
+    return types.uint64(fn, state), codegen
+
+
+@helper
+def shuffle(a, next32, next64, state):
+    """Shuffle ``a`` in place exactly as NumPy's ``Generator.shuffle`` does with that generator
+    (Fisher-Yates from the end; each index by NumPy's ``random_interval``: masked rejection on
+    32-bit draws below 2^32, 64-bit above), advancing the generator as NumPy would: so a member
+    orders its rows as ``Sequential.fit``'s ``rng.permutation`` does, without the GIL."""
+    for i in range(a.shape[0] - 1, 0, -1):
+        mask = np.uint64(i)
+        mask |= mask >> np.uint64(1)
+        mask |= mask >> np.uint64(2)
+        mask |= mask >> np.uint64(4)
+        mask |= mask >> np.uint64(8)
+        mask |= mask >> np.uint64(16)
+        mask |= mask >> np.uint64(32)
+        if i <= 0xFFFFFFFF:
+            value = (_draw(next32, state) & np.uint64(0xFFFFFFFF)) & mask
+            while value > np.uint64(i):
+                value = (_draw(next32, state) & np.uint64(0xFFFFFFFF)) & mask
+        else:
+            value = _draw(next64, state) & mask
+            while value > np.uint64(i):
+                value = _draw(next64, state) & mask
+        j = np.int64(value)
+        a[i], a[j] = a[j], a[i]
+
+
 @kernel
 def train_members(net, ws, objective, opt, drivers, members, X, y, scratch, batch_size, first_member, stop_member,
                   first_batch, stop_batch):
     """Batches first_batch <= b < stop_batch of this epoch for members first_member <= m <
-    stop_member that are active, member after member. ``net``, ``objective`` and ``opt``
+    stop_member that are active, member after member; at the epoch's first batch, a member with
+    a generator first draws its order. ``net``, ``objective`` and ``opt``
     give what members share (the layer table, the kernels); each member's own buffers and
     settings come from ``members``. A member whose step is refused (NaN or inf) or meets a bad
     label stops there with the parameters of its last good step: its status and the batch are
@@ -115,6 +169,11 @@ def train_members(net, ws, objective, opt, drivers, members, X, y, scratch, batc
         count = members.row_at[m + 1] - start
         batches = (count + batch_size - 1) // batch_size
         weights = members.w[0] if shared_weights else members.w[m]
+        if first_batch == 0 and members.generators[m, 2] != 0:  # the epoch's order: its own permutation
+            order = members.rows[start:start + count]
+            for i in range(count):
+                order[i] = members.base[start + i]
+            shuffle(order, members.generators[m, 0], members.generators[m, 1], members.generators[m, 2])
         for b in range(first_batch, min(stop_batch, batches)):
             at = start + b * batch_size
             n = start + count - at if start + count - at < batch_size else batch_size

@@ -79,7 +79,7 @@ class Sequential:
     ``engine`` (the compiled path; ``engine.params``/``engine.grads`` are the flat buffers),
     ``rng`` (shuffles and splits; checkpoints save its state), ``nodes`` (the compiled path's
     layers: ``kernels.kinds.graph``), ``dense_layers`` (its Dense layers, in order),
-    ``architecture()``, ``resolve_loss``, ``checked_data``, ``check_writable``,
+    ``architecture()``, ``resolve_loss``, ``checked_data``, ``checked_inputs``, ``check_writable``,
     ``resolve_optimizer`` and ``optimizer_name``, ``record_rows``, ``evaluate_rows``,
     ``refuse_prepared``, ``train_alone``/``training_lock`` and ``divergence``.
 
@@ -294,6 +294,11 @@ class Sequential:
         if self._preparation is not None:
             X = self._preparation.inputs(self._rows(X, name, np.float64, check_finite), self.dtype)
         return self._rows(X, name, self.dtype, check_finite)
+
+    def checked_inputs(self, X, name="X"):
+        """``X`` as the network reads it (see ``predict``): the seam for parts that run the
+        model's network on rows of their own (populations)."""
+        return self._inputs(X, name)
 
     def _rows(self, X, name, dtype, check_finite):
         if (type(X) is np.ndarray and X.dtype == dtype and X.ndim == 2 and X.shape[0]
@@ -696,7 +701,7 @@ MAX_LAYERS = 10_000  # layers a model file may declare (the JSON is read before 
 MAX_JSON_BYTES = 1 << 20
 
 
-def _layers_of(arch, path):
+def layers_of(arch, path):
     """The layers a model file's architecture declares, every field checked before any is built."""
     def bad(why):
         return ValueError(f"{path} is not a valid fastnn model file: {why}")
@@ -760,7 +765,7 @@ def load(path) -> Sequential:
                              f"where Sequential.save writes 'architecture' and 'param_0', 'param_1', ...")
         text = archive.read("architecture", shape=(), kinds="U", max_bytes=4 * MAX_JSON_BYTES)
         arch = parse_json(str(text), path, "fastnn model file")
-        layers = _layers_of(arch, path)
+        layers = layers_of(arch, path)
         dtype = _DTYPES[arch["dtype"]]
         owners = [(node.layer, name, shape) for node in graph(layers) for name, shape in node.layer.params().items()]
         expected = {f"param_{i}": shape for i, (_, _, shape) in enumerate(owners)}

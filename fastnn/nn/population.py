@@ -35,7 +35,7 @@ from ..kernels.kinds import from_architecture
 from ..kernels.train import BAD_TARGETS, DIVERGED, OK
 from .callbacks import EarlyStopping, NoImprovement
 from .losses import CLASSIFIERS, row_weights
-from .model import DivergenceError, Sequential, count_right, sigmoid, softmax, _layers_of
+from .model import DivergenceError, Sequential, count_right, sigmoid, softmax, layers_of
 from .optim import Adam, Optimizer
 from .schedules import Constant, Schedule
 
@@ -93,6 +93,8 @@ class Population:
         "ok", "diverged" (frozen at its last finite parameters), "stopped" (a stopping rule).
     failures : list of dict
         The members that diverged: member, epoch and step (1-based), learning rate.
+    batch_losses : (M, batches) array or None
+        Each member's loss on each batch of the last epoch ``fit`` ran (0 where it ran none).
 
     Examples
     --------
@@ -157,6 +159,7 @@ class Population:
         self._stopped = np.zeros(size, bool)
         self.failures = []
         self.history = None
+        self.batch_losses = None
         self._lock = threading.Lock()
 
     def _network(self, seed):
@@ -259,7 +262,7 @@ class Population:
         """Each member's outputs, (M, N, out_features) (logits for a classifier), into ``out``
         when given (an array of that shape and the population's dtype). Safe from several
         threads at once."""
-        X = self._model._inputs(X)
+        X = self._model.checked_inputs(X)
         batch_size = positive_int("batch_size", batch_size)
         which = self._members(members)
         shape = (which.size, X.shape[0], self._model.out_features)
@@ -377,7 +380,7 @@ class Population:
             arch = meta.get("architecture")
             if not isinstance(arch, dict):
                 raise ValueError(f"{path} is not a valid {what}: its architecture is missing")
-            layers = _layers_of({**arch, "format": "fastnn.Sequential", "version": 4, "loss": meta.get("loss")}, path)
+            layers = layers_of({**arch, "format": "fastnn.Sequential", "version": 4, "loss": meta.get("loss")}, path)
             dtype = np.dtype(arch["dtype"])
             model = Sequential(*layers, dtype=dtype, loss=meta.get("loss"))
             size = archive.header("seeds")[0]
@@ -427,6 +430,7 @@ class _Run:
         self.X, self.y = X, y
         self.shuffle, self.shared_order = bool(shuffle), bool(shared_order)
         self.rows = self._rows("rows", rows, N, M)
+        self.every_row = rows is None  # (each member's rows are 0..N-1: its order is its permutation)
         if self.shared_order and rows is not None and any(not np.array_equal(r, self.rows[0]) for r in self.rows):
             raise ValueError("shared_order=True needs the same rows for every member")
         self.w = self._weights(sample_weight, N, M)
@@ -506,8 +510,10 @@ class _Run:
                 w = np.stack([row_weights(self.loss, self.y, N, pop.dtype, row) for row in sw])
             else:
                 w = row_weights(self.loss, self.y, N, pop.dtype, sw)[None, :]
-        for m, r in enumerate(self.rows):
-            if not w[0 if w.shape[0] == 1 else m, r].sum() > 0:
+        totals = (np.broadcast_to(w.sum(axis=1, dtype=np.float64), (M,)) if self.every_row else
+                  [w[0 if w.shape[0] == 1 else m, r].sum(dtype=np.float64) for m, r in enumerate(self.rows)])
+        for m, total in enumerate(totals):
+            if not total > 0:
                 raise ValueError(f"member {m}'s rows weigh 0 in all: it has nothing to train on")
         return np.ascontiguousarray(w)
 
@@ -518,29 +524,28 @@ class _Run:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastnn optimizer such as fastnn.SGD(lr=0.05), "
                             f"got {type(optimizer).__name__}")
-        names = optimizer._hyper
-        if pop.weight_decay is not None and "weight_decay" not in names:
+        settings, rule = optimizer.settings(), optimizer.rule
+        if pop.weight_decay is not None and "weight_decay" not in settings:
             raise ValueError(f"{type(optimizer).__name__} has no weight_decay; the population's weight_decay "
                              f"needs an optimizer that has one")
-        hyper, kernel = [], optimizer.kernel()
-        for m in range(pop.size):
-            settings = optimizer.settings()
-            if pop.lr is not None:
-                settings["lr"] = float(pop.lr[m])
-            if pop.weight_decay is not None:
-                settings["weight_decay"] = float(pop.weight_decay[m])
-            member = type(optimizer)(**settings)  # (checks each member's settings as the constructor does)
-            if member.kernel() is not kernel:
-                raise ValueError(f"member {m}'s settings need another {type(optimizer).__name__} kernel: one "
-                                 f"optimizer kind and switches per population")
-            hyper.append(member._hyper_array())
-        rows = len(optimizer._buffers)
+        # one optimizer's constants for all, each member's weight decay in its column (lr goes per step)
+        hyper = np.tile(rule.constant_values(settings), (pop.size, 1))
+        if pop.weight_decay is not None:
+            column = rule.constants.index("weight_decay")
+            for value in np.unique(pop.weight_decay):  # (checked as the constructor checks it)
+                member = {**settings, "weight_decay": float(value)}
+                rule.check(member, "weight_decay")
+                if rule.kernel(member) is not optimizer.kernel():
+                    raise ValueError(f"a weight decay of {value:g} needs another {type(optimizer).__name__} kernel: "
+                                     f"one optimizer kind and switches per population")
+            hyper[:, column] = pop.weight_decay
+        rows = len(rule.rows_for(settings))
         P = pop._params.shape[1]
         if optimizer is not pop.optimizer or pop._state is None or pop._state.shape != (pop.size, rows, P):
             pop._state = np.zeros((pop.size, rows, P), pop.dtype)
             pop._steps[:] = 0
             pop.optimizer = optimizer
-        return optimizer, np.ascontiguousarray(hyper, np.float64)
+        return optimizer, hyper
 
     def base_lr(self):
         pop = self.pop
@@ -560,10 +565,11 @@ class _Run:
         B = int(self.batches.max())
         row_at = np.zeros(M + 1, np.int64)
         np.cumsum(counts, out=row_at[1:])
+        base = np.concatenate(self.rows)  # (without shuffling, also each epoch's rows)
         self.lr = self.base_lr().copy()  # each member's rate now (the adaptive rule lowers it)
         self.members = kernels.Members(
             pop._params, pop._grads, pop._mask_seeds, self.hyper, pop._state, pop._steps, pop.l2.copy(),
-            np.zeros((M, B)), np.empty(int(row_at[-1]), np.int64), row_at, self.w, np.ones(M, np.int64),
+            np.zeros((M, B)), base.copy(), row_at, base, self._generators(), self.w, np.ones(M, np.int64),
             np.full(M, OK, np.int64), np.full(M, -1, np.int64), *(np.zeros((M, B)) for _ in range(3)))
         self.history = {key: np.full((M, self.epochs), np.nan) for key in self._keys()}
         first_epoch = 0
@@ -596,6 +602,7 @@ class _Run:
         if self.stopping is not None and self.stopping[0].adaptive:
             pop.lr = self.lr.copy()  # the rates the adaptive rule left: a next fit goes on with them
         pop.history = self.history
+        pop.batch_losses = self.members.losses
         if self.keep_loss:
             pop.loss = pop._model.loss = self.loss
         return self.history
@@ -606,22 +613,28 @@ class _Run:
             keys += ["val_" + k for k in keys]
         return keys
 
-    def _order(self, epoch):
-        """This epoch's rows, member after member, each member's in its own order (its
-        generator's permutation, as ``Sequential.fit`` draws it), or one order for all."""
-        pop, members = self.pop, self.members
-        shared = None
-        for m in range(pop.size):
-            r = self.rows[m]
-            at = members.row_at[m]
-            if not self.shuffle:
-                members.rows[at:at + r.size] = r
-            elif self.shared_order:
-                if shared is None:
-                    shared = r[pop._rngs[0].permutation(r.size)]
-                members.rows[at:at + r.size] = shared
-            elif members.active[m]:
-                members.rows[at:at + r.size] = r[pop._rngs[m].permutation(r.size)]
+    def _order(self, first_member, stop_member, shared):
+        """One order for every member (``shared_order``): member m's rows through it, for the
+        members this thread trains. (Own orders are drawn by the compiled loop itself.)"""
+        members = self.members
+        for m in range(first_member, stop_member):
+            if members.active[m]:
+                np.take(self.rows[m], shared, out=members.rows[members.row_at[m]:members.row_at[m + 1]])
+
+    def _generators(self):
+        """Each member's generator as the compiled loop calls it: the addresses of its
+        next_uint32 and next_uint64 and of its state (NumPy's ``bit_generator.ctypes``); all 0
+        when the loop draws no order (no shuffling, or one order for all from Python). The
+        population keeps the generators alive."""
+        import ctypes
+
+        table = np.zeros((self.pop.size, 3), np.int64)
+        if self.shuffle and not self.shared_order:
+            for m, rng in enumerate(self.pop._rngs):
+                c = rng.bit_generator.ctypes
+                table[m] = (ctypes.cast(c.next_uint32, ctypes.c_void_p).value,
+                            ctypes.cast(c.next_uint64, ctypes.c_void_p).value, c.state_address)
+        return table
 
     def _split(self, first, stop):
         """Members split into contiguous ranges of about equal work, one per thread."""
@@ -637,28 +650,30 @@ class _Run:
         pop, members = self.pop, self.members
         B = members.lr.shape[1]
         steps = self.epochs * self.batches
-        for m in range(pop.size):  # each member's learning rate for each of its batches
-            b = int(self.batches[m])
-            if type(self.schedule) is Constant:
-                members.lr[m, :b] = self.lr[m]
-            else:
-                t = epoch * b + np.arange(b)
-                members.lr[m, :b] = self.schedule.factors(t, int(steps[m])) * self.lr[m]
+        if type(self.schedule) is Constant:  # each member's learning rate for each of its batches
+            members.lr[...] = self.lr[:, None]
+        else:
+            for m in range(pop.size):
+                b = int(self.batches[m])
+                members.lr[m, :b] = self.schedule.factors(epoch * b + np.arange(b), int(steps[m])) * self.lr[m]
         for buffer in (members.losses, members.weights, members.correct):
             buffer.fill(0.0)
         members.failed_at.fill(-1)
-        self._order(epoch)
+        shared = None
+        if self.shuffle and self.shared_order:  # (one draw, from member 0's generator)
+            shared = pop._rngs[0].permutation(self.rows[0].size)
         first, chunk = 0, 1
         while first < B:
             stop = min(first + chunk, B)
             start = time.perf_counter()
             ranges = self._split(first, stop)
             args = (self.objective, self.optimizer_tuple(), self.drivers, members, X, y)
-            futures = [pool.submit(self._run_range, k, a, b, first, stop, args) for k, (a, b) in
+            order = first == 0 and shared is not None  # (each thread puts its members' rows in order)
+            futures = [pool.submit(self._run_range, k, a, b, first, stop, args, order, shared) for k, (a, b) in
                        enumerate(ranges[1:], 1)] if ranges else []
             try:
                 if ranges:
-                    self._run_range(0, *ranges[0], first, stop, args)
+                    self._run_range(0, *ranges[0], first, stop, args, order, shared)
             finally:
                 for f in futures:
                     f.result()
@@ -672,7 +687,9 @@ class _Run:
         return Compiled(engine.update_address(self.optimizer.kernel()), self.hyper[0], self.pop._state[0],
                         self.pop._steps[0])
 
-    def _run_range(self, k, first_member, stop_member, first, stop, args):
+    def _run_range(self, k, first_member, stop_member, first, stop, args, order, shared):
+        if order:
+            self._order(first_member, stop_member, shared)
         objective, opt, drivers, members, X, y = args
         ws, scratch = self.scratch[k]
         net = self.pop._model.engine.net
@@ -689,12 +706,11 @@ class _Run:
             pop.failures.append({"member": int(m), "epoch": epoch + 1, "step": int(members.failed_at[m]) + 1,
                                  "lr": float(members.lr[m, members.failed_at[m]]),
                                  "why": "bad targets" if members.status[m] == BAD_TARGETS else "diverged"})
-        for m in np.flatnonzero(ran & (members.failed_at < 0)):
-            b = int(self.batches[m])
-            total = members.weights[m, :b].sum()
-            h["loss"][m, epoch] = float(np.dot(members.losses[m, :b], members.weights[m, :b]) / total)
-            if "accuracy" in h:
-                h["accuracy"][m, epoch] = float(members.correct[m, :b].sum() / total)
+        done = ran & (members.failed_at < 0)  # (batches a member did not run weigh 0)
+        total = np.where(done, members.weights.sum(axis=1), 1.0)
+        h["loss"][done, epoch] = (np.einsum("mb,mb->m", members.losses, members.weights) / total)[done]
+        if "accuracy" in h:
+            h["accuracy"][done, epoch] = (members.correct.sum(axis=1) / total)[done]
         scored = np.flatnonzero(members.active == 1)
         if scored.size and (self.validation is not None or self.validation_rows is not None):
             self._validate(epoch, scored)
@@ -727,7 +743,7 @@ class _Run:
         old = self.lr[m]
         self.lr[m] = old / 5.0
         state = self.pop._state[m]
-        buffers = self.optimizer._buffers
+        buffers = self.optimizer.rule.rows_for(self.optimizer.settings())
         if "momentum_buffer" in buffers:
             state[buffers.index("momentum_buffer")] *= 5.0
 

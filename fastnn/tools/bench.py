@@ -47,9 +47,9 @@ def thread_env(threads: int) -> dict:
 class Worker:
     """A contender in its own process, driven by JSON lines over its stdin/stdout."""
 
-    def __init__(self, contender: str, case: str, threads: int):
+    def __init__(self, contender: str, case: str, threads: int, module: str = "fastnn.tools.bench_worker"):
         self.name = contender
-        self.proc = subprocess.Popen([sys.executable, "-m", "fastnn.tools.bench_worker", contender, case, str(threads)],
+        self.proc = subprocess.Popen([sys.executable, "-m", module, contender, case, str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      env=thread_env(threads))
         self.hello = self._read()

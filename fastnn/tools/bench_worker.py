@@ -10,14 +10,14 @@ import sys
 import time
 
 
-def _protocol_stream():
+def protocol_stream():
     # Keep our own copy of stdout for the protocol; anything a library prints goes to stderr.
     fd = os.dup(1)
     os.dup2(2, 1)
     return os.fdopen(fd, "w", buffering=1)
 
 
-def _pin(threads: int):
+def pin(threads: int):
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cores) > threads:
         os.sched_setaffinity(0, cores[:threads])
@@ -25,8 +25,8 @@ def _pin(threads: int):
 
 def main(argv):
     name, case_name, threads = argv[0], argv[1], int(argv[2])
-    out = _protocol_stream()
-    _pin(threads)
+    out = protocol_stream()
+    pin(threads)
     if name == "peak":
         out.write(json.dumps({"ready": True}) + "\n")
     else:

@@ -579,7 +579,13 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--contenders", help="comma-separated, from fastnn,numpy,torch,jax (default: all installed)")
     bench.add_argument("--rounds", type=_positive(int), default=10, help="interleaved rounds (default 10)")
     bench.add_argument("--json", type=pathlib.Path, help="also write the results to this JSON file")
-    bench.set_defaults(run=lambda a: importlib.import_module("fastnn.tools.bench").main(a))
+    bench.add_argument("--population", action="store_true",
+                       help="time populations of small networks (fastnn.Population) beside a loop of fits, JAX vmap "
+                            "and torch.func; cases and contenders from fastnn.tools.bench_population")
+    bench.add_argument("--busy", type=_positive(int), default=0,
+                       help="with --population: this many spinning processes beside each contender (default 0)")
+    bench.set_defaults(run=lambda a: importlib.import_module(
+        "fastnn.tools.bench_population" if a.population else "fastnn.tools.bench").main(a))
 
     prof = sub.add_parser("profile", help="time each kernel of a training step")
     prof.add_argument("--sizes", type=_sizes("--sizes", "784,256,128,10"), default=[784, 256, 128, 10],
