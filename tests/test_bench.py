@@ -200,10 +200,15 @@ def test_population_bench_contenders_train_the_same_members():
     runner = bp.PopulationRun(case, model, params, X, y, orders)
     runner.X, runner.y = X, y
     loop = bp.LoopRun(case, model, params, X, y, orders)
-    np.testing.assert_allclose(runner.run(), loop.run(), rtol=1e-6)
-    for m, member in enumerate(loop.models):
-        np.testing.assert_allclose(runner.pop.params[m], np.concatenate([p.ravel() for p in member.parameters()]),
-                                   rtol=1e-5, atol=1e-6)
+    (first, final), (loop_first, loop_final) = runner.run(), loop.run()
+    np.testing.assert_allclose(first, loop_first, rtol=1e-6)
+    np.testing.assert_allclose(final, loop_final, rtol=1e-5, atol=1e-6)
+    changed = final.copy()
+    changed[1, 3] += 0.01  # (a member that trained otherwise is caught)
+    summary = lambda p: {"norms": np.linalg.norm(p, axis=1).tolist(), "projections": p.sum(axis=1).tolist()}  # noqa
+    bp.agree(case, "loop", summary(loop_final.astype(np.float64)), "population", summary(final.astype(np.float64)))
+    with pytest.raises(AssertionError, match="member 1"):
+        bp.agree(case, "loop", summary(changed.astype(np.float64)), "population", summary(final.astype(np.float64)))
 
 
 @pytest.mark.parametrize("peer", ["jax", "torch"])
@@ -220,7 +225,7 @@ def test_population_peers_train_what_fastnn_trains(peer):
                            bp.MOMENTUM)()
     runner = bp.PopulationRun(case, model, params, X, y, orders)
     runner.X, runner.y = X, y
-    np.testing.assert_allclose(first, runner.run(), rtol=1e-5)
+    ours, params_after = runner.run()
+    np.testing.assert_allclose(first, ours, rtol=1e-5)
     for m, member in enumerate(final):
-        np.testing.assert_allclose(runner.pop.params[m], np.concatenate([p.ravel() for p in member]), rtol=1e-4,
-                                   atol=1e-6)
+        np.testing.assert_allclose(params_after[m], np.concatenate([p.ravel() for p in member]), rtol=1e-4, atol=1e-6)

@@ -214,3 +214,36 @@ def test_model_entry_points_raise_or_train(data, n, features, classes, dtype):
         return
     assert valid and np.isfinite(loss)
     assert np.isfinite(model.predict(X)).all()
+
+
+POPULATION_FUZZ = settings(max_examples=max(5, FUZZ.max_examples // 6), deadline=None,
+                           suppress_health_check=[HealthCheck.too_slow])
+
+
+@POPULATION_FUZZ
+@given(data=st.data(), n=st.integers(1, 40), members=st.integers(1, 4), batch=st.integers(1, 9),
+       hidden=st.integers(1, 6), act=st.sampled_from(["tanh", "relu", "sigmoid"]), dtype=dtypes,
+       threads=st.integers(1, 3))
+def test_populations_train_each_member_as_its_network(data, n, members, batch, hidden, act, dtype, threads):
+    # uneven rows (bootstrap samples with repeats, a single row), row weights per member, odd
+    # batch sizes: every member ends as Sequential.fit of its network (and, under
+    # NUMBA_BOUNDSCHECK=1, the compiled loop never reads past an array)
+    rng = np.random.default_rng(n * 131 + members)
+    X = rng.standard_normal((n, 3)).astype(dtype)
+    y = rng.integers(0, 2, n)
+    rows = [data.draw(hnp.arrays(np.int64, (data.draw(st.integers(1, 2 * n)),), elements=st.integers(0, n - 1)))
+            for _ in range(members)]
+    w = (rng.random((members, n)) + 0.1).astype(dtype)
+
+    def net(seed):
+        return fastnn.Sequential(fastnn.Dense(3, hidden, activation=act), fastnn.Dense(hidden, 2), seed=seed,
+                                 dtype=dtype)
+    pop = fastnn.Population(net(0), size=members)
+    pop.fit(X, y, optimizer=fastnn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=batch, rows=rows,
+            sample_weight=w, threads=threads)
+    for m in range(members):
+        alone = net(m)
+        alone.fit(X[rows[m]], y[rows[m]], optimizer=fastnn.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=batch,
+                  sample_weight=w[m, rows[m]])
+        for p, q in zip(pop[m].parameters(), alone.parameters()):
+            assert_close(p, q)

@@ -8,7 +8,6 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -19,8 +18,6 @@ from fastnn.kernels.optimizers import RULES
 from fastnn.nn.optim import CLASSES
 
 from .conftest import checkout_env
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mixed(dtype=np.float32, seed=0):
@@ -156,11 +153,14 @@ def test_scikit_learns_rule_stops_and_lowers_each_members_rate(rng):
     assert list(pop.status) == ["stopped", "stopped"]
     # better by 1e9 never happens: more than 2 epochs without, after the first, is 4 epochs
     assert np.isfinite(history["loss"][:, :4]).all() and np.isnan(history["loss"][:, 4:]).all()
-    pop = fastnn.Population(small(), size=2, lr=[0.1, 1e-5])
-    pop.fit(X, y, optimizer=fastnn.SGD(lr=0.1, momentum=0.9), epochs=7, batch_size=16,
-            stopping=fastnn.NoImprovement(tol=1e9, n_iter_no_change=2, adaptive=True))
-    np.testing.assert_allclose(pop.lr, [0.1 / 25, 1e-5 / 5])  # lowered twice; once, then at its floor it stopped
-    assert list(pop.status) == ["ok", "stopped"]
+    # adaptive: the rate / 5 after each plateau; a member whose rate is at 1e-6 or below stops
+    pop = fastnn.Population(small(), size=2, lr=[0.1, 2e-6])
+    history = pop.fit(X, y, optimizer=fastnn.SGD(lr=0.1, momentum=0.9), epochs=8, batch_size=16,
+                      stopping=fastnn.NoImprovement(tol=1e9, n_iter_no_change=2, adaptive=True))
+    np.testing.assert_allclose(history["lr"][0], [0.1] * 4 + [0.02] * 3 + [0.004])
+    np.testing.assert_allclose(history["lr"][1, :7], [2e-6] * 4 + [4e-7] * 3)
+    assert np.isnan(history["lr"][1, 7]) and list(pop.status) == ["ok", "stopped"]
+    np.testing.assert_array_equal(pop.lr, [0.1, 2e-6])  # (the population's own rates: the next fit's)
 
 
 def test_held_out_rows_score_each_member_on_its_fold(rng):
@@ -349,3 +349,61 @@ def test_steady_state_steps_allocate_nothing():
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["short"][0] == r["short"][1] and r["long"][0] == r["long"][1]
     assert r["long"][0] <= r["short"][0] + 64  # the chunks may differ in number, never per step
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257, 4096, 5000])
+def test_members_draw_their_orders_as_numpy_does(n):
+    # the compiled loop's shuffle (and its Python twin) advances a NumPy generator exactly as
+    # Generator.permutation does: the orders, and the generator afterwards
+    import ctypes
+    from fastnn.kernels.population import shuffle
+    from fastnn.kernels._jit import as_python
+
+    for run in (shuffle, as_python(shuffle.py_func)):
+        ours, numpy_ = np.random.default_rng(n), np.random.default_rng(n)
+        c = ours.bit_generator.ctypes
+        a = np.arange(n, dtype=np.int64)
+        if run is shuffle:
+            import numba
+
+            @numba.njit
+            def call(a, f32, f64, state):
+                shuffle(a, f32, f64, state)
+            run = call
+        run(a, ctypes.cast(c.next_uint32, ctypes.c_void_p).value, ctypes.cast(c.next_uint64, ctypes.c_void_p).value,
+            c.state_address)
+        np.testing.assert_array_equal(a, numpy_.permutation(n))
+        assert ours.integers(0, 2**62) == numpy_.integers(0, 2**62)
+
+
+def test_a_batch_never_outgrows_the_rows(rng):
+    X, y = data(rng, n=8)
+    pop = fastnn.Population(small(), size=2)
+    pop.fit(X, y, batch_size=10**11)  # (as Sequential.fit: one batch of every row, nothing allocated for more)
+    alone = small(seed=1)
+    alone.fit(X, y, batch_size=10**11)
+    assert_same_params(pop[1], alone)
+
+
+def test_a_damaged_checkpoint_is_refused_and_changes_nothing(rng, tmp_path):
+    X, y = data(rng)
+    pop = fastnn.Population(small(), size=2)
+    pop.fit(X, y, epochs=1, checkpoint_dir=tmp_path)
+    path = tmp_path / "population.npz"
+    with np.load(path) as f:
+        arrays = dict(f)
+    for name, value in (("lr", np.array([np.nan, 0.1])), ("steps", -np.ones((2, 1), np.int64)),
+                        ("status", np.array([0, 9]))):
+        np.savez(path, **{**arrays, name: value})
+        again = fastnn.Population(small(), size=2)
+        before = again.params.copy(), again._rngs[0].bit_generator.state
+        with pytest.raises(ValueError, match="population.npz"):
+            again.fit(X, y, epochs=2, checkpoint_dir=tmp_path, resume=True)
+        np.testing.assert_array_equal(again.params, before[0])
+        assert again._rngs[0].bit_generator.state == before[1]
+    meta = json.loads(str(arrays["meta"]))
+    for damaged in ({**meta, "failures": [{"member": 5}]}, {**meta, "rngs": [{"state": 1}] * 2},
+                    {**meta, "rules": [[None]]}):
+        np.savez(path, **{**arrays, "meta": np.array(json.dumps(damaged))})
+        with pytest.raises(ValueError, match="damaged"):
+            fastnn.Population(small(), size=2).fit(X, y, epochs=2, checkpoint_dir=tmp_path, resume=True)

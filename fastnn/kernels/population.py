@@ -24,7 +24,8 @@ Members: one per population.
     lr (M, B) float64          each member's learning rate for each batch of this epoch
     rows (R,) int64            this epoch's rows, in order: member m's are rows[row_at[m]:row_at[m + 1]]
     row_at (M + 1,) int64
-    base (R,) int64            each member's rows as given (the order they are drawn from)
+    base (R,) int64            each member's rows as given (the order they are drawn from); (0,)
+                               when every member has every row, 0..N-1
     generators (M, 3) int64    each member's NumPy generator: next_uint32, next_uint64, state
                                (addresses; 0: the member's rows are in place already)
     w (W, N)                   row weights: one row per member (W = M) or one for all (W = 1)
@@ -48,7 +49,7 @@ from numba import types
 from llvmlite import ir
 
 from ._compose import call, flush_subnormals, restore_fp
-from ._jit import array_type, helper, intrinsic_with_twin, kernel
+from ._jit import array_type, intrinsic_with_twin, kernel
 from .losses import BAD_TARGET
 from .train import BAD_TARGETS, DIVERGED, NO_KERNEL, Net, Objective, Optimizer, group_types, layer
 
@@ -96,48 +97,53 @@ def population_signature(dtype):
                                 array_type(f, 2), t["raw"], scratch, i, i, i, i, i)
 
 
-def _draw_python(fn, state):
-    import ctypes
-    return ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p)(fn)(state)
+def _draw_python(bits):
+    def draw(fn, state):
+        import ctypes
+        result = ctypes.c_uint32 if bits == 32 else ctypes.c_uint64
+        return np.uint64(ctypes.CFUNCTYPE(result, ctypes.c_void_p)(int(fn))(int(state)))
+    return draw
 
 
-@intrinsic_with_twin(_draw_python)
-def _draw(typingctx, fn, state):
-    """_draw(fn, state): the next number of a NumPy bit generator, through its own C function at
-    address ``fn`` (next_uint32 or next_uint64) on its state at address ``state``."""
-    if not (isinstance(fn, types.Integer) and isinstance(state, types.Integer)):
-        return None
+def _drawer(bits):
+    def typer(typingctx, fn, state):
+        """The next number of a NumPy bit generator: its own C function at address ``fn``
+        (next_uint32 or next_uint64) on its state at address ``state``, as a uint64."""
+        if not (isinstance(fn, types.Integer) and isinstance(state, types.Integer)):
+            return None
 
-    def codegen(context, builder, signature, args):
-        void_p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.IntType(64), [void_p])  # (next_uint32's 32 bits, widened)
-        target = builder.inttoptr(args[0], fnty.as_pointer())
-        return builder.call(target, [builder.inttoptr(args[1], void_p)])
-    return types.uint64(fn, state), codegen
+        def codegen(context, builder, signature, args):
+            void_p = ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.IntType(bits), [void_p])
+            value = builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [builder.inttoptr(args[1], void_p)])
+            return builder.zext(value, ir.IntType(64)) if bits == 32 else value
+        return types.uint64(fn, state), codegen
+    return intrinsic_with_twin(_draw_python(bits))(typer)
 
 
-@helper
+draw32, draw64 = _drawer(32), _drawer(64)
+
+
+@kernel(python_entry=False)
 def shuffle(a, next32, next64, state):
-    """Shuffle ``a`` in place exactly as NumPy's ``Generator.shuffle`` does with that generator
-    (Fisher-Yates from the end; each index by NumPy's ``random_interval``: masked rejection on
-    32-bit draws below 2^32, 64-bit above), advancing the generator as NumPy would: so a member
-    orders its rows as ``Sequential.fit``'s ``rng.permutation`` does, without the GIL."""
+    """Shuffle ``a`` (N,) int64 in place exactly as NumPy's ``Generator.shuffle`` does with that
+    generator (Fisher-Yates from the end; each index by NumPy's ``random_interval``: masked
+    rejection on 32-bit draws below 2^32, 64-bit above), advancing the generator as NumPy
+    would: so a member orders its rows as ``Sequential.fit``'s ``rng.permutation`` does,
+    without the GIL. ``next32``, ``next64``, ``state``: the generator's ``ctypes`` addresses."""
     for i in range(a.shape[0] - 1, 0, -1):
-        mask = np.uint64(i)
-        mask |= mask >> np.uint64(1)
-        mask |= mask >> np.uint64(2)
-        mask |= mask >> np.uint64(4)
-        mask |= mask >> np.uint64(8)
-        mask |= mask >> np.uint64(16)
-        mask |= mask >> np.uint64(32)
+        top = np.uint64(i)
+        mask = top
+        for shift in (1, 2, 4, 8, 16, 32):  # the smallest all-ones mask >= i
+            mask |= mask >> np.uint64(shift)
         if i <= 0xFFFFFFFF:
-            value = (_draw(next32, state) & np.uint64(0xFFFFFFFF)) & mask
-            while value > np.uint64(i):
-                value = (_draw(next32, state) & np.uint64(0xFFFFFFFF)) & mask
+            value = draw32(next32, state) & mask
+            while value > top:
+                value = draw32(next32, state) & mask
         else:
-            value = _draw(next64, state) & mask
-            while value > np.uint64(i):
-                value = _draw(next64, state) & mask
+            value = draw64(next64, state) & mask
+            while value > top:
+                value = draw64(next64, state) & mask
         j = np.int64(value)
         a[i], a[j] = a[j], a[i]
 
@@ -171,8 +177,12 @@ def train_members(net, ws, objective, opt, drivers, members, X, y, scratch, batc
         weights = members.w[0] if shared_weights else members.w[m]
         if first_batch == 0 and members.generators[m, 2] != 0:  # the epoch's order: its own permutation
             order = members.rows[start:start + count]
-            for i in range(count):
-                order[i] = members.base[start + i]
+            if members.base.shape[0] == 0:  # (every row: its base is 0..N-1)
+                for i in range(count):
+                    order[i] = i
+            else:
+                for i in range(count):
+                    order[i] = members.base[start + i]
             shuffle(order, members.generators[m, 0], members.generators[m, 1], members.generators[m, 2])
         for b in range(first_batch, min(stop_batch, batches)):
             at = start + b * batch_size

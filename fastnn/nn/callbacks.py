@@ -79,8 +79,8 @@ class NoImprovement:
     After each epoch, ``monitor`` counts as improved when it beats the best value so far by
     ``tol`` (losses: at most best - tol; accuracies: at least best + tol). After more than
     ``n_iter_no_change`` epochs in a row without improvement the member stops, or with
-    ``adaptive`` its learning rate is divided by 5 and the count starts again, until the
-    rate falls to ``min_lr`` or below (scikit-learn's ``learning_rate="adaptive"``). With a
+    ``adaptive`` its learning rate is divided by 5 and the count starts again, unless the
+    rate is ``min_lr`` or below already: then it stops (scikit-learn's ``learning_rate="adaptive"``). With a
     validation monitor, the member ends with the parameters of its best epoch (scikit-learn's
     ``early_stopping``).
 
@@ -97,13 +97,14 @@ class NoImprovement:
     def __init__(self, tol=1e-4, n_iter_no_change=10, monitor="loss", adaptive=False, min_lr=1e-6):
         if monitor not in ("loss", "val_loss", "val_accuracy"):
             raise ValueError(f"monitor must be loss, val_loss or val_accuracy, got {monitor!r}")
-        if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        if isinstance(n_iter_no_change, bool) or not isinstance(n_iter_no_change, int) or n_iter_no_change < 1:
+        for name, value in (("tol", tol), ("min_lr", min_lr)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if isinstance(n_iter_no_change, (bool, np.bool_)) or not isinstance(n_iter_no_change, (int, np.integer)) \
+                or n_iter_no_change < 1:
             raise ValueError(f"n_iter_no_change must be an integer >= 1, got {n_iter_no_change!r}")
-        if not (isinstance(min_lr, (int, float)) and min_lr >= 0):
-            raise ValueError(f"min_lr must be a number >= 0, got {min_lr!r}")
-        self.tol, self.n_iter_no_change, self.monitor = float(tol), n_iter_no_change, monitor
+        self.tol, self.n_iter_no_change, self.monitor = float(tol), int(n_iter_no_change), monitor
         self.adaptive, self.min_lr = bool(adaptive), float(min_lr)
         self.restore_best = monitor.startswith("val")
         self._sign = -1.0 if monitor.endswith("accuracy") else 1.0
@@ -122,7 +123,7 @@ class NoImprovement:
                 self.best_params = params.copy()
         self.count = 0 if improved else self.count + 1
         if self.count > self.n_iter_no_change:
-            if self.adaptive and lr / 5.0 > self.min_lr:
+            if self.adaptive and lr > self.min_lr:  # (scikit-learn: stop once the rate is at 1e-6 or below)
                 self.count = 0
                 return "lower"
             return "stop"
@@ -132,7 +133,10 @@ class NoImprovement:
         return {"best": self.best, "count": self.count, "best_params": self.best_params}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.count = float(state["best"]), int(state["count"])
+        best, count = float(state["best"]), int(state["count"])
+        if math.isnan(best) or count < 0:
+            raise ValueError("a NoImprovement state with a NaN best value or a negative count")
+        self.best, self.count = best, count
         self.best_params = None if state["best_params"] is None else np.array(state["best_params"])
 
     def __repr__(self):

@@ -42,7 +42,7 @@ from .schedules import Constant, Schedule
 FORMAT = "fastnn.Population"
 VERSION = 1
 CHUNK_SECONDS = 0.1  # the compiled loop returns to Python this often (Ctrl-C, progress)
-MAX_MEMBERS = 1 << 20
+MAX_MEMBERS = 1 << 16  # (each member is built as a network of its own: ~0.2 ms)
 
 
 class MemberDivergedWarning(RuntimeWarning):
@@ -90,7 +90,7 @@ class Population:
         Per member and epoch of the last ``fit``: "loss", "accuracy" (classifiers), "val_loss"
         and "val_accuracy" with validation; NaN where a member did not train.
     status : (M,) array of str
-        "ok", "diverged" (frozen at its last finite parameters), "stopped" (a stopping rule).
+        "ok", "stopped" (a stopping rule), "diverged" (frozen at its last finite parameters).
     failures : list of dict
         The members that diverged: member, epoch and step (1-based), learning rate.
     batch_losses : (M, batches) array or None
@@ -116,8 +116,8 @@ class Population:
         else:
             seeds = [int(s) if isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) else s
                      for s in seeds]
-            if any(not isinstance(s, int) or s < 0 for s in seeds):
-                raise ValueError(f"seeds must be integers >= 0, got {seeds!r}"[:300])
+            if any(not isinstance(s, int) or not 0 <= s < 2**63 for s in seeds):
+                raise ValueError(f"seeds must be integers from 0 to 2**63 - 1, got {seeds!r}"[:300])
             if size is not None and positive_int("size", size) != len(seeds):
                 raise ValueError(f"size={size} but {len(seeds)} seeds were given")
             size = len(seeds)
@@ -194,10 +194,16 @@ class Population:
 
     @property
     def status(self):
+        """Each member's state after the last fit: "ok", "stopped" (a stopping rule), "diverged"
+        or "bad targets" (frozen at its last finite parameters; a next ``fit`` trains it again)."""
         names = np.array(["ok"] * self.size, dtype=object)
         names[self._stopped] = "stopped"
         names[self._status == DIVERGED] = "diverged"
+        names[self._status == BAD_TARGETS] = "bad targets"
         return names
+
+    def _healthy(self):
+        return np.flatnonzero(self._status == OK)
 
     # -- training -------------------------------------------------------------------------
 
@@ -298,7 +304,7 @@ class Population:
         """The ensemble's probabilities, (N, out_features): the mean of the members'
         (default: every member that did not diverge)."""
         if members is None:
-            members = np.flatnonzero(self._status != DIVERGED)
+            members = self._healthy()
             if members.size == 0:
                 raise ValueError("every member diverged: there is no ensemble to predict with")
         return self.predict_proba(X, members).mean(axis=0, dtype=np.float64).astype(self.dtype)
@@ -310,7 +316,9 @@ class Population:
             proba = self.ensemble_proba(X, members)
             return proba.argmax(axis=1) if self.loss != "binary_cross_entropy" else (proba > 0.5).astype(np.int64)
         if members is None:
-            members = np.flatnonzero(self._status != DIVERGED)
+            members = self._healthy()
+            if members.size == 0:
+                raise ValueError("every member diverged: there is no ensemble to predict with")
         return self.predict(X, members=members).mean(axis=0, dtype=np.float64)
 
     def _classifier(self):
@@ -339,14 +347,15 @@ class Population:
 
     def best(self, by="val_loss"):
         """The index of the member with the best value of ``by`` (a history key: losses
-        smallest, accuracies largest) at its best epoch; ``pop[pop.best()]`` is that network."""
+        smallest, accuracies largest) at its best epoch, among those that did not diverge.
+        ``pop[pop.best()]`` is that network as it ended: its best epoch's parameters when it
+        trained with ``EarlyStopping(restore_best=True)``, else its last epoch's."""
         if self.history is None or by not in self.history:
             raise ValueError(f"no history of {by!r}: fit first{' with validation' if by.startswith('val') else ''}")
         values = self.history[by]
         sign = -1.0 if by.endswith("accuracy") else 1.0
         best = np.where(np.isnan(values), np.inf, sign * values).min(axis=1)
-        if self._stopped.any() or (self._status == DIVERGED).any():
-            best = np.where(self._status == DIVERGED, np.inf, best)
+        best = np.where(self._status == OK, best, np.inf)
         if not np.isfinite(best).any():
             raise ValueError(f"no member has a finite {by!r}")
         return int(np.argmin(best))
@@ -358,6 +367,8 @@ class Population:
         meta = {"format": FORMAT, "version": VERSION, "architecture": self._arch, "loss": self.loss,
                 "status": self.status.tolist()}
         arrays = {"params": self._params, "seeds": self.seeds, "l2": self.l2}
+        if self.feature_names_in_ is not None:
+            arrays["feature_names"] = np.array([str(c) for c in self.feature_names_in_], dtype=str)
         for name in ("lr", "weight_decay"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
@@ -387,7 +398,7 @@ class Population:
             if len(size) != 1 or not 0 < size[0] <= MAX_MEMBERS:
                 raise ValueError(f"{path} is not a valid {what}: its member count is {size}")
             M, P = size[0], model.count_params()
-            allowed = {"meta", "params", "seeds", "l2", "lr", "weight_decay"}
+            allowed = {"meta", "params", "seeds", "l2", "lr", "weight_decay", "feature_names"}
             if set(archive.members) - allowed:
                 raise ValueError(f"{path} is not a valid {what}: it holds members "
                                  f"{sorted(set(archive.members) - allowed)[:5]} (refused unread)")
@@ -395,16 +406,25 @@ class Population:
             params = archive.read("params", shape=(M, P), dtype=dtype)
             settings = {name: archive.read(name, shape=(M,), dtype=np.float64)
                         for name in ("l2", "lr", "weight_decay") if name in archive.members}
+            names = None
+            if "feature_names" in archive.members:
+                names = archive.read("feature_names", shape=(model.in_features,), kinds="U",
+                                     max_bytes=4096 * (model.in_features + 1)).tolist()
+                if len(set(names)) != model.in_features:
+                    raise ValueError(f"{path} is not a valid {what}: its column names are not distinct")
             status = meta.get("status")
-            if not isinstance(status, list) or len(status) != M or any(s not in ("ok", "diverged", "stopped")
-                                                                       for s in status):
+            if not isinstance(status, list) or len(status) != M or any(
+                    s not in ("ok", "diverged", "stopped", "bad targets") for s in status):
                 raise ValueError(f"{path} is not a valid {what}: its members' status is damaged")
             try:
                 pop = cls(model, seeds=seeds.tolist(), params=params, **settings)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path} is not a valid {what}: {e}") from None
         status = np.array(status)
+        if names is not None:
+            pop.feature_names_in_ = pop._model.feature_names_in_ = np.array(names, dtype=object)
         pop._status[status == "diverged"] = DIVERGED
+        pop._status[status == "bad targets"] = BAD_TARGETS
         pop._stopped[status == "stopped"] = True
         return pop
 
@@ -475,7 +495,7 @@ class _Run:
         self.verbose = verbose
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir")
-        self.checkpoint_dir, self.resume = checkpoint_dir, bool(resume)
+        self.checkpoint_dir, self.resume, self.digest = checkpoint_dir, bool(resume), None
         self.optimizer, self.hyper = self._optimizer(optimizer)
 
     @staticmethod
@@ -541,10 +561,10 @@ class _Run:
             hyper[:, column] = pop.weight_decay
         rows = len(rule.rows_for(settings))
         P = pop._params.shape[1]
-        if optimizer is not pop.optimizer or pop._state is None or pop._state.shape != (pop.size, rows, P):
-            pop._state = np.zeros((pop.size, rows, P), pop.dtype)
-            pop._steps[:] = 0
-            pop.optimizer = optimizer
+        # a new optimizer (or other switches) starts each member's state afresh: in run(), once
+        # nothing can refuse the call any more
+        self.fresh = optimizer is not pop.optimizer or pop._state is None or pop._state.shape != (pop.size, rows, P)
+        self.state_shape = (pop.size, rows, P)
         return optimizer, hyper
 
     def base_lr(self):
@@ -557,6 +577,10 @@ class _Run:
         pop, M = self.pop, self.pop.size
         engine = pop._model.engine
         fn, objective, drivers = engine.population_fn(self.loss, self.optimizer)
+        before = pop.optimizer, pop._state, pop._steps.copy()
+        if self.fresh:
+            pop.optimizer, pop._state = self.optimizer, np.zeros(self.state_shape, pop.dtype)
+            pop._steps[:] = 0
         if (pop.l2 > 0).any():
             objective = objective._replace(penalty=engine.penalty_address())
         self.fn, self.objective, self.drivers = fn, objective, drivers
@@ -566,25 +590,33 @@ class _Run:
         row_at = np.zeros(M + 1, np.int64)
         np.cumsum(counts, out=row_at[1:])
         base = np.concatenate(self.rows)  # (without shuffling, also each epoch's rows)
+        order = base.copy() if not (self.shuffle and not self.shared_order) else np.empty_like(base)
         self.lr = self.base_lr().copy()  # each member's rate now (the adaptive rule lowers it)
         self.members = kernels.Members(
-            pop._params, pop._grads, pop._mask_seeds, self.hyper, pop._state, pop._steps, pop.l2.copy(),
-            np.zeros((M, B)), base.copy(), row_at, base, self._generators(), self.w, np.ones(M, np.int64),
-            np.full(M, OK, np.int64), np.full(M, -1, np.int64), *(np.zeros((M, B)) for _ in range(3)))
-        self.history = {key: np.full((M, self.epochs), np.nan) for key in self._keys()}
+            params=pop._params, grads=pop._grads, seeds=pop._mask_seeds, hyper=self.hyper, state=pop._state,
+            steps=pop._steps, l2=pop.l2.copy(), lr=np.zeros((M, B)), rows=order, row_at=row_at,
+            base=base[:0] if self.every_row else base, generators=self._generators(), w=self.w,
+            active=np.ones(M, np.int64), status=pop._status, failed_at=np.full(M, -1, np.int64),
+            losses=np.zeros((M, B)), weights=np.zeros((M, B)), correct=np.zeros((M, B)))
+        self.history = {key: np.full((M, self.epochs), np.nan) for key in self._keys() + ["lr"]}
         first_epoch = 0
         if self.checkpoint_dir is not None:
-            os.makedirs(self.checkpoint_dir, exist_ok=True)
-            if self.resume:
-                first_epoch = self._restore()
-        self.members.active[:] = ~(pop._stopped | (pop._status == DIVERGED)) if first_epoch else 1
-        if first_epoch == 0:
+            try:
+                os.makedirs(self.checkpoint_dir, exist_ok=True)
+                if self.resume:
+                    first_epoch = self._restore()
+            except BaseException:  # a refused resume changes nothing
+                pop.optimizer, pop._state = before[:2]
+                pop._steps[...] = before[2]
+                raise
+        if first_epoch == 0:  # (a new fit trains every member again, diverged ones from their last finite step)
             pop._stopped[:] = False
             pop._status[:] = OK
             pop.failures = []
+        self.members.active[:] = ~pop._stopped & (pop._status == OK)
         X, y = self.X, raw_rows_of(self.y)
         T = max(1, min(self.threads, M))
-        C = self.batch_size
+        C = min(self.batch_size, int(counts.max()))  # (a batch never holds more rows than a member has)
         self.scratch = [(_workspace(engine, C), kernels.Scratch(np.empty((C, X.shape[1]), pop.dtype),
                                                                 np.empty((C, y.shape[1]), np.uint8),
                                                                 np.empty(C, pop.dtype))) for _ in range(T)]
@@ -599,8 +631,6 @@ class _Run:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._finish()
-        if self.stopping is not None and self.stopping[0].adaptive:
-            pop.lr = self.lr.copy()  # the rates the adaptive rule left: a next fit goes on with them
         pop.history = self.history
         pop.batch_losses = self.members.losses
         if self.keep_loss:
@@ -663,6 +693,13 @@ class _Run:
         if self.shuffle and self.shared_order:  # (one draw, from member 0's generator)
             shared = pop._rngs[0].permutation(self.rows[0].size)
         first, chunk = 0, 1
+        try:
+            self._chunks(first, chunk, B, X, y, pool, shared)
+        finally:
+            self.failed_now = self._record_failures(epoch)
+
+    def _chunks(self, first, chunk, B, X, y, pool, shared):
+        members = self.members
         while first < B:
             stop = min(first + chunk, B)
             start = time.perf_counter()
@@ -700,13 +737,10 @@ class _Run:
         """History, failures, validation and stopping for each member; the checkpoint. Returns
         True when no member trains on."""
         pop, members, h = self.pop, self.members, self.history
-        ran = members.active.astype(bool) | (members.failed_at >= 0)
-        for m in np.flatnonzero(members.failed_at >= 0):
-            pop._status[m] = members.status[m]
-            pop.failures.append({"member": int(m), "epoch": epoch + 1, "step": int(members.failed_at[m]) + 1,
-                                 "lr": float(members.lr[m, members.failed_at[m]]),
-                                 "why": "bad targets" if members.status[m] == BAD_TARGETS else "diverged"})
-        done = ran & (members.failed_at < 0)  # (batches a member did not run weigh 0)
+        failed = self.failed_now
+        ran = members.active.astype(bool) | failed
+        h["lr"][ran, epoch] = self.lr[ran]
+        done = ran & ~failed  # (batches a member did not run weigh 0)
         total = np.where(done, members.weights.sum(axis=1), 1.0)
         h["loss"][done, epoch] = (np.einsum("mb,mb->m", members.losses, members.weights) / total)[done]
         if "accuracy" in h:
@@ -732,6 +766,18 @@ class _Run:
             print(f"epoch {epoch + 1}/{self.epochs}: mean loss {np.nanmean(h['loss'][:, epoch]):.4f}, "
                   f"{active} of {pop.size} members training")
         return not members.active.any()
+
+    def _record_failures(self, epoch):
+        """Name the members whose step was refused in this epoch (the compiled loop froze them
+        and set their status); returns which. Also after an interruption (``_epoch``)."""
+        members, pop = self.members, self.pop
+        failed = members.failed_at >= 0
+        for m in np.flatnonzero(failed):
+            b = int(members.failed_at[m])
+            pop.failures.append({"member": int(m), "epoch": epoch + 1, "step": b + 1, "lr": float(members.lr[m, b]),
+                                 "why": "bad targets" if members.status[m] == BAD_TARGETS else "diverged"})
+        members.failed_at[failed] = -1
+        return failed
 
     def _stop(self, m):
         self.members.active[m] = 0
@@ -767,15 +813,16 @@ class _Run:
         pop = self.pop
         for rules in (self.early, self.stopping):
             for m, rule in enumerate(rules or ()):
-                if pop._status[m] != DIVERGED and getattr(rule, "restore_best", False) and rule.best_params is not None:
+                if pop._status[m] == OK and getattr(rule, "restore_best", False) and rule.best_params is not None:
                     pop._params[m] = rule.best_params
         if pop.failures:
             shown = "; ".join(f"member {f['member']} in epoch {f['epoch']} at step {f['step']} (lr {f['lr']:g})"
                               for f in pop.failures[:10])
             more = f" and {len(pop.failures) - 10} more" if len(pop.failures) > 10 else ""
-            message = (f"{len(pop.failures)} of {pop.size} members diverged (NaN or inf loss, gradient or update) and "
-                       f"were frozen at their last finite parameters: {shown}{more}. Lower their learning rates.")
-            if len(pop.failures) == pop.size:
+            failed = int((pop._status != OK).sum())
+            message = (f"{failed} of {pop.size} members diverged (NaN or inf loss, gradient or update) and were "
+                       f"frozen at their last finite parameters: {shown}{more}. Lower their learning rates.")
+            if not (pop._status == OK).any():
                 f = pop.failures[0]
                 raise DivergenceError("every member " + message.split(" members ", 1)[1], f["epoch"], f["step"])
             warnings.warn(message, MemberDivergedWarning, stacklevel=3)
@@ -783,17 +830,22 @@ class _Run:
     # -- checkpoints ----------------------------------------------------------------------
 
     def _settings(self):
-        """What a resumed run must share with the run it continues (a digest)."""
+        """What a resumed run must share with the run it continues (a digest, once per run)."""
+        if self.digest is not None:
+            return self.digest
         digest = hashlib.sha256()
-        for a in (self.X, self.y, self.w, *self.rows, self.pop.seeds, self.pop.l2, self.base_lr(), self.hyper):
+        arrays = (self.X, self.y, self.w, *self.rows, self.pop.seeds, self.pop.l2, self.base_lr(), self.hyper,
+                  *(self.validation or ()), *(self.validation_rows or ()))
+        for a in arrays:
             digest.update(np.ascontiguousarray(a).tobytes())
-        text = json.dumps([self.loss, self.epochs, self.batch_size, self.shuffle, self.shared_order, repr(self.schedule),
-                           type(self.optimizer).__name__, self.pop._arch, self.pop.dtype.name,
+        text = json.dumps([self.loss, self.epochs, self.batch_size, self.shuffle, self.shared_order,
+                           repr(self.schedule), type(self.optimizer).__name__, self.pop._arch, self.pop.dtype.name,
                            repr(self.early[0]) if self.early else None,
                            repr(self.stopping[0]) if self.stopping else None, self.validation is not None,
                            self.validation_rows is not None], sort_keys=True, default=str)
         digest.update(text.encode())
-        return digest.hexdigest()
+        self.digest = digest.hexdigest()
+        return self.digest
 
     def _path(self):
         return os.path.join(os.fspath(self.checkpoint_dir), "population.npz")
@@ -846,20 +898,42 @@ class _Run:
             if not isinstance(rngs, list) or len(rngs) != M:
                 raise ValueError(f"{path} is not a valid {what}: its generators are damaged")
             try:
-                for g, state in zip(pop._rngs, rngs):
-                    g.bit_generator.state = state
-            except (TypeError, ValueError, KeyError) as e:
+                for state in rngs:  # (each tried on a scratch generator: nothing changes before all pass)
+                    type(pop._rngs[0].bit_generator)().state = state
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
                 raise ValueError(f"{path} is not a valid {what}: its generators are damaged ({e})") from None
-            for kind, rules, states in zip(("early", "stopping"), (self.early or [], self.stopping or []),
-                                           meta.get("rules", [[], []])):
-                if len(states) != len(rules):
-                    raise ValueError(f"{path} is not a valid {what}: its stopping rules are damaged")
-                for m, (rule, state) in enumerate(zip(rules, states)):
-                    best = archive.read(f"best_{kind}_{m}", shape=(pop._params.shape[1],), dtype=pop.dtype) \
-                        if f"best_{kind}_{m}" in archive.members else None
-                    rule.load_state_dict({**state, "best_params": best})
+            rules = meta.get("rules")
+            kinds = (("early", self.early or []), ("stopping", self.stopping or []))
+            if not (isinstance(rules, list) and len(rules) == 2
+                    and all(isinstance(r, list) and len(r) == len(mine) for r, (_, mine) in zip(rules, kinds))):
+                raise ValueError(f"{path} is not a valid {what}: its stopping rules are damaged")
+            best = {f"best_{kind}_{m}": archive.read(f"best_{kind}_{m}", shape=(pop._params.shape[1],), dtype=pop.dtype)
+                    for kind, mine in kinds for m in range(len(mine)) if f"best_{kind}_{m}" in archive.members}
+        failures = meta.get("failures")
+        keys = {"member": int, "epoch": int, "step": int, "lr": (int, float), "why": str}
+        if not (isinstance(failures, list) and len(failures) <= M and all(
+                isinstance(f, dict) and set(f) == set(keys) and all(isinstance(f[k], t) for k, t in keys.items())
+                and 0 <= f["member"] < M for f in failures)):
+            raise ValueError(f"{path} is not a valid {what}: its list of failed members is damaged")
+        if not (np.all(np.isfinite(read["lr"])) and np.all(read["lr"] > 0) and np.all(read["steps"] >= 0)):
+            raise ValueError(f"{path} is not a valid {what}: its learning rates or step counts are damaged")
+        if not np.isin(read["status"], (OK, DIVERGED, BAD_TARGETS)).all():
+            raise ValueError(f"{path} is not a valid {what}: its members' status is damaged")
         if not all(np.all(np.isfinite(read[k])) for k in ("params", "state")):
             raise ValueError(f"{path} is not a usable {what}: it holds NaN or inf parameters")
+        states = []
+        for (kind, mine), saved in zip(kinds, rules):
+            for m, (rule, state) in enumerate(zip(mine, saved)):
+                fresh = copy.deepcopy(rule)
+                try:
+                    fresh.load_state_dict({**state, "best_params": best.get(f"best_{kind}_{m}")})
+                except (TypeError, ValueError, KeyError, AttributeError) as e:
+                    raise ValueError(f"{path} is not a valid {what}: its stopping rules are damaged ({e})") from None
+                states.append((rule, fresh))
+        for rule, fresh in states:  # (everything checked: from here on nothing can fail)
+            rule.__dict__.update(fresh.__dict__)
+        for g, state in zip(pop._rngs, rngs):
+            g.bit_generator.state = state
         pop._params[...] = read["params"]
         pop._state[...] = read["state"]
         pop._steps[...] = read["steps"]
@@ -868,7 +942,7 @@ class _Run:
         self.lr[...] = read["lr"]
         for k, v in self.history.items():
             v[...] = read[f"history_{k}"]
-        pop.failures = list(meta.get("failures") or [])
+        pop.failures = list(failures)
         return epoch
 
 

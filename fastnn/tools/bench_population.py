@@ -7,7 +7,8 @@ Contenders, each in its own process (``bench.Worker``), one epoch of every membe
     torch       ``torch.func``: ``stack_module_state`` + ``vmap(grad)`` per batch
 Every contender starts from the same parameters (fastnn's initialisation, member m from seed m)
 and takes each member's rows in the same order; before timing, every contender's first-batch
-losses must agree with the population's. Rounds are interleaved as in ``fastnn bench``.
+losses and its parameters after the first epoch must agree with the population's (the same
+forward pass, gradients, learning rate, momentum and order). Rounds are interleaved as in ``fastnn bench``.
 ``--busy N`` runs N single-thread spinning processes beside every contender while it is timed
 (at the same nice level): a machine other work shares.
 
@@ -96,9 +97,9 @@ class PopulationRun:
         self.fastnn = fastnn
 
     def run(self):
-        # (each call goes on from the last: the same work; the first call's losses are checked)
+        # (each call goes on from the last: the same work; the first call's results are checked)
         self.pop.fit(self.X, self.y, optimizer=self.fastnn.SGD(lr=LR, momentum=MOMENTUM), **self.args)
-        return self.pop.batch_losses[:, 0]
+        return self.pop.batch_losses[:, 0], self.pop.params
 
 
 class LoopRun:
@@ -118,20 +119,22 @@ class LoopRun:
         # fit without shuffling (its gather is not timed: a bound in the loop's favour)
         self.data = [(X[o], y[o]) for o in orders]
         self.case, self.fastnn = case, fastnn
+        # (the first losses from the starting parameters, outside the timing)
+        self.first = np.array([model.loss_and_grad(Xm[:case.batch], ym[:case.batch], loss=case.loss)[0]
+                               for model, (Xm, ym) in zip(self.models, self.data)])
 
     def run(self):
-        first = []
         for m, (model, (Xm, ym)) in enumerate(zip(self.models, self.data)):
             for p, q in zip(model.parameters(), self.start[m]):
                 p[...] = q
-            first.append(model.loss_and_grad(Xm[:self.case.batch], ym[:self.case.batch], loss=self.case.loss)[0])
             model.fit(Xm, ym, loss=self.case.loss, optimizer=self.fastnn.SGD(lr=LR, momentum=MOMENTUM), epochs=1,
                       batch_size=self.case.batch, shuffle=False)
-        return np.array(first)
+        return self.first, np.stack([np.concatenate([p.ravel() for p in m.parameters()]) for m in self.models])
 
 
 def contender(name, case, model, params, X, y, orders):
-    """A callable that trains one epoch of every member and returns their first-batch losses."""
+    """A callable that trains one epoch of every member and returns their first-batch losses
+    and their parameters after it, (M, P) flat in fastnn's order."""
     if name == "population":
         runner = PopulationRun(case, model, params, X, y, orders)
         runner.X, runner.y = X, y
@@ -141,7 +144,11 @@ def contender(name, case, model, params, X, y, orders):
     from . import population_peers
     factory = {"jax": population_peers.jax_population, "torch": population_peers.torch_population}[name]
     run = factory(case.sizes, case.activation, case.loss, params, X, y, orders, case.batch, LR, MOMENTUM)
-    return lambda: run()[0]
+
+    def flat():
+        first, final = run()
+        return first, np.stack([np.concatenate([np.ravel(p) for p in member]) for member in final])
+    return flat
 
 
 def available(name):
@@ -169,11 +176,17 @@ def worker(argv):
     model, params, X, y, orders = problem(case)
     t = time.perf_counter()
     run = contender(name, case, model, params, X, y, orders)
-    losses = [float(v) for v in run()]
+    losses, final = run()
     first = time.perf_counter() - t
+    # each member's parameters after the first epoch, summarised for the parent's check: their
+    # norm and their distance along a fixed random direction (any difference moves one or both)
+    direction = np.random.default_rng(7).standard_normal(final.shape[1])
+    final = np.asarray(final, np.float64)
+    summary = {"norms": np.linalg.norm(final, axis=1).tolist(), "projections": (final @ direction).tolist()}
     t = time.perf_counter()
     run()
-    out.write(json.dumps({"losses": losses, "first_step_s": first, "estimate_s": time.perf_counter() - t}) + "\n")
+    out.write(json.dumps({"losses": [float(v) for v in losses], "after_epoch": summary, "first_step_s": first,
+                          "estimate_s": time.perf_counter() - t}) + "\n")
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["cmd"] == "stop":
@@ -184,6 +197,19 @@ def worker(argv):
             run()
             times.append(time.perf_counter() - t)
         out.write(json.dumps({"times": times}) + "\n")
+
+
+def agree(case, name, summary, reference_name, reference):
+    """Check that two contenders' members ended the first epoch alike (float32 drift allowed:
+    their sums are rounded in other orders)."""
+    for key in ("norms", "projections"):
+        a, b = np.array(summary[key]), np.array(reference[key])
+        scale = np.array(reference["norms"])
+        if not np.all(np.abs(a - b) <= 1e-3 * scale + 1e-5):
+            worst = int(np.argmax(np.abs(a - b) / scale))
+            raise AssertionError(f"{case.name}: after one epoch, {name}'s member {worst} differs from "
+                                 f"{reference_name}'s ({key} {a[worst]:.6g} against {b[worst]:.6g}): not the same "
+                                 f"training")
 
 
 def spin(n):
@@ -198,11 +224,12 @@ def run_case(case, contenders, threads, rounds, busy=0):
     try:
         for name in contenders:
             workers.append(Worker(name, case.name, threads, module="fastnn.tools.bench_population"))
-        reference = np.array(workers[0].hello["losses"])
+        reference = workers[0].hello
         for w in workers[1:]:
-            if not np.allclose(w.hello["losses"], reference, rtol=2e-3, atol=1e-6):
+            if not np.allclose(w.hello["losses"], reference["losses"], rtol=2e-3, atol=1e-6):
                 raise AssertionError(f"{case.name}: {w.name}'s first losses {w.hello['losses'][:4]}... differ from "
-                                     f"{workers[0].name}'s {reference[:4].tolist()}...: not the same computation")
+                                     f"{workers[0].name}'s {reference['losses'][:4]}...: not the same computation")
+            agree(case, w.name, w.hello["after_epoch"], workers[0].name, reference["after_epoch"])
         times = {w.name: [] for w in workers}
         for r in range(rounds):
             order = workers[r % len(workers):] + workers[:r % len(workers)]
@@ -272,7 +299,8 @@ def main(args):
         case = run_case(CASES[name], contenders, threads, args.rounds, args.busy)
         report["cases"].append(case)
         print("\n".join(_lines(case, peak)), flush=True)
-    print("\nmedian of interleaved rounds after a warm-up; first-batch losses checked equal before timing.")
+    print("\nmedian of interleaved rounds after a warm-up; before timing, every contender's first-batch losses and its "
+          "members after one epoch were checked against the population's.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
