@@ -41,7 +41,7 @@ class PopulationCase:
 
     @property
     def label(self):
-        order = "one shared order" if self.shared else "own orders"
+        order = "shared order" if self.shared else "own orders"
         return (f"{self.members} x {'-'.join(map(str, self.sizes))} {self.activation}, batch {self.batch}, "
                 f"{self.rows:,} rows, {order}")
 
